@@ -1,0 +1,54 @@
+"""``pyrovae evaluate``: test ELBO and importance-sampled log-likelihood of a run."""
+
+import json
+
+import click
+
+from pyrovae.cli.options import data_options, dataset_choice, device_options, plain_warnings, progress_enabled
+
+
+@click.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("-k", "--num-samples", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Importance samples per image for log p(x).")
+@click.option("--num-images", type=click.IntRange(min=1), default=None,
+              help="Score only the first N test images [default: all].")
+@click.option("--dataset", type=dataset_choice, default=None,
+              help="Evaluate on this data set's test split instead of the run's own.")
+@data_options
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation's own noise.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@device_options
+def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cuda, device):
+    """Score RUN on test images: the ELBO with its reconstruction and KL terms, and
+    log p(x) estimated with k importance samples (in nats per image; higher is better)."""
+    from tqdm.auto import tqdm
+
+    from pyrovae.data import load_dataset
+    from pyrovae.errors import DataError
+    from pyrovae.evaluation import evaluate as score
+    from pyrovae.run import load_run, resolve_device
+    from pyrovae.train import prepare_test_images
+
+    device = resolve_device(device, cuda)
+    config, vae, _ = load_run(run, device)
+    with plain_warnings():
+        data = load_dataset(dataset or config.dataset, data_dir if data_dir or dataset else config.data_dir,
+                            fallback=False)
+    if data.image_shape != config.image_shape:
+        raise DataError(f"{data.name} holds images of shape {data.image_shape} but the run's model "
+                        f"expects {config.image_shape}.")
+    images = prepare_test_images(data.test_images[:num_images], vae.likelihood.binary_data)
+    with tqdm(total=len(images), desc=f"log p(x), k={num_samples}", unit="image", leave=False,
+              disable=not progress_enabled()) as bar:
+        result = score(vae.to(device), images, num_samples=num_samples, seed=seed, dataset=data.name,
+                       progress=bar.update)
+    if as_json:
+        click.echo(json.dumps({"run": str(run), **result.to_dict()}))
+        return
+    binarized = " (binarized with a fixed seed)" if vae.likelihood.binary_data else ""
+    click.echo(f"{run}: {data.name} test set, {result.num_images} images{binarized}, nats per image")
+    click.echo(f"  ELBO                 {result.elbo:10.2f}")
+    click.echo(f"    reconstruction     {result.reconstruction:10.2f}")
+    click.echo(f"    KL                 {result.kl:10.2f}")
+    click.echo(f"  log p(x), k={num_samples:<7d} {result.log_likelihood:10.2f}")

@@ -1,0 +1,62 @@
+"""Parameter types and options shared by several commands."""
+
+import sys
+import warnings
+from contextlib import contextmanager
+
+import click
+
+from pyrovae.registry import DATASETS
+
+
+class HiddenDims(click.ParamType):
+    """Comma-separated positive layer widths, such as ``400`` or ``512,256``."""
+
+    name = "WIDTHS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        try:
+            widths = tuple(int(part) for part in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of layer widths such as 400 or 512,256.", param, ctx)
+        if not widths or min(widths) < 1:
+            self.fail(f"{value!r}: every layer width must be a positive integer.", param, ctx)
+        return widths
+
+
+def device_options(command):
+    """``--cuda`` and ``--device``, resolved later by :func:`pyrovae.run.resolve_device`."""
+    command = click.option("--device", default=None, metavar="DEVICE",
+                           help="Torch device, e.g. cpu, cuda or cuda:1 [default: cpu].")(command)
+    return click.option("--cuda", is_flag=True, help="Use the GPU (same as --device cuda).")(command)
+
+
+def data_options(command):
+    command = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                           help="Folder holding the IDX files (or torchvision's <dir>/MNIST/raw layout); "
+                                "downloads go here.")(command)
+    return command
+
+
+dataset_choice = click.Choice(DATASETS)
+
+
+def progress_enabled() -> bool:
+    """Progress bars only where a person is watching."""
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def plain_warnings():
+    """Show library warnings as one ``Warning: ...`` line on stderr, as they happen."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        previous = warnings.showwarning
+        warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"Warning: {message}", err=True)
+        try:
+            yield
+        finally:
+            warnings.showwarning = previous

@@ -1,0 +1,41 @@
+"""``pyrovae sample``: a grid of images decoded from prior samples."""
+
+import math
+from pathlib import Path
+
+import click
+
+from pyrovae.cli.options import device_options
+
+
+@click.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("-n", "--num-samples", type=click.IntRange(min=1, max=10000), default=64, show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="samples.png",
+              show_default=True, help="Image file to write (.png, .jpg, ...).")
+@click.option("--mean", is_flag=True, help="Draw the likelihood's mean image instead of a sample from it.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@device_options
+def sample(run, num_samples, output, mean, seed, cuda, device):
+    """Decode NUM_SAMPLES draws from the prior of RUN's model into one image grid."""
+    from PIL import Image
+
+    import torch
+
+    from pyrovae.errors import ConfigError
+    from pyrovae.run import load_run, resolve_device, save_grid
+
+    if output.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"Cannot tell the image format of {output}; use a name ending in .png or .jpg.")
+    if not output.parent.is_dir():
+        raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
+    device = resolve_device(device, cuda)
+    _, vae, _ = load_run(run, device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    images = vae.sample(num_samples, mean=mean)
+    try:
+        save_grid(images, output, nrow=math.ceil(math.sqrt(num_samples)))
+    except OSError as e:
+        raise ConfigError(f"Cannot write {output}: {e.strerror or e}.") from None
+    click.echo(f"Wrote {num_samples} {'mean images' if mean else 'samples'} to {output}")

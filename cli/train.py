@@ -1,0 +1,106 @@
+"""``pyrovae train``: train a new run, or resume one."""
+
+import signal
+from contextlib import contextmanager
+
+import click
+from click.core import ParameterSource
+
+from pyrovae.config import Config
+from pyrovae.cli.options import HiddenDims, data_options, dataset_choice, device_options, plain_warnings, progress_enabled
+from pyrovae.registry import ELBOS, GUIDES, LIKELIHOODS
+
+# Options that define the model or its data; they cannot change when a run is resumed.
+FIXED_ON_RESUME = ("z_dim", "hidden", "likelihood", "likelihood_scale", "guide", "elbo", "batch_size", "lr",
+                   "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback")
+
+
+@click.command()
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Number of epochs (the new total when resuming) [default: 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam's learning rate.")
+@click.option("--z-dim", type=click.IntRange(min=1), default=20, show_default=True, help="Size of the latent code.")
+@click.option("--hidden", type=HiddenDims(), default="400", show_default=True,
+              help="Encoder layer widths, comma-separated; the decoder mirrors them.")
+@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default="bernoulli", show_default=True,
+              help="p(x|z): bernoulli binarizes pixels; the others model grey levels.")
+@click.option("--likelihood-scale", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="Pixel standard deviation of the gaussian likelihood (initial value for gaussian_learned).")
+@click.option("--guide", type=click.Choice(list(GUIDES)), default="diag_normal", show_default=True, help="q(z|x).")
+@click.option("--elbo", type=click.Choice(list(ELBOS)), default="trace", show_default=True,
+              help="trace: Pyro's Trace_ELBO; meanfield: TraceMeanField_ELBO with the analytic KL.")
+@click.option("--dataset", type=dataset_choice, default="mnist", show_default=True)
+@data_options
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="Use the offline mnist5k digits when MNIST cannot be found or downloaded.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the run is written [default: runs/<dataset>-z<dim>-<likelihood>-<time>].")
+@click.option("--overwrite", is_flag=True, help="Replace a run that already exists in --run-dir.")
+@click.option("--resume", "resume", type=click.Path(file_okay=False), default=None, metavar="RUN",
+              help="Continue the run in RUN from its last checkpoint.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_options
+@click.pass_context
+def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_scale, guide, elbo, dataset, data_dir,
+          fallback, run_dir, overwrite, resume, seed, cuda, device):
+    """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
+
+    Ctrl-C stops at the next step and saves a checkpoint; --resume RUN continues it exactly.
+    """
+    from pyrovae.run import resolve_device, resume_run, train_run
+
+    device = resolve_device(device, cuda)
+    callbacks = dict(progress=progress_enabled(), on_start=_announce, on_epoch_end=_report)
+    with _stop_on_interrupt() as should_stop, plain_warnings():
+        if resume:
+            fixed = [f"--{name.replace('_', '-')}" for name in FIXED_ON_RESUME
+                     if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+            if fixed:
+                raise click.UsageError(f"{', '.join(fixed)} cannot be changed when resuming a run.")
+            result = resume_run(resume, epochs, device=device, should_stop=should_stop, **callbacks)
+        else:
+            config = Config(latent_dim=z_dim, hidden_dims=hidden, likelihood=likelihood,
+                            likelihood_scale=likelihood_scale, guide=guide, elbo=elbo,
+                            num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr,
+                            dataset=dataset, data_dir=data_dir, seed=seed)
+            result = train_run(config, run_dir, overwrite=overwrite, device=device, fallback=fallback,
+                               should_stop=should_stop, **callbacks)
+    if result.finished:
+        click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
+                   f"next: pyrovae evaluate {result.run_dir}")
+    else:
+        click.echo(f"Interrupted; checkpoint saved. Resume with: pyrovae train --resume {result.run_dir}")
+
+
+def _announce(run_dir, config, data, first_epoch):
+    click.echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
+               f"from {data.source}); run directory {run_dir}")
+    if first_epoch > 1:
+        click.echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
+
+
+def _report(m):
+    click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}  test ELBO {m.test_elbo:9.2f} "
+               f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
+
+
+@contextmanager
+def _stop_on_interrupt():
+    """The first Ctrl-C (or SIGTERM) asks training to stop after the current step; a second
+    Ctrl-C aborts at once."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        click.echo("\nStopping after this step (Ctrl-C again to abort without saving)...", err=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,58 @@
+"""pyrovae: variational autoencoders in Pyro, with swappable priors, guides, likelihoods and ELBOs.
+
+Names are imported on first use, so ``import pyrovae`` (and ``pyrovae --help``) does not
+load torch until a model is touched::
+
+    from pyrovae import VAE, StandardNormalPrior, MLPDecoder, MLPEncoder
+    from pyrovae import BernoulliLikelihood, DiagonalNormalGuide, load_dataset, fit
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "VAE": "pyrovae.vae",
+    "VAEModel": "pyrovae.vae",
+    "StandardNormalPrior": "pyrovae.priors",
+    "DiagonalNormalGuide": "pyrovae.guides",
+    "MLPEncoder": "pyrovae.networks",
+    "MLPDecoder": "pyrovae.networks",
+    "Likelihood": "pyrovae.likelihoods",
+    "BernoulliLikelihood": "pyrovae.likelihoods",
+    "GaussianLikelihood": "pyrovae.likelihoods",
+    "LearnedGaussianLikelihood": "pyrovae.likelihoods",
+    "ContinuousBernoulliLikelihood": "pyrovae.likelihoods",
+    "ImageData": "pyrovae.data",
+    "load_dataset": "pyrovae.data",
+    "binarize": "pyrovae.data",
+    "Config": "pyrovae.config",
+    "build_vae": "pyrovae.registry",
+    "fit": "pyrovae.train",
+    "Trainer": "pyrovae.train",
+    "EpochMetrics": "pyrovae.train",
+    "evaluate": "pyrovae.evaluation",
+    "EvalResult": "pyrovae.evaluation",
+    "train_run": "pyrovae.run",
+    "resume_run": "pyrovae.run",
+    "load_run": "pyrovae.run",
+    "PyroVAEError": "pyrovae.errors",
+    "DataError": "pyrovae.errors",
+    "CheckpointError": "pyrovae.errors",
+    "ConfigError": "pyrovae.errors",
+    "NumericalError": "pyrovae.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pyrovae' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,95 @@
+"""Checkpoints as plain data: written atomically, read without executing anything.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts saved with
+:func:`torch.save` and read with ``torch.load(weights_only=True)``, whose unpickler refuses
+any other object, so a file crafted to run code on load is rejected instead of run.
+"""
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyrovae.errors import CheckpointError
+
+__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
+
+FORMAT = "pyrovae-checkpoint-v1"
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over
+    ``path``: a crash at any moment leaves either the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Atomically save ``state`` (plain data only) with the format tag."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint safely onto the CPU.
+
+    :raises CheckpointError: naming the file, if it is missing, unsafe, corrupt or not ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "weights_only" in str(e) or "global" in str(e).lower():
+            raise CheckpointError(
+                f"Checkpoint {path} contains objects other than plain data (it could run code "
+                "when loaded); refusing to load it."
+            ) from None
+        raise CheckpointError(f"Checkpoint {path} is corrupt: {detail}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({detail}).") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pyrovae checkpoint.")
+    return state
+
+
+def get_rng_state() -> dict:
+    """Every random state training draws from, as plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": list(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

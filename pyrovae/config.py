@@ -1,0 +1,74 @@
+"""The run configuration: everything needed to rebuild a model and repeat its training."""
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from pyrovae.errors import ConfigError
+
+__all__ = ["Config"]
+
+@dataclass
+class Config:
+    """Options of a training run; saved as ``config.json`` and inside every checkpoint."""
+
+    latent_dim: int = 20  # size of z; 2 lets you plot the latent space directly
+    hidden_dims: Tuple[int, ...] = (400,)  # encoder widths (the decoder mirrors them), as in PyTorch's VAE example
+    likelihood: str = "bernoulli"  # binarized pixels give a true likelihood comparable with the literature
+    likelihood_scale: float = 0.5  # fixed Gaussian scale, or the initial learned one
+    guide: str = "diag_normal"
+    prior: str = "standard_normal"
+    elbo: str = "trace"  # Pyro's Trace_ELBO: one sample of both terms; "meanfield" uses the analytic KL
+    num_epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam; the classic MNIST VAE setting
+    dataset: str = "mnist"  # the data set actually used (after any offline fallback)
+    data_dir: Optional[str] = None
+    image_shape: Tuple[int, ...] = (1, 28, 28)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        self.image_shape = tuple(int(s) for s in self.image_shape)
+
+    def validate(self) -> "Config":
+        """Raise :class:`ConfigError` with one sentence for the first impossible value."""
+        checks = [
+            (self.latent_dim >= 1, f"--z-dim must be at least 1, got {self.latent_dim}."),
+            (len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1,
+             f"--hidden needs one or more positive layer widths, got {self.hidden_dims}."),
+            (self.num_epochs >= 1, f"--epochs must be at least 1, got {self.num_epochs}."),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}."),
+            (math.isfinite(self.likelihood_scale) and self.likelihood_scale > 0,
+             f"--likelihood-scale must be a positive number, got {self.likelihood_scale}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"Unknown configuration keys {', '.join(unknown)}; was this written by a newer pyrovae?")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    # The options that define the model's shape: a checkpoint fits only a model with these.
+    MODEL_FIELDS = ("latent_dim", "hidden_dims", "likelihood", "guide", "prior", "image_shape")
+
+    def model_signature(self) -> dict:
+        return {name: getattr(self, name) for name in self.MODEL_FIELDS}

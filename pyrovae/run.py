@@ -1,0 +1,264 @@
+"""Run directories: what a training run writes, and how a run is rebuilt to resume or evaluate.
+
+A run directory holds::
+
+    config.json                     the Config, including the data set actually used
+    metrics.jsonl                   one EpochMetrics per line
+    checkpoint.pt                   model, guide, optimizer, epoch, step, data order, RNG states
+    samples/epoch_0001.png          decoded prior samples (the same z every epoch)
+    reconstructions/epoch_0001.png  rows of test images, each followed by its reconstruction
+"""
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+from pyrovae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from pyrovae.config import Config
+from pyrovae.data import ImageData, load_dataset
+from pyrovae.errors import CheckpointError, ConfigError
+from pyrovae.registry import build_elbo, build_vae
+from pyrovae.train import EpochMetrics, Trainer
+from pyrovae.vae import VAE
+
+__all__ = ["RunResult", "train_run", "resume_run", "load_run", "resolve_device", "default_run_dir", "save_grid"]
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+SAMPLES = "samples"
+RECONSTRUCTIONS = "reconstructions"
+# Everything a run writes; --overwrite removes exactly these and nothing else.
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SAMPLES, RECONSTRUCTIONS)
+NUM_PICTURES = 64
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: Config
+    history: List[EpochMetrics]
+    finished: bool  # False when training was stopped early and can be resumed
+
+
+def resolve_device(device: Optional[str] = None, cuda: bool = False) -> torch.device:
+    """The torch device for ``--device``/``--cuda``, or a :class:`ConfigError` if it is not there."""
+    name = "cuda" if cuda and not device else (device or "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"CUDA was requested ({name}) but no CUDA device is available on this machine.")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"{name} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif resolved.type != "cpu":
+        raise ConfigError(f"Device {name!r} is not supported; use cpu, cuda or cuda:N.")
+    return resolved
+
+
+def default_run_dir(config: Config, root="runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{config.dataset}-z{config.latent_dim}-{config.likelihood}-{stamp}"
+
+
+def save_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
+    """Save images in [0, 1] as one grid, in the format the file name says (written atomically)."""
+    from PIL import Image
+
+    grid = make_grid(images.detach().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    atomic_write(path, lambda f: save_image(grid, f, format=image_format))
+
+
+def _fixed_latents(config: Config, n: int = NUM_PICTURES) -> torch.Tensor:
+    # From a private generator: the pictures use the same z every epoch without touching the
+    # training random stream (which would break exact resumption).
+    return torch.randn(n, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
+
+
+def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, epoch: int) -> None:
+    vae.eval()
+    samples = vae.sample(NUM_PICTURES, mean=True, z=_fixed_latents(config))
+    save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
+    # Spread over the test set: some data sets (mnist5k) are sorted by class.
+    originals = trainer.test_images[torch.linspace(0, len(trainer.test_images) - 1, 32).long()]
+    reconstructions = vae.reconstruct(originals)
+    # Rows of 8 originals, each followed by the row of their reconstructions.
+    pairs = torch.stack([originals.view(4, 8, *originals.shape[1:]),
+                         reconstructions.view(4, 8, *originals.shape[1:])], dim=1)
+    save_grid(pairs.flatten(0, 2), run_dir / RECONSTRUCTIONS / f"epoch_{epoch:04d}.png")
+    vae.train()
+
+
+def _write_metrics(run_dir: Path, history: List[EpochMetrics]) -> None:
+    lines = "".join(json.dumps(m.to_dict()) + "\n" for m in history)
+    atomic_write(run_dir / METRICS, lambda f: f.write(lines.encode()))
+
+
+def _prepare_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"Run directory {run_dir} exists and is not a directory.")
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"Run directory {run_dir} already holds a run; pass --resume {run_dir} to continue it "
+            "or --overwrite to replace it."
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".pyrovae-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"Run directory {run_dir} is not writable: {e.strerror or e}.") from None
+    for name in existing:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in (SAMPLES, RECONSTRUCTIONS):
+        (run_dir / name).mkdir(exist_ok=True)
+
+
+def load_run(run_dir, device="cpu") -> Tuple[Config, VAE, dict]:
+    """Rebuild a run's model from its checkpoint, on ``device``.
+
+    :returns: the config, the VAE (in eval mode) and the raw checkpoint state.
+    :raises CheckpointError: if the directory, its config or its checkpoint is missing,
+        unsafe, corrupt, or describes a different model.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"Run directory {run_dir} does not exist.")
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    try:
+        config = Config.from_dict(state["config"])
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"Checkpoint {run_dir / CHECKPOINT} holds no valid configuration ({e}).") from None
+    config_path = run_dir / CONFIG
+    if config_path.is_file():
+        try:
+            on_disk = Config.from_dict(json.loads(config_path.read_text()))
+        except (ValueError, TypeError, ConfigError) as e:
+            raise CheckpointError(f"{config_path} is not a valid pyrovae configuration ({e}).") from None
+        if on_disk.model_signature() != config.model_signature():
+            diff = [f"{k} {v} vs {config.model_signature()[k]}"
+                    for k, v in on_disk.model_signature().items() if v != config.model_signature()[k]]
+            raise CheckpointError(
+                f"Checkpoint {run_dir / CHECKPOINT} is from another model than {config_path} describes "
+                f"({'; '.join(diff)})."
+            )
+    vae = build_vae(config)
+    try:
+        vae.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line
+                       or "Missing" in line or "Unexpected" in line), str(e).splitlines()[0])
+        raise CheckpointError(f"Checkpoint {run_dir / CHECKPOINT} does not fit the model of its config: {detail}") from None
+    return config, vae.to(device).eval(), state
+
+
+def train_run(
+    config: Config,
+    run_dir=None,
+    *,
+    overwrite: bool = False,
+    device="cpu",
+    fallback: bool = True,
+    progress: bool = True,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
+    on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
+) -> RunResult:
+    """Train a new run, writing its directory as it goes.
+
+    All inputs (options, data, the run directory) are checked before anything is written.
+    ``config.dataset`` in the saved config is the data set actually used.
+
+    :param run_dir: default ``runs/<dataset>-z<latent_dim>-<likelihood>-<time>``.
+    :param bool overwrite: replace the files of a run already in ``run_dir``.
+    :param bool fallback: see :func:`~pyrovae.data.load_dataset`.
+    :param should_stop: polled before every step; when it returns True a checkpoint of the
+        current step is saved and the run returns unfinished, ready for :func:`resume_run`.
+    :param on_start: called with the run directory, config, data and first epoch before training.
+    :param on_epoch_end: called with each epoch's metrics after its checkpoint is saved.
+    """
+    device = resolve_device(str(device))
+    config.validate()
+    data = load_dataset(config.dataset, config.data_dir, fallback=fallback)
+    if data.name != config.dataset:
+        config = config.replace(dataset=data.name, data_dir=None)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(config)
+    if config.batch_size > len(data.train_images):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(data.train_images)} "
+            f"training images of {data.name}."
+        )
+    _prepare_new_run_dir(run_dir, overwrite)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    vae = build_vae(config).to(device)
+    return _train(run_dir, config, vae, data, None, progress, should_stop, on_start, on_epoch_end)
+
+
+def resume_run(
+    run_dir,
+    num_epochs: Optional[int] = None,
+    *,
+    device="cpu",
+    progress: bool = True,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
+    on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
+) -> RunResult:
+    """Continue a run from its checkpoint exactly where it stopped.
+
+    :param num_epochs: a new total number of epochs; default the run's own.
+    """
+    device = resolve_device(str(device))
+    run_dir = Path(run_dir)
+    config, vae, state = load_run(run_dir, device)
+    if num_epochs is not None:
+        config = config.replace(num_epochs=num_epochs).validate()
+    if state["epoch"] >= config.num_epochs and not state["step"]:
+        raise ConfigError(
+            f"Run {run_dir} has already trained for {state['epoch']} epochs; "
+            "pass --epochs with a larger total to train longer."
+        )
+    data = load_dataset(config.dataset, config.data_dir, fallback=False)
+    return _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end)
+
+
+def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end) -> RunResult:
+    vae.train()
+    trainer = Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config))
+    if state is not None:
+        trainer.load_state_dict(state)
+    atomic_write(run_dir / CONFIG, lambda f: f.write(config.to_json().encode()))
+    _write_metrics(run_dir, trainer.history)
+    if on_start is not None:
+        on_start(run_dir, config, data, trainer.epoch + 1)
+
+    def checkpoint():
+        save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
+
+    while trainer.epoch < config.num_epochs:
+        metrics = trainer.run_epoch(config.num_epochs, should_stop=should_stop, progress=progress)
+        if metrics is None:
+            checkpoint()
+            return RunResult(run_dir, config, trainer.history, finished=False)
+        _save_pictures(run_dir, vae, trainer, config, metrics.epoch)
+        checkpoint()
+        _write_metrics(run_dir, trainer.history)
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+    return RunResult(run_dir, config, trainer.history, finished=True)

@@ -1,0 +1,216 @@
+"""Fitting a VAE with stochastic variational inference on in-memory tensors.
+
+Pyro's ELBO is used as a differentiable ``nn.Module`` (``Trace_ELBO()(model, guide)``) and
+driven by a plain torch optimizer, the pattern of Pyro's ``examples/svi_torch.py``. Batches
+are slices of a random permutation of tensors already on the training device; the loop
+never waits for the device except to refresh the progress bar.
+"""
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from tqdm.auto import tqdm
+
+from pyrovae.checkpoint import get_rng_state, set_rng_state
+from pyrovae.data import ImageData, binarize
+from pyrovae.errors import ConfigError, DataError, NumericalError
+from pyrovae.evaluation import elbo_terms
+from pyrovae.vae import VAE
+
+__all__ = ["EpochMetrics", "Trainer", "fit", "TEST_BINARIZATION_SEED"]
+
+# The binary test set is drawn once with this seed, so that every model, whatever its own
+# training seed, is scored on the same images (shared/BENCHMARKS.md).
+TEST_BINARIZATION_SEED = 0
+# Progress-bar refreshes per epoch; each costs one host-device sync.
+REFRESHES_PER_EPOCH = 50
+
+
+@dataclass
+class EpochMetrics:
+    """One line of ``metrics.jsonl``: per-image nats, and the seconds spent training."""
+
+    epoch: int
+    train_elbo: float
+    test_elbo: float
+    test_reconstruction: float
+    test_kl: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prepare_test_images(images: torch.Tensor, binary: bool) -> torch.Tensor:
+    """The test images a model is scored on: binarized once, reproducibly, for binary likelihoods."""
+    return binarize(images, seed=TEST_BINARIZATION_SEED) if binary else images
+
+
+class Trainer:
+    """Trains a :class:`~pyrovae.vae.VAE` epoch by epoch, and can stop between any two steps.
+
+    All that is needed to continue exactly where it stopped (parameters, optimizer, the
+    epoch's permutation, the step within it, the random states) is in :meth:`state_dict`.
+
+    :param vae: the model and guide; train it on the device it is on.
+    :param data: train and test images in [0, 1].
+    :param elbo: a Pyro ELBO; default ``Trace_ELBO()``.
+    :param optimizer: default ``torch.optim.Adam(vae.parameters(), lr)``.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        data: ImageData,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        elbo=None,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+    ):
+        if batch_size > len(data.train_images):
+            raise ConfigError(
+                f"--batch-size {batch_size} is larger than the {len(data.train_images)} training images of {data.name}."
+            )
+        self.vae = vae
+        self.batch_size = batch_size
+        self.binary = vae.likelihood.binary_data
+        device = vae.device
+        for split, images in (("training", data.train_images), ("test", data.test_images)):
+            if images.min() < 0 or images.max() > 1:
+                raise DataError(f"The {split} images of {data.name} are not scaled to [0, 1].")
+        self.train_images = data.train_images.to(device)
+        self.test_images = prepare_test_images(data.test_images, self.binary).to(device)
+        self.loss = (elbo or Trace_ELBO())(vae.model, vae.guide)
+        self.optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=lr)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed steps of the current epoch
+        self.seconds = 0.0  # training time spent in the current epoch
+        self.permutation: Optional[torch.Tensor] = None
+        self.step_losses: Optional[torch.Tensor] = None  # summed -ELBO of each step, on the device
+        self.history: List[EpochMetrics] = []
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(len(self.train_images) / self.batch_size)
+
+    def run_epoch(
+        self, num_epochs: Optional[int] = None, should_stop: Callable[[], bool] = None, progress: bool = True
+    ) -> Optional[EpochMetrics]:
+        """Train until the end of the current epoch, then score the test set.
+
+        :param should_stop: polled before every step; when it returns True the epoch is left
+            unfinished (resumable from :meth:`state_dict`) and None is returned.
+        :raises NumericalError: if the loss became NaN or infinite.
+        """
+        device = self.train_images.device
+        if self.permutation is None:
+            # Drawn on the CPU generator so the data order is part of the saved RNG state.
+            self.permutation = torch.randperm(len(self.train_images)).to(device)
+            self.step_losses = torch.zeros(self.num_batches, device=device)
+            self.step, self.seconds = 0, 0.0
+        refresh = max(1, self.num_batches // REFRESHES_PER_EPOCH)
+        label = f"epoch {self.epoch + 1}" + (f"/{num_epochs}" if num_epochs else "")
+        bar = tqdm(total=self.num_batches, initial=self.step, desc=label, unit="batch",
+                   leave=False, disable=not progress, dynamic_ncols=True)
+        started = time.perf_counter()
+        try:
+            # Arguments were checked once above; per-step validation only costs time. NaN
+            # losses are reported by _check_finite with the step, so Pyro's warning is muted.
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Encountered NaN")
+                while self.step < self.num_batches:
+                    if should_stop is not None and should_stop():
+                        return None
+                    index = self.permutation[self.step * self.batch_size : (self.step + 1) * self.batch_size]
+                    x = self.train_images[index]
+                    if self.binary:
+                        x = binarize(x)  # dynamic binarization: a fresh draw every time
+                    loss = self.loss(x)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    (loss / len(x)).backward()
+                    self.optimizer.step()
+                    self.step_losses[self.step] = loss.detach()
+                    self.step += 1
+                    if self.step % refresh == 0 or self.step == self.num_batches:
+                        self._check_finite()
+                        done = min(self.step * self.batch_size, len(self.train_images))
+                        bar.set_postfix(elbo=f"{-self.step_losses[: self.step].sum().item() / done:.2f}")
+                        bar.update(self.step - bar.n)
+        finally:
+            self.seconds += time.perf_counter() - started
+            bar.close()
+        train_elbo = -self.step_losses.sum().item() / len(self.train_images)
+        test = elbo_terms(self.vae, self.test_images)
+        self.epoch += 1
+        metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds)
+        self.history.append(metrics)
+        self.permutation = self.step_losses = None
+        self.step = 0
+        return metrics
+
+    def _check_finite(self) -> None:
+        losses = self.step_losses[: self.step]
+        if torch.isfinite(losses.sum()):
+            return
+        bad = int(torch.nonzero(~torch.isfinite(losses))[0])
+        value = losses[bad].item()
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise NumericalError(
+            f"The loss became {value} at epoch {self.epoch + 1}, step {bad + 1}; "
+            f"try a lower learning rate (now {lr:g}) or a larger likelihood scale."
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "permutation": None if self.permutation is None else self.permutation.cpu(),
+            "step_losses": None if self.step_losses is None else self.step_losses.cpu(),
+            "history": [m.to_dict() for m in self.history],
+            "rng": get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict`; the model must already hold ``state["model"]``."""
+        device = self.train_images.device
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
+        self.permutation = None if state["permutation"] is None else state["permutation"].to(device)
+        self.step_losses = None if state["step_losses"] is None else state["step_losses"].to(device)
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+        set_rng_state(state["rng"])
+
+
+def fit(
+    vae: VAE,
+    data: ImageData,
+    num_epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    elbo=None,
+    progress: bool = True,
+    on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
+) -> List[EpochMetrics]:
+    """Train ``vae`` on ``data`` for ``num_epochs`` and return the metrics of every epoch.
+
+    Example::
+
+        data = load_dataset("mnist5k")
+        history = fit(vae, data, num_epochs=5)
+        history[-1].test_elbo
+    """
+    trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo)
+    while trainer.epoch < num_epochs:
+        metrics = trainer.run_epoch(num_epochs, progress=progress)
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+    return trainer.history

@@ -1,0 +1,91 @@
+"""The VAE: a Pyro model p(z) p(x|z) and a guide q(z|x), held together with helpers to use them."""
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyrovae.likelihoods import Likelihood
+
+__all__ = ["VAE", "VAEModel"]
+
+# Parameters live in each module, not in Pyro's global parameter store, so that two VAEs in
+# one process can never share or overwrite each other's weights.
+pyro.settings.set(module_local_params=True)
+
+
+class VAEModel(PyroModule):
+    """The generative model: z ~ prior, x ~ likelihood(decoder(z)), one plate over images."""
+
+    def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: Likelihood):
+        super().__init__()
+        self.prior = prior
+        self.decoder = decoder
+        self.likelihood = likelihood
+
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+
+class VAE(PyroModule):
+    """A variational autoencoder made of four swappable parts.
+
+    :param prior: a module whose ``forward()`` returns p(z) with event shape ``(latent_dim,)``.
+    :param decoder: a module mapping z to decoder output of shape ``(..., *image_shape)``.
+    :param likelihood: a :class:`~pyrovae.likelihoods.Likelihood` turning decoder output into p(x|z).
+    :param guide: a module whose ``forward(x)`` samples site ``"z"`` in plate ``"data"`` and
+        whose ``distribution(x)`` returns q(z|x).
+
+    ``vae.model`` and ``vae.guide`` are what Pyro's inference algorithms take::
+
+        vae = VAE(StandardNormalPrior(20), MLPDecoder(20), BernoulliLikelihood(),
+                  DiagonalNormalGuide(MLPEncoder(), latent_dim=20))
+        loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, images)
+    """
+
+    def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: Likelihood, guide: nn.Module):
+        super().__init__()
+        self.model = VAEModel(prior, decoder, likelihood)
+        self.guide = guide
+
+    @property
+    def prior(self):
+        return self.model.prior
+
+    @property
+    def decoder(self):
+        return self.model.decoder
+
+    @property
+    def likelihood(self):
+        return self.model.likelihood
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, x: torch.Tensor):
+        """q(z|x) for a batch of images."""
+        return self.guide.distribution(x)
+
+    def decode(self, z: torch.Tensor):
+        """p(x|z) for a batch of latent codes."""
+        return self.likelihood(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The likelihood's mean image decoded from the posterior mean of each image's code."""
+        return self.likelihood.mean(self.decoder(self.encode(x).mean))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = False, z: torch.Tensor = None) -> torch.Tensor:
+        """Images decoded from prior samples (or from the given ``z``), pixels in [0, 1].
+
+        :param bool mean: return the likelihood's mean image instead of a sampled one.
+        """
+        if z is None:
+            z = self.prior().sample((num_samples,))
+        out = self.decoder(z.to(self.device))
+        return self.likelihood.mean(out) if mean else self.likelihood.sample(out)

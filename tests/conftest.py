@@ -1,0 +1,81 @@
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from pyrovae.config import Config
+from pyrovae.data import load_dataset
+
+
+@pytest.fixture(autouse=True)
+def pyro_state():
+    """Every test starts seeded, with validation on and an empty parameter store."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    return load_dataset("mnist5k")
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = None) -> Path:
+    """Write ``array`` (uint8) as an IDX file, gzip-compressed when the name ends in .gz."""
+    array = np.asarray(array, dtype=np.uint8)
+    payload = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    compress = path.suffix == ".gz" if compress is None else compress
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+@pytest.fixture
+def idx_folder(tmp_path):
+    """A folder of small, valid MNIST-format files: 60 train and 20 test images."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for split, n in (("train", 60), ("t10k", 20)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return folder
+
+
+SMALL = dict(dataset="mnist5k", hidden_dims=(64,), latent_dim=4, num_epochs=2, batch_size=100)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A small run trained once for the whole session; tests must not modify it."""
+    from pyrovae.run import train_run
+
+    run_dir = tmp_path_factory.mktemp("runs") / "small"
+    train_run(Config(**SMALL), run_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture
+def tiny_vae():
+    from pyrovae.registry import build_vae
+
+    torch.manual_seed(0)
+    return build_vae(Config(latent_dim=3, hidden_dims=(32,)))
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network: every download fails at once, and the download cache is empty."""
+    from pyrovae import data as data_module
+    from pyrovae.errors import DataError
+
+    def no_network(name, root):
+        raise DataError(f"Could not download {name} into {root}: no network.")
+
+    monkeypatch.setenv("PYROVAE_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_module, "_download", no_network)

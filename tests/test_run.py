@@ -1,0 +1,111 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL
+from PIL import Image
+
+from pyrovae.config import Config
+from pyrovae.data import load_dataset
+from pyrovae.errors import CheckpointError, ConfigError
+from pyrovae.evaluation import elbo_terms
+from pyrovae.run import load_run, resolve_device, resume_run, train_run
+from pyrovae.train import prepare_test_images
+
+
+def test_run_directory_holds_everything(trained_run):
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["dataset"] == "mnist5k" and config["latent_dim"] == 4 and config["hidden_dims"] == [64]
+    lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert set(lines[0]) == {"epoch", "train_elbo", "test_elbo", "test_reconstruction", "test_kl", "seconds"}
+    for kind, size in (("samples", 8 * 28 + 9 * 2), ("reconstructions", 8 * 28 + 9 * 2)):
+        for epoch in (1, 2):
+            image = np.asarray(Image.open(trained_run / kind / f"epoch_{epoch:04d}.png").convert("L"), float)
+            assert image.shape == (size, size)
+            assert image.std() > 20  # not blank
+
+
+def test_checkpoint_round_trip_gives_the_same_test_elbo(trained_run):
+    config, vae, state = load_run(trained_run)
+    data = load_dataset(config.dataset)
+    terms = elbo_terms(vae, prepare_test_images(data.test_images, binary=True))
+    assert terms.elbo == state["history"][-1]["test_elbo"]
+
+
+def test_existing_run_is_refused_and_overwrite_keeps_other_files(trained_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / "notes.txt").write_text("mine")
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        train_run(Config(**SMALL), run_dir, progress=False)
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    train_run(Config(**{**SMALL, "num_epochs": 1}), run_dir, overwrite=True, progress=False)
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert not (run_dir / "samples" / "epoch_0002.png").exists()
+
+
+def test_unwritable_run_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="is not writable"):
+        train_run(Config(**SMALL), blocker / "run", progress=False)
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="--batch-size 5000 is larger"):
+        train_run(Config(**{**SMALL, "batch_size": 5000}), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="--z-dim"):
+        train_run(Config(**{**SMALL, "latent_dim": 0}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(trained_run, tmp_path):
+    polls = iter(range(10**6))
+    stopped = train_run(Config(**SMALL), tmp_path / "run", progress=False, should_stop=lambda: next(polls) == 55)
+    assert not stopped.finished and len(stopped.history) == 1
+    resumed = resume_run(tmp_path / "run", progress=False)
+    assert resumed.finished
+    straight = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m.to_dict() | {"seconds": 0} for m in resumed.history] == [m | {"seconds": 0} for m in straight]
+    _, a, _ = load_run(trained_run)
+    _, b, _ = load_run(tmp_path / "run")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_can_extend_a_finished_run(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "run")
+    with pytest.raises(ConfigError, match="already trained for 2 epochs"):
+        resume_run(tmp_path / "run", progress=False)
+    result = resume_run(tmp_path / "run", num_epochs=3, progress=False)
+    assert [m.epoch for m in result.history] == [1, 2, 3]
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_checkpoint_from_another_model_is_named(trained_run, tmp_path):
+    other = tmp_path / "other"
+    train_run(Config(**{**SMALL, "latent_dim": 6, "num_epochs": 1}), other, progress=False)
+    shutil.copy(other / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    shutil.copytree(trained_run, tmp_path / "run")
+    shutil.copy(other / "checkpoint.pt", tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"is from another model .*\(latent_dim 4 vs 6\)"):
+        load_run(tmp_path / "run")
+    # Weights that do not fit the configuration they claim.
+    state = torch.load(other / "checkpoint.pt", weights_only=True)
+    state["config"]["latent_dim"] = 4
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="does not fit the model of its config: size mismatch"):
+        load_run(tmp_path / "run")
+
+
+def test_missing_run_and_devices():
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_run("/nonexistent/run")
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA device is available" if not torch.cuda.is_available() else "does not exist"):
+        resolve_device("cuda:99" if torch.cuda.is_available() else "cuda")
+    with pytest.raises(ConfigError, match="Unknown device"):
+        resolve_device("gpu0")

@@ -1,0 +1,62 @@
+import pyro
+import torch
+
+from pyrovae import (
+    VAE,
+    DiagonalNormalGuide,
+    GaussianLikelihood,
+    MLPDecoder,
+    MLPEncoder,
+    StandardNormalPrior,
+)
+
+
+def _vae(latent_dim=4):
+    return VAE(
+        prior=StandardNormalPrior(latent_dim),
+        decoder=MLPDecoder(latent_dim, hidden_dims=(16,)),
+        likelihood=GaussianLikelihood(scale=0.5),
+        guide=DiagonalNormalGuide(MLPEncoder(hidden_dims=(16,)), latent_dim=latent_dim),
+    )
+
+
+def test_two_vaes_keep_their_own_parameters():
+    first, second = _vae(), _vae()
+    before = [p.clone() for p in second.parameters()]
+    x = torch.rand(5, 1, 28, 28)
+    optimizer = torch.optim.Adam(first.parameters(), lr=0.1)
+    loss = pyro.infer.Trace_ELBO()(first.model, first.guide)(x)
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, second.parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+    assert list(pyro.get_param_store().keys()) == []
+
+
+def test_prior_lives_in_buffers_and_moves_with_the_model():
+    vae = _vae()
+    buffers = dict(vae.named_buffers())
+    assert "model.prior.loc" in buffers and "model.prior.scale" in buffers
+    vae.to(torch.float64)
+    assert vae.prior().mean.dtype == torch.float64
+    assert "model.prior.loc" in vae.state_dict()
+
+
+def test_encode_decode_reconstruct_sample_shapes():
+    vae = _vae()
+    x = torch.rand(7, 1, 28, 28)
+    q = vae.encode(x)
+    assert q.batch_shape == (7,) and q.event_shape == (4,)
+    assert vae.decode(q.sample()).event_shape == (1, 28, 28)
+    assert vae.reconstruct(x).shape == (7, 1, 28, 28)
+    images = vae.sample(9)
+    assert images.shape == (9, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    z = torch.zeros(2, 4)
+    assert torch.equal(vae.sample(2, mean=True, z=z), vae.sample(2, mean=True, z=z))
+
+
+def test_guide_scale_stays_positive_for_extreme_inputs():
+    guide = DiagonalNormalGuide(MLPEncoder(hidden_dims=(16,)), latent_dim=3)
+    with torch.no_grad():
+        guide.scale.bias.fill_(-1e4)
+    assert guide.distribution(torch.rand(2, 1, 28, 28)).base_dist.scale.min() >= guide.min_scale
