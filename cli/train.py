@@ -12,7 +12,7 @@ from pyrovae.registry import ELBOS, GUIDES, LIKELIHOODS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
 FIXED_ON_RESUME = ("z_dim", "hidden", "likelihood", "likelihood_scale", "guide", "elbo", "batch_size", "lr",
-                   "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback")
+                   "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback", "keep_checkpoints")
 
 
 @click.command()
@@ -41,10 +41,12 @@ FIXED_ON_RESUME = ("z_dim", "hidden", "likelihood", "likelihood_scale", "guide",
 @click.option("--resume", "resume", type=click.Path(file_okay=False), default=None, metavar="RUN",
               help="Continue the run in RUN from its last checkpoint.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep-checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
+              help="End-of-epoch checkpoints to keep (the newest is always checkpoint.pt).")
 @device_options
 @click.pass_context
 def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_scale, guide, elbo, dataset, data_dir,
-          fallback, run_dir, overwrite, resume, seed, cuda, device):
+          fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step and saves a checkpoint; --resume RUN continues it exactly.
@@ -64,7 +66,7 @@ def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_sca
             config = Config(latent_dim=z_dim, hidden_dims=hidden, likelihood=likelihood,
                             likelihood_scale=likelihood_scale, guide=guide, elbo=elbo,
                             num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr,
-                            dataset=dataset, data_dir=data_dir, seed=seed)
+                            dataset=dataset, data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints)
             result = train_run(config, run_dir, overwrite=overwrite, device=device, fallback=fallback,
                                should_stop=should_stop, **callbacks)
     if result.finished:

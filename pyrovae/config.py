@@ -28,6 +28,7 @@ class Config:
     data_dir: Optional[str] = None
     image_shape: Tuple[int, ...] = (1, 28, 28)
     seed: int = 0
+    keep_checkpoints: int = 1  # end-of-epoch checkpoints kept: checkpoint.pt plus N-1 in checkpoints/
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -42,6 +43,7 @@ class Config:
             (self.num_epochs >= 1, f"--epochs must be at least 1, got {self.num_epochs}."),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}."),
+            (self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}."),
             (math.isfinite(self.likelihood_scale) and self.likelihood_scale > 0,
              f"--likelihood-scale must be a positive number, got {self.likelihood_scale}."),
         ]

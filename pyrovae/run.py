@@ -5,11 +5,13 @@ A run directory holds::
     config.json                     the Config, including the data set actually used
     metrics.jsonl                   one EpochMetrics per line
     checkpoint.pt                   model, guide, optimizer, epoch, step, data order, RNG states
+    checkpoints/epoch_0001.pt       older end-of-epoch checkpoints, with --keep-checkpoints N > 1
     samples/epoch_0001.png          decoded prior samples (the same z every epoch)
     reconstructions/epoch_0001.png  rows of test images, each followed by its reconstruction
 """
 
 import json
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -34,10 +36,11 @@ __all__ = ["RunResult", "train_run", "resume_run", "load_run", "resolve_device",
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
 RECONSTRUCTIONS = "reconstructions"
 # Everything a run writes; --overwrite removes exactly these and nothing else.
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SAMPLES, RECONSTRUCTIONS)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, SAMPLES, RECONSTRUCTIONS)
 NUM_PICTURES = 64
 
 
@@ -238,7 +241,33 @@ def resume_run(
     return _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end)
 
 
+def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:
+    """Keep the newest ``keep - 1`` end-of-epoch checkpoints besides ``checkpoint.pt``."""
+    folder = run_dir / CHECKPOINTS
+    if keep > 1:
+        folder.mkdir(exist_ok=True)
+        target = folder / f"epoch_{epoch:04d}.pt"
+        target.unlink(missing_ok=True)
+        # A hard link costs no space: the next atomic save of checkpoint.pt replaces the
+        # name, not the file this link points to.
+        try:
+            os.link(run_dir / CHECKPOINT, target)
+        except OSError:
+            shutil.copyfile(run_dir / CHECKPOINT, target)
+    if folder.is_dir():
+        saved = sorted(folder.glob("epoch_*.pt"))
+        for old in saved[: max(0, len(saved) - (keep - 1))]:
+            old.unlink()
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files left by a process killed in the middle of an atomic write."""
+    for path in run_dir.rglob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end) -> RunResult:
+    _remove_stale_temporaries(run_dir)
     vae.train()
     trainer = Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config))
     if state is not None:
@@ -258,6 +287,7 @@ def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, o
             return RunResult(run_dir, config, trainer.history, finished=False)
         _save_pictures(run_dir, vae, trainer, config, metrics.epoch)
         checkpoint()
+        _keep_epoch_checkpoints(run_dir, metrics.epoch, config.keep_checkpoints)
         _write_metrics(run_dir, trainer.history)
         if on_epoch_end is not None:
             on_epoch_end(metrics)

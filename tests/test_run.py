@@ -11,6 +11,7 @@ from pyrovae.config import Config
 from pyrovae.data import load_dataset
 from pyrovae.errors import CheckpointError, ConfigError
 from pyrovae.evaluation import elbo_terms
+from pyrovae.registry import build_vae
 from pyrovae.run import load_run, resolve_device, resume_run, train_run
 from pyrovae.train import prepare_test_images
 
@@ -109,3 +110,41 @@ def test_missing_run_and_devices():
         resolve_device("cuda:99" if torch.cuda.is_available() else "cuda")
     with pytest.raises(ConfigError, match="Unknown device"):
         resolve_device("gpu0")
+
+
+def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import pyrovae.run as run_module
+    from pyrovae.errors import NumericalError
+
+    built = []
+    monkeypatch.setattr(run_module, "build_vae", lambda config: built.append(build_vae(config)) or built[-1])
+
+    def poison_after_epoch_1(metrics):
+        with torch.no_grad():
+            next(built[0].decoder.parameters()).fill_(float("nan"))
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(NumericalError, match="epoch 2, step 1"):
+        train_run(Config(**{**SMALL, "num_epochs": 3}), run_dir, progress=False, on_epoch_end=poison_after_epoch_1)
+    config, vae, state = load_run(run_dir)
+    assert state["epoch"] == 1 and all(torch.isfinite(p).all() for p in vae.parameters())
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert resume_run(run_dir, progress=False).finished  # the good checkpoint trains on
+
+
+def test_keep_checkpoints_bounds_the_files(tmp_path):
+    run_dir = tmp_path / "run"
+    train_run(Config(**{**SMALL, "num_epochs": 5, "keep_checkpoints": 3}), run_dir, progress=False)
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["epoch_0004.pt", "epoch_0005.pt"]
+    assert load_run(run_dir)[2]["epoch"] == 5
+    from pyrovae.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoints" / "epoch_0004.pt")["epoch"] == 4
+
+
+def test_stale_temporaries_are_removed_on_resume(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "run")
+    (tmp_path / "run" / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    resume_run(tmp_path / "run", num_epochs=3, progress=False)
+    assert not list((tmp_path / "run").rglob(".*.tmp"))

@@ -1,0 +1,34 @@
+"""A long run of short epochs: memory stays flat and the run directory stays bounded."""
+
+from pathlib import Path
+
+import pytest
+
+from pyrovae.config import Config
+from pyrovae.run import train_run
+
+EPOCHS = 200
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status on this system")
+
+
+@pytest.mark.slow
+def test_many_epochs_keep_memory_and_files_bounded(tmp_path, mnist5k):
+    rss = []
+    config = Config(dataset="mnist5k", latent_dim=8, hidden_dims=(64,), batch_size=500,
+                    num_epochs=EPOCHS, keep_checkpoints=3)
+    train_run(config, tmp_path / "run", progress=False, on_epoch_end=lambda m: rss.append(rss_mib()))
+    assert len(rss) == EPOCHS
+    # After warm-up, resident memory must not creep: 190 further epochs add under 25 MiB.
+    assert max(rss[10:]) - rss[10] < 25, f"RSS grew from {rss[10]:.0f} to {max(rss[10:]):.0f} MiB"
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0199.pt", "epoch_0200.pt"]
+    assert not list(run.rglob(".*.tmp"))
+    # Only the per-epoch pictures (two small PNGs an epoch, by design) grow with the run.
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert len(files) == 3 + 2 + 2 * EPOCHS  # config, metrics, checkpoint.pt; 2 kept; pictures
