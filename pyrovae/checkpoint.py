@@ -67,7 +67,8 @@ def load_checkpoint(path) -> dict:
             ) from None
         raise CheckpointError(f"Checkpoint {path} is corrupt: {detail}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's own message runs to a paragraph; its first clause names the problem.
+        detail = str(e).strip().split(". ")[0].splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({detail}).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint.")

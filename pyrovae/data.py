@@ -188,8 +188,8 @@ def _download(name: str, root: Path) -> Path:
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError, ...
-        first_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise DataError(f"Could not download {name} into {root}: {first_line}") from None
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise DataError(f"Found no {name} files in {root} and could not download them ({reason}).") from None
     return root / _TORCHVISION_CLASS[name] / "raw"
 
 

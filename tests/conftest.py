@@ -75,7 +75,7 @@ def offline(monkeypatch, tmp_path):
     from pyrovae.errors import DataError
 
     def no_network(name, root):
-        raise DataError(f"Could not download {name} into {root}: no network.")
+        raise DataError(f"Found no {name} files in {root} and could not download them (no network).")
 
     monkeypatch.setenv("PYROVAE_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(data_module, "_download", no_network)

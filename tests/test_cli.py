@@ -99,7 +99,7 @@ def test_bad_inputs_get_one_sentence_and_exit_2(tmp_path, idx_folder, trained_ru
                         "does not exist")
     (tmp_path / "empty").mkdir()
     assert_one_sentence(invoke("train", "--data-dir", tmp_path / "empty", "--run-dir", tmp_path / "r"),
-                        "Could not download mnist")
+                        "Found no mnist files in")
     (idx_folder / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
     assert_one_sentence(invoke("train", "--data-dir", idx_folder, "--run-dir", tmp_path / "r"),
                         "train-images-idx3-ubyte.gz is a damaged gzip file")
