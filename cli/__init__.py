@@ -37,15 +37,19 @@ def main():
       pyrovae train --dataset mnist5k --epochs 10 --run-dir runs/demo
       pyrovae evaluate runs/demo
       pyrovae sample runs/demo -n 64 -o samples.png
+      pyrovae report runs/demo
     """
 
 
 from pyrovae.cli.evaluate import evaluate  # noqa: E402
+from pyrovae.cli.plot import plot, report  # noqa: E402
 from pyrovae.cli.sample import sample  # noqa: E402
 from pyrovae.cli.train import train  # noqa: E402
 
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(sample)
+main.add_command(plot)
+main.add_command(report)
 
 __all__ = ["main"]

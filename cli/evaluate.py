@@ -12,7 +12,7 @@ from pyrovae.cli.options import data_options, dataset_choice, device_options, pl
 @click.option("-k", "--num-samples", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Importance samples per image for log p(x).")
 @click.option("--num-images", type=click.IntRange(min=1), default=None,
-              help="Score only the first N test images [default: all].")
+              help="Score only N test images, spread evenly over the test set [default: all].")
 @click.option("--dataset", type=dataset_choice, default=None,
               help="Evaluate on this data set's test split instead of the run's own.")
 @data_options
@@ -24,7 +24,7 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
     log p(x) estimated with k importance samples (in nats per image; higher is better)."""
     from tqdm.auto import tqdm
 
-    from pyrovae.data import load_dataset
+    from pyrovae.data import load_dataset, spread_subset
     from pyrovae.errors import DataError
     from pyrovae.evaluation import evaluate as score
     from pyrovae.run import load_run, resolve_device
@@ -38,7 +38,8 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
     if data.image_shape != config.image_shape:
         raise DataError(f"{data.name} holds images of shape {data.image_shape} but the run's model "
                         f"expects {config.image_shape}.")
-    images = prepare_test_images(data.test_images[:num_images], vae.likelihood.binary_data)
+    images = prepare_test_images(data.test_images, vae.likelihood.binary_data)
+    images = images[spread_subset(num_images, len(images))]
     with tqdm(total=len(images), desc=f"log p(x), k={num_samples}", unit="image", leave=False,
               disable=not progress_enabled()) as bar:
         result = score(vae.to(device), images, num_samples=num_samples, seed=seed, dataset=data.name,

@@ -31,6 +31,7 @@ __all__ = [
     "load_dataset",
     "read_idx",
     "binarize",
+    "spread_subset",
 ]
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -271,6 +272,16 @@ def load_dataset(
             DataFallbackWarning(f"{error} Falling back to the 5,000 offline digits of mnist5k.")
         )
         return load_mnist5k()
+
+
+def spread_subset(count: Optional[int], total: int) -> torch.Tensor:
+    """Indices of ``count`` items spread evenly over ``total`` (all of them when count is None).
+
+    Taking the first N would be lopsided on data sorted by class, such as mnist5k.
+    """
+    if count is None or count >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, count).round().long()
 
 
 def binarize(images: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:

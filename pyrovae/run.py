@@ -25,7 +25,7 @@ from torchvision.utils import make_grid, save_image
 
 from pyrovae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from pyrovae.config import Config
-from pyrovae.data import ImageData, load_dataset
+from pyrovae.data import ImageData, load_dataset, spread_subset
 from pyrovae.errors import CheckpointError, ConfigError
 from pyrovae.registry import build_elbo, build_vae
 from pyrovae.train import EpochMetrics, Trainer
@@ -93,8 +93,7 @@ def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, ep
     vae.eval()
     samples = vae.sample(NUM_PICTURES, mean=True, z=_fixed_latents(config))
     save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
-    # Spread over the test set: some data sets (mnist5k) are sorted by class.
-    originals = trainer.test_images[torch.linspace(0, len(trainer.test_images) - 1, 32).long()]
+    originals = trainer.test_images[spread_subset(32, len(trainer.test_images))]
     reconstructions = vae.reconstruct(originals)
     # Rows of 8 originals, each followed by the row of their reconstructions.
     pairs = torch.stack([originals.view(4, 8, *originals.shape[1:]),

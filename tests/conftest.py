@@ -79,3 +79,13 @@ def offline(monkeypatch, tmp_path):
 
     monkeypatch.setenv("PYROVAE_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(data_module, "_download", no_network)
+
+
+@pytest.fixture(scope="session")
+def trained_run_2d(tmp_path_factory):
+    """A run with a 2-D latent space, for the figures that plot it directly."""
+    from pyrovae.run import train_run
+
+    run_dir = tmp_path_factory.mktemp("runs") / "two_d"
+    train_run(Config(**{**SMALL, "latent_dim": 2, "num_epochs": 3}), run_dir, progress=False)
+    return run_dir

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,17 @@ def test_installed_command_and_module_entry_point(tmp_path):
     assert (run / "checkpoint.pt").is_file() and (run / "samples" / "epoch_0001.png").is_file()
     result = subprocess.run([str(PYROVAE), "train", "--z-dim", "0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_plot_and_report_commands(trained_run, tmp_path):
+    result = invoke("plot", trained_run, "kl", "-o", tmp_path / "kl.png", "--num-images", 200)
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {tmp_path / 'kl.png'}" in result.output
+    assert re.search(r"Active units \(A_u > 0.01\): \d of 4", result.output)
+    assert Image.open(tmp_path / "kl.png").format == "PNG"
+    result = invoke("report", trained_run, "-o", tmp_path / "r.html", "--num-images", 200)
+    assert result.exit_code == 0 and f"Wrote {tmp_path / 'r.html'}" in result.output
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 8
+    assert invoke("plot", trained_run, "heatmap").exit_code == 2
+    assert_one_sentence(invoke("plot", tmp_path / "nope", "curves"), "does not exist")
+    assert_one_sentence(invoke("report", trained_run, "-o", tmp_path / "no" / "r.html"), "does not exist")
