@@ -8,11 +8,13 @@ from click.core import ParameterSource
 
 from pyrovae.config import Config
 from pyrovae.cli.options import HiddenDims, data_options, dataset_choice, device_options, plain_warnings, progress_enabled
-from pyrovae.registry import ELBOS, GUIDES, LIKELIHOODS
+from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
-FIXED_ON_RESUME = ("z_dim", "hidden", "likelihood", "likelihood_scale", "guide", "elbo", "batch_size", "lr",
-                   "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback", "keep_checkpoints")
+FIXED_ON_RESUME = ("z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
+                   "guide", "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta",
+                   "batch_size", "lr", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
+                   "keep_checkpoints")
 
 
 @click.command()
@@ -28,9 +30,30 @@ FIXED_ON_RESUME = ("z_dim", "hidden", "likelihood", "likelihood_scale", "guide",
               help="p(x|z): bernoulli binarizes pixels; the others model grey levels.")
 @click.option("--likelihood-scale", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="Pixel standard deviation of the gaussian likelihood (initial value for gaussian_learned).")
-@click.option("--guide", type=click.Choice(list(GUIDES)), default="diag_normal", show_default=True, help="q(z|x).")
+@click.option("--net", type=click.Choice(list(NETS)), default="mlp", show_default=True,
+              help="Encoder and decoder networks; conv: two stride-2 convolutions each way.")
+@click.option("--activation", type=click.Choice(ACTIVATION_NAMES), default="relu", show_default=True)
+@click.option("--conv-channels", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Channels of the first convolution with --net conv.")
+@click.option("--guide", type=click.Choice(list(GUIDES)), default="diag_normal", show_default=True,
+              help="q(z|x): diagonal Normal, low-rank-plus-diagonal Normal, or inverse autoregressive flows.")
+@click.option("--rank", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Covariance rank of the lowrank guide.")
+@click.option("--flows", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Number of flows of the iaf guide.")
+@click.option("--prior", type=click.Choice(list(PRIORS)), default="standard_normal", show_default=True,
+              help="p(z): N(0, I), or the VampPrior (a mixture of q at learned pseudo-inputs).")
+@click.option("--pseudo-inputs", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Mixture components of the vamp prior.")
 @click.option("--elbo", type=click.Choice(list(ELBOS)), default="trace", show_default=True,
-              help="trace: Pyro's Trace_ELBO; meanfield: TraceMeanField_ELBO with the analytic KL.")
+              help="trace: Pyro's Trace_ELBO; meanfield: TraceMeanField_ELBO with the analytic KL; "
+                   "iwae: the importance-weighted bound with --particles samples.")
+@click.option("--particles", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Importance samples per image of --elbo iwae.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Epochs over which the KL term's weight rises linearly from 0 to --beta.")
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Final weight of the KL term (1: the ELBO; > 1: a beta-VAE).")
 @click.option("--dataset", type=dataset_choice, default="mnist", show_default=True)
 @data_options
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
@@ -45,7 +68,8 @@ FIXED_ON_RESUME = ("z_dim", "hidden", "likelihood", "likelihood_scale", "guide",
               help="End-of-epoch checkpoints to keep (the newest is always checkpoint.pt).")
 @device_options
 @click.pass_context
-def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_scale, guide, elbo, dataset, data_dir,
+def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
+          guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir,
           fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
@@ -63,8 +87,10 @@ def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_sca
                 raise click.UsageError(f"{', '.join(fixed)} cannot be changed when resuming a run.")
             result = resume_run(resume, epochs, device=device, should_stop=should_stop, **callbacks)
         else:
-            config = Config(latent_dim=z_dim, hidden_dims=hidden, likelihood=likelihood,
-                            likelihood_scale=likelihood_scale, guide=guide, elbo=elbo,
+            config = Config(latent_dim=z_dim, hidden_dims=hidden, net=net, activation=activation,
+                            conv_channels=conv_channels, likelihood=likelihood, likelihood_scale=likelihood_scale,
+                            guide=guide, rank=rank, num_flows=flows, prior=prior, num_pseudo_inputs=pseudo_inputs,
+                            elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
                             num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr,
                             dataset=dataset, data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints)
             result = train_run(config, run_dir, overwrite=overwrite, device=device, fallback=fallback,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 import torch
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Independent, Normal, kl_divergence
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
@@ -22,32 +22,35 @@ ACTIVITY_THRESHOLD = 0.01
 
 @dataclass
 class Latents:
-    """Posterior means and standard deviations of a set of images, on the CPU."""
+    """Posterior means of a set of images (and standard deviations for diagonal Normal
+    guides, else None), on the CPU."""
 
     loc: torch.Tensor  # (N, latent_dim)
-    scale: torch.Tensor  # (N, latent_dim)
+    scale: Optional[torch.Tensor]  # (N, latent_dim)
     labels: torch.Tensor  # (N,)
 
 
-def _diagonal_normal(q) -> Normal:
-    base = getattr(q, "base_dist", q)
-    if not isinstance(base, Normal):
-        raise ConfigError("This analysis needs a diagonal Normal guide and prior.")
-    return base
+def _diagonal_normal(q) -> Optional[Normal]:
+    """The Normal inside an ``Independent(Normal)``, or None for any other distribution."""
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        return q.base_dist
+    return None
 
 
 @torch.no_grad()
 def encode(vae: VAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
            progress: Optional[Callable[[int], None]] = None) -> Latents:
-    """q(z|x) of every image, kept as its mean and standard deviation."""
+    """E_q[z|x] of every image (and q's standard deviations when q is a diagonal Normal)."""
     locs, scales = [], []
     for x in images.split(batch_size):
-        q = _diagonal_normal(vae.encode(x.to(vae.device)))
-        locs.append(q.loc.cpu())
-        scales.append(q.scale.expand_as(q.loc).cpu())
+        x = x.to(vae.device)
+        normal = _diagonal_normal(vae.encode(x))
+        locs.append((normal.loc if normal is not None else vae.posterior_mean(x)).cpu())
+        scales.append(normal.scale.expand_as(normal.loc).cpu() if normal is not None else None)
         if progress is not None:
             progress(len(x))
-    return Latents(torch.cat(locs), torch.cat(scales), labels.cpu())
+    scale = torch.cat(scales) if all(s is not None for s in scales) else None
+    return Latents(torch.cat(locs), scale, labels.cpu())
 
 
 def active_units(loc: torch.Tensor, threshold: float = ACTIVITY_THRESHOLD) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +60,14 @@ def active_units(loc: torch.Tensor, threshold: float = ACTIVITY_THRESHOLD) -> Tu
 
 
 def kl_per_dimension(latents: Latents, prior) -> torch.Tensor:
-    """Mean over images of KL(q(z_u|x) || p(z_u)) for each dimension u, in nats."""
+    """Mean over images of KL(q(z_u|x) || p(z_u)) for each dimension u, in nats.
+
+    The KL splits into one term per dimension only when q and p are diagonal Normals.
+    """
     p = _diagonal_normal(prior)
+    if p is None or latents.scale is None:
+        raise ConfigError("KL per dimension needs a diagonal Normal guide and prior "
+                          "(the KL of this model does not split by dimension).")
     q = Normal(latents.loc, latents.scale)
     return kl_divergence(q, Normal(p.loc.cpu(), p.scale.cpu())).mean(dim=0)
 

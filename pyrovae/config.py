@@ -16,11 +16,20 @@ class Config:
 
     latent_dim: int = 20  # size of z; 2 lets you plot the latent space directly
     hidden_dims: Tuple[int, ...] = (400,)  # encoder widths (the decoder mirrors them), as in PyTorch's VAE example
+    net: str = "mlp"  # "conv": two stride-2 convolutions each way, for 28x28 images
+    activation: str = "relu"
+    conv_channels: int = 32  # channels of the first convolution with --net conv
     likelihood: str = "bernoulli"  # binarized pixels give a true likelihood comparable with the literature
     likelihood_scale: float = 0.5  # fixed Gaussian scale, or the initial learned one
     guide: str = "diag_normal"
+    rank: int = 2  # rank of the covariance factor of the lowrank guide
+    num_flows: int = 2  # inverse autoregressive flows of the iaf guide
     prior: str = "standard_normal"
+    num_pseudo_inputs: int = 500  # mixture components of the VampPrior (Tomczak & Welling used 500)
     elbo: str = "trace"  # Pyro's Trace_ELBO: one sample of both terms; "meanfield" uses the analytic KL
+    num_particles: int = 5  # importance samples per image of the iwae objective
+    warmup_epochs: float = 0  # KL weight rises linearly from 0 to beta over this many epochs (Sonderby et al.)
+    beta: float = 1.0  # final KL weight; 1 is the true ELBO, > 1 a beta-VAE
     num_epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3  # Adam; the classic MNIST VAE setting
@@ -44,6 +53,16 @@ class Config:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}."),
             (self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}."),
+            (self.rank >= 1, f"--rank must be at least 1, got {self.rank}."),
+            (self.num_flows >= 1, f"--flows must be at least 1, got {self.num_flows}."),
+            (self.num_pseudo_inputs >= 1, f"--pseudo-inputs must be at least 1, got {self.num_pseudo_inputs}."),
+            (self.num_particles >= 1, f"--particles must be at least 1, got {self.num_particles}."),
+            (self.conv_channels >= 1, f"--conv-channels must be at least 1, got {self.conv_channels}."),
+            (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+             f"--warmup must be zero or more epochs, got {self.warmup_epochs}."),
+            (math.isfinite(self.beta) and self.beta > 0, f"--beta must be a positive number, got {self.beta}."),
+            (not (self.prior == "vamp" and self.guide == "iaf"),
+             "--prior vamp mixes the guide's Normal posteriors; use it with --guide diag_normal or lowrank, not iaf."),
             (math.isfinite(self.likelihood_scale) and self.likelihood_scale > 0,
              f"--likelihood-scale must be a positive number, got {self.likelihood_scale}."),
         ]
@@ -70,7 +89,8 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     # The options that define the model's shape: a checkpoint fits only a model with these.
-    MODEL_FIELDS = ("latent_dim", "hidden_dims", "likelihood", "guide", "prior", "image_shape")
+    MODEL_FIELDS = ("latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood", "guide",
+                    "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
 
     def model_signature(self) -> dict:
         return {name: getattr(self, name) for name in self.MODEL_FIELDS}

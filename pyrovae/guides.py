@@ -1,25 +1,49 @@
-"""Guides: amortized variational posteriors q(z|x) built on an encoder network."""
+"""Guides: amortized variational posteriors q(z|x) built on an encoder network.
+
+Every guide is an :class:`AmortizedGuide`: it returns q(z|x) from :meth:`distribution`
+(used directly by evaluation) and samples the latent site ``"z"`` inside the data plate
+in :meth:`forward` (used by Pyro's ELBOs). A new guide only writes ``distribution``.
+"""
 
 import pyro
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["DiagonalNormalGuide"]
+__all__ = ["AmortizedGuide", "DiagonalNormalGuide", "LowRankNormalGuide", "IAFGuide"]
 
 
-class DiagonalNormalGuide(PyroModule):
+class AmortizedGuide(PyroModule):
+    """Base class: an encoder and heads that give q(z|x) with event shape ``(latent_dim,)``.
+
+    :param encoder: a module mapping images to features; its ``out_features`` attribute gives
+        the feature size unless ``feature_dim`` is passed.
+    """
+
+    def __init__(self, encoder: nn.Module, latent_dim: int, feature_dim=None):
+        super().__init__()
+        self.encoder = encoder
+        self.latent_dim = latent_dim
+        self.feature_dim = feature_dim or encoder.out_features
+
+    def distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """q(z|x) for a batch of images, with batch shape ``x.shape[:1]``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", self.distribution(x))
+
+
+class DiagonalNormalGuide(AmortizedGuide):
     """q(z|x) = N(loc(x), diag(scale(x)^2)) with two linear heads on an encoder's features.
 
     ``scale = softplus(.) + min_scale`` keeps the standard deviation positive and away from
     zero; an unconstrained linear layer for a variance (a mistake in some tutorials) can go
     negative.
-
-    :param encoder: a module mapping images to features; its ``out_features`` attribute gives
-        the feature size unless ``feature_dim`` is passed.
-    :param int latent_dim: size of z.
 
     Example::
 
@@ -28,20 +52,63 @@ class DiagonalNormalGuide(PyroModule):
     """
 
     def __init__(self, encoder: nn.Module, latent_dim: int, feature_dim=None, min_scale: float = 1e-3):
-        super().__init__()
-        feature_dim = feature_dim or encoder.out_features
-        self.encoder = encoder
-        self.latent_dim = latent_dim
+        super().__init__(encoder, latent_dim, feature_dim)
         self.min_scale = min_scale
-        self.loc = nn.Linear(feature_dim, latent_dim)
-        self.scale = nn.Linear(feature_dim, latent_dim)
+        self.loc = nn.Linear(self.feature_dim, latent_dim)
+        self.scale = nn.Linear(self.feature_dim, latent_dim)
 
-    def distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q(z|x) for a batch of images, with batch shape ``x.shape[:1]``."""
-        features = self.encoder(x)
+    def normal(self, features: torch.Tensor) -> dist.TorchDistribution:
         scale = F.softplus(self.scale(features)) + self.min_scale
         return dist.Normal(self.loc(features), scale).to_event(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with pyro.plate("data", x.shape[0]):
-            return pyro.sample("z", self.distribution(x))
+    def distribution(self, x):
+        return self.normal(self.encoder(x))
+
+
+class LowRankNormalGuide(AmortizedGuide):
+    """q(z|x) = N(loc(x), W(x) W(x)^T + diag(d(x))) with a rank-``rank`` factor W: correlated
+    latents at a cost linear in ``latent_dim``."""
+
+    def __init__(self, encoder: nn.Module, latent_dim: int, rank: int = 2, feature_dim=None,
+                 min_scale: float = 1e-3):
+        super().__init__(encoder, latent_dim, feature_dim)
+        self.rank = rank
+        self.min_scale = min_scale
+        self.loc = nn.Linear(self.feature_dim, latent_dim)
+        self.diag = nn.Linear(self.feature_dim, latent_dim)
+        self.factor = nn.Linear(self.feature_dim, latent_dim * rank)
+
+    def distribution(self, x):
+        features = self.encoder(x)
+        diag = (F.softplus(self.diag(features)) + self.min_scale).pow(2)
+        factor = self.factor(features).unflatten(-1, (self.latent_dim, self.rank))
+        return dist.LowRankMultivariateNormal(self.loc(features), factor, diag)
+
+
+class IAFGuide(AmortizedGuide):
+    """A diagonal Normal from the encoder followed by ``num_flows`` inverse autoregressive
+    flows (Kingma et al. 2016) conditioned on the encoder's features, with the order of the
+    latent dimensions reversed between flows.
+
+    Sampling is one pass per flow; the density of a sample comes from the cached forward
+    pass, so the ELBO costs no inversions (see docs/elbo.md for the change of variables).
+    """
+
+    def __init__(self, encoder: nn.Module, latent_dim: int, num_flows: int = 2, hidden_dims=None,
+                 feature_dim=None, min_scale: float = 1e-3):
+        super().__init__(encoder, latent_dim, feature_dim)
+        self.base = DiagonalNormalGuide(nn.Identity(), latent_dim, feature_dim=self.feature_dim, min_scale=min_scale)
+        hidden_dims = list(hidden_dims or [max(10 * latent_dim, 64)])
+        self.flows = nn.ModuleList(
+            T.conditional_affine_autoregressive(latent_dim, self.feature_dim, hidden_dims=hidden_dims)
+            for _ in range(num_flows))
+        self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
+
+    def distribution(self, x):
+        features = self.encoder(x)
+        transforms = []
+        for i, flow in enumerate(self.flows):
+            if i:
+                transforms.append(T.Permute(self.reverse))
+            transforms.append(flow.condition(features))
+        return dist.TransformedDistribution(self.base.normal(features), transforms)

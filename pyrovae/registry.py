@@ -8,7 +8,8 @@ import nothing heavy, so the command line can list the names without loading tor
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 
-__all__ = ["DATASETS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "lookup", "build_vae", "build_elbo"]
+__all__ = ["DATASETS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "lookup", "build_vae",
+           "build_elbo"]
 
 DATASETS = ("mnist", "fashion-mnist", "mnist5k")
 
@@ -37,40 +38,87 @@ def _continuous_bernoulli(c: Config):
     return ContinuousBernoulliLikelihood()
 
 
-def _diag_normal(c: Config):
+def _activation(c: Config):
+    from pyrovae.networks import ACTIVATIONS
+
+    return lookup(ACTIVATIONS, "activation", c.activation)
+
+
+def _mlp(c: Config):
+    from pyrovae.networks import MLPDecoder, MLPEncoder
+
+    act = _activation(c)
+    return (MLPEncoder(c.image_shape, c.hidden_dims, act),
+            MLPDecoder(c.latent_dim, c.image_shape, tuple(reversed(c.hidden_dims)), act))
+
+
+def _conv(c: Config):
+    from pyrovae.networks import ConvDecoder, ConvEncoder
+
+    act = _activation(c)
+    return (ConvEncoder(c.image_shape, c.conv_channels, c.hidden_dims[-1], act),
+            ConvDecoder(c.latent_dim, c.image_shape, c.conv_channels, c.hidden_dims[-1], act))
+
+
+def _diag_normal(c: Config, encoder):
     from pyrovae.guides import DiagonalNormalGuide
-    from pyrovae.networks import MLPEncoder
 
-    return DiagonalNormalGuide(MLPEncoder(c.image_shape, c.hidden_dims), c.latent_dim)
+    return DiagonalNormalGuide(encoder, c.latent_dim)
 
 
-def _standard_normal(c: Config):
+def _lowrank(c: Config, encoder):
+    from pyrovae.guides import LowRankNormalGuide
+
+    return LowRankNormalGuide(encoder, c.latent_dim, rank=c.rank)
+
+
+def _iaf(c: Config, encoder):
+    from pyrovae.guides import IAFGuide
+
+    return IAFGuide(encoder, c.latent_dim, num_flows=c.num_flows)
+
+
+def _standard_normal(c: Config, guide, init_images):
     from pyrovae.priors import StandardNormalPrior
 
     return StandardNormalPrior(c.latent_dim)
 
 
-def _trace_elbo():
+def _vamp(c: Config, guide, init_images):
+    from pyrovae.priors import VampPrior
+
+    return VampPrior(guide, c.num_pseudo_inputs, c.image_shape, data=init_images)
+
+
+def _trace_elbo(c: Config):
     from pyro.infer import Trace_ELBO
 
     return Trace_ELBO()
 
 
-def _meanfield_elbo():
+def _meanfield_elbo(c: Config):
     from pyro.infer import TraceMeanField_ELBO
 
     return TraceMeanField_ELBO()
 
 
+def _iwae(c: Config):
+    from pyrovae.objectives import IWAE_ELBO
+
+    return IWAE_ELBO(num_particles=c.num_particles)
+
+
+NETS = {"mlp": _mlp, "conv": _conv}
 LIKELIHOODS = {
     "bernoulli": _bernoulli,
     "gaussian": _gaussian,
     "gaussian_learned": _gaussian_learned,
     "continuous_bernoulli": _continuous_bernoulli,
 }
-GUIDES = {"diag_normal": _diag_normal}
-PRIORS = {"standard_normal": _standard_normal}
-ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo}
+GUIDES = {"diag_normal": _diag_normal, "lowrank": _lowrank, "iaf": _iaf}
+PRIORS = {"standard_normal": _standard_normal, "vamp": _vamp}
+ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
+ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 
 
 def lookup(table: dict, kind: str, name: str):
@@ -81,20 +129,24 @@ def lookup(table: dict, kind: str, name: str):
         raise ConfigError(f"Unknown {kind} {name!r}; choose one of: {', '.join(table)}.") from None
 
 
-def build_vae(config: Config):
-    """Build the :class:`~pyrovae.vae.VAE` a configuration describes (on the CPU)."""
-    from pyrovae.networks import MLPDecoder
+def build_vae(config: Config, init_images=None):
+    """Build the :class:`~pyrovae.vae.VAE` a configuration describes (on the CPU).
+
+    :param init_images: training images some parts start from (the VampPrior's pseudo-inputs).
+    """
     from pyrovae.vae import VAE
 
     config.validate()
+    encoder, decoder = lookup(NETS, "network", config.net)(config)
+    guide = lookup(GUIDES, "guide", config.guide)(config, encoder)
     return VAE(
-        prior=lookup(PRIORS, "prior", config.prior)(config),
-        decoder=MLPDecoder(config.latent_dim, config.image_shape, tuple(reversed(config.hidden_dims))),
+        prior=lookup(PRIORS, "prior", config.prior)(config, guide, init_images),
+        decoder=decoder,
         likelihood=lookup(LIKELIHOODS, "likelihood", config.likelihood)(config),
-        guide=lookup(GUIDES, "guide", config.guide)(config),
+        guide=guide,
     )
 
 
 def build_elbo(config: Config):
     """The Pyro ELBO named by ``config.elbo``."""
-    return lookup(ELBOS, "ELBO", config.elbo)()
+    return lookup(ELBOS, "ELBO", config.elbo)(config)

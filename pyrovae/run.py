@@ -208,7 +208,7 @@ def train_run(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    vae = build_vae(config).to(device)
+    vae = build_vae(config, init_images=data.train_images).to(device)
     return _train(run_dir, config, vae, data, None, progress, should_stop, on_start, on_epoch_end)
 
 
@@ -268,7 +268,8 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end) -> RunResult:
     _remove_stale_temporaries(run_dir)
     vae.train()
-    trainer = Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config))
+    trainer = Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config),
+                      warmup_epochs=config.warmup_epochs, beta=config.beta)
     if state is not None:
         trainer.load_state_dict(state)
     atomic_write(run_dir / CONFIG, lambda f: f.write(config.to_json().encode()))

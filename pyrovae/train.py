@@ -22,6 +22,7 @@ from pyrovae.checkpoint import get_rng_state, set_rng_state
 from pyrovae.data import ImageData, binarize
 from pyrovae.errors import ConfigError, DataError, NumericalError
 from pyrovae.evaluation import elbo_terms
+from pyrovae.objectives import LatentScale, kl_weight
 from pyrovae.vae import VAE
 
 __all__ = ["EpochMetrics", "Trainer", "fit", "TEST_BINARIZATION_SEED"]
@@ -75,6 +76,10 @@ class Trainer:
     :param data: train and test images in [0, 1].
     :param elbo: a Pyro ELBO; default ``Trace_ELBO()``.
     :param optimizer: default ``torch.optim.Adam(vae.parameters(), lr)``.
+    :param warmup_epochs: the KL term's weight rises linearly from 0 to ``beta`` over this
+        many epochs, step by step (:class:`~pyrovae.objectives.LatentScale`).
+    :param beta: the KL term's final weight (1: the ELBO; > 1: a beta-VAE). The test
+        metrics always use the unweighted ELBO; ``train_elbo`` is the weighted objective.
     """
 
     def __init__(
@@ -85,6 +90,8 @@ class Trainer:
         lr: float = 1e-3,
         elbo=None,
         optimizer: Optional[torch.optim.Optimizer] = None,
+        warmup_epochs: float = 0,
+        beta: float = 1.0,
     ):
         if batch_size > len(data.train_images):
             raise ConfigError(
@@ -101,6 +108,7 @@ class Trainer:
         self.test_images = prepare_test_images(data.test_images, self.binary).to(device)
         self.elbo = elbo or Trace_ELBO()
         self.optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=lr)
+        self.warmup_epochs, self.beta = warmup_epochs, beta
         self.epoch = 0  # completed epochs
         self.step = 0  # completed steps of the current epoch
         self.seconds = 0.0  # training time spent in the current epoch
@@ -132,6 +140,10 @@ class Trainer:
         bar = tqdm(total=self.num_batches, initial=self.step, desc=label, unit="batch",
                    leave=False, disable=not progress, dynamic_ncols=True)
         model, guide = direct_call(self.vae.model), direct_call(self.vae.guide)
+        weighted = self.warmup_epochs > 0 or self.beta != 1
+        if weighted:  # the KL term's weight, changed before every step
+            latent_scale = LatentScale(1.0)
+            model, guide = latent_scale(model), latent_scale(guide)
         started = time.perf_counter()
         try:
             # Arguments were checked once above; per-step validation only costs time. NaN
@@ -145,6 +157,9 @@ class Trainer:
                     x = self.train_images[index]
                     if self.binary:
                         x = binarize(x)  # dynamic binarization: a fresh draw every time
+                    if weighted:
+                        progress_epochs = self.epoch + (self.step + 1) / self.num_batches
+                        latent_scale.scale = kl_weight(progress_epochs, self.warmup_epochs, self.beta)
                     loss = self.elbo.differentiable_loss(model, guide, x)
                     self.optimizer.zero_grad(set_to_none=True)
                     (loss / len(x)).backward()
@@ -212,6 +227,8 @@ def fit(
     elbo=None,
     progress: bool = True,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
+    warmup_epochs: float = 0,
+    beta: float = 1.0,
 ) -> List[EpochMetrics]:
     """Train ``vae`` on ``data`` for ``num_epochs`` and return the metrics of every epoch.
 
@@ -221,7 +238,7 @@ def fit(
         history = fit(vae, data, num_epochs=5)
         history[-1].test_elbo
     """
-    trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo)
+    trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo, warmup_epochs=warmup_epochs, beta=beta)
     while trainer.epoch < num_epochs:
         metrics = trainer.run_epoch(num_epochs, progress=progress)
         if on_epoch_end is not None:

@@ -75,9 +75,18 @@ class VAE(PyroModule):
         return self.likelihood(self.decoder(z))
 
     @torch.no_grad()
+    def posterior_mean(self, x: torch.Tensor, num_samples: int = 64) -> torch.Tensor:
+        """E_q[z|x]: exact where q has a closed-form mean, else a Monte Carlo average (flows)."""
+        q = self.encode(x)
+        try:
+            return q.mean
+        except NotImplementedError:
+            return q.sample((num_samples,)).mean(dim=0)
+
+    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean image decoded from the posterior mean of each image's code."""
-        return self.likelihood.mean(self.decoder(self.encode(x).mean))
+        return self.likelihood.mean(self.decoder(self.posterior_mean(x)))
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = False, z: torch.Tensor = None) -> torch.Tensor:

@@ -117,7 +117,7 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from pyrovae.errors import NumericalError
 
     built = []
-    monkeypatch.setattr(run_module, "build_vae", lambda config: built.append(build_vae(config)) or built[-1])
+    monkeypatch.setattr(run_module, "build_vae", lambda config, **kw: built.append(build_vae(config, **kw)) or built[-1])
 
     def poison_after_epoch_1(metrics):
         with torch.no_grad():

@@ -1,0 +1,68 @@
+"""Training objectives beyond Pyro's stock ELBOs: the importance-weighted bound as a
+differentiable loss, and an explicit weight on the KL term (warm-up, beta-VAE)."""
+
+import math
+
+import torch
+from pyro.infer import RenyiELBO
+from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
+from pyro.poutine.scale_messenger import ScaleMessenger
+
+__all__ = ["IWAE_ELBO", "LatentScale", "kl_weight"]
+
+
+class IWAE_ELBO(RenyiELBO):
+    """The importance-weighted bound of Burda et al. (2015): ``RenyiELBO(alpha=0)``, whose
+    per-image bound is (1/k)-log-mean-exp of k importance weights, with a
+    ``differentiable_loss`` so that a torch optimizer can drive it.
+
+    Pyro's ``RenyiELBO`` only offers ``loss_and_grads``, which calls ``backward`` itself
+    and only when it sees ``param`` sites. For reparameterized guides the gradient of
+    ``-sum_x logmeanexp_k log w_k(x)`` computed here equals its surrogate's gradient.
+    """
+
+    def __init__(self, num_particles: int = 5, vectorize_particles: bool = True):
+        super().__init__(alpha=0, num_particles=num_particles, max_plate_nesting=1,
+                         vectorize_particles=vectorize_particles)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        log_weights = []
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            log_w = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    log_w = log_w + torch_sum(site["log_prob"], sum_dims)
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample":
+                    if not is_identically_zero(site["score_parts"].score_function):
+                        raise NotImplementedError("IWAE_ELBO needs reparameterized guide sites.")
+                    log_w = log_w - torch_sum(site["log_prob"], sum_dims)
+            log_weights.append(log_w)
+        if self.vectorize_particles and self.num_particles > 1:
+            log_weights = log_weights[0]  # (num_particles, batch)
+        else:
+            log_weights = torch.stack(log_weights)
+        bound = torch.logsumexp(log_weights, dim=0) - math.log(self.num_particles)
+        return -bound.sum()
+
+
+class LatentScale(ScaleMessenger):
+    """``poutine.scale`` restricted to the latent sites: multiplies log p(z) in the model and
+    log q(z|x) in the guide by ``scale``, so that Trace_ELBO's estimate of the KL term is
+    weighted and the reconstruction term is not. ``scale`` may be changed between steps."""
+
+    def __init__(self, scale: float, sites=("z",)):
+        super().__init__(scale)
+        self.sites = tuple(sites)
+
+    def _process_message(self, msg):
+        if msg["name"] in self.sites:
+            super()._process_message(msg)
+
+
+def kl_weight(progress_epochs: float, warmup_epochs: float = 0, beta: float = 1.0) -> float:
+    """The KL weight after ``progress_epochs`` of training: ``beta`` times a linear ramp from
+    0 to 1 over ``warmup_epochs`` (no ramp when it is 0)."""
+    ramp = 1.0 if warmup_epochs <= 0 else min(1.0, progress_epochs / warmup_epochs)
+    return beta * ramp

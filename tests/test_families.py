@@ -1,0 +1,199 @@
+"""Every guide x prior x likelihood x objective that makes sense trains; each family is correct."""
+
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyrovae.config import Config
+from pyrovae.errors import ConfigError
+from pyrovae.evaluation import elbo_terms
+from pyrovae.guides import IAFGuide
+from pyrovae.networks import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPEncoder
+from pyrovae.objectives import IWAE_ELBO, LatentScale, kl_weight
+from pyrovae.priors import VampPrior
+from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, PRIORS, build_elbo, build_vae
+from pyrovae.run import load_run, train_run
+from pyrovae.train import direct_call, prepare_test_images
+
+COMBINATIONS = [c for c in itertools.product(GUIDES, PRIORS, LIKELIHOODS, ELBOS) if c[:2] != ("iaf", "vamp")]
+
+
+def _config(guide="diag_normal", prior="standard_normal", likelihood="bernoulli", elbo="trace", **extra):
+    return Config(guide=guide, prior=prior, likelihood=likelihood, elbo=elbo, latent_dim=4, hidden_dims=(24,),
+                  num_pseudo_inputs=7, num_particles=3, **extra)
+
+
+def _batch(likelihood, n=5):
+    x = torch.rand(n, 1, 28, 28)
+    return torch.bernoulli(x) if likelihood == "bernoulli" else x
+
+
+@pytest.mark.parametrize("guide, prior, likelihood, elbo", COMBINATIONS)
+def test_one_step_gives_a_finite_loss_and_gradients_for_every_parameter(guide, prior, likelihood, elbo):
+    config = _config(guide, prior, likelihood, elbo)
+    vae = build_vae(config)
+    loss = build_elbo(config).differentiable_loss(direct_call(vae.model), direct_call(vae.guide),
+                                                  _batch(likelihood))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, parameter in vae.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("guide, prior", [c for c in itertools.product(GUIDES, PRIORS) if c != ("iaf", "vamp")])
+def test_event_shapes(guide, prior):
+    vae = build_vae(_config(guide, prior))
+    x = _batch("bernoulli", 6)
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    model_trace.compute_log_prob()
+    for trace in (guide_trace, model_trace):
+        z = trace.nodes["z"]["fn"]
+        assert (tuple(z.batch_shape), tuple(z.event_shape)) == ((6,), (4,))
+    assert model_trace.nodes["z"]["log_prob"].shape == (6,)
+    assert tuple(model_trace.nodes["x"]["fn"].event_shape) == (1, 28, 28)
+
+
+def test_vamp_with_iaf_is_refused():
+    with pytest.raises(ConfigError, match="--prior vamp"):
+        build_vae(_config("iaf", "vamp"))
+
+
+def test_flow_density_matches_the_change_of_variables():
+    torch.manual_seed(0)
+    guide = IAFGuide(MLPEncoder(hidden_dims=(16,)), latent_dim=3, num_flows=3)
+    with torch.no_grad():  # make the flows far from the identity
+        for p in guide.flows.parameters():
+            p.normal_(0, 0.3)
+    x = torch.rand(4, 1, 28, 28)
+    q = guide.distribution(x)
+    base_x = q.base_dist.sample()
+    log_density = q.base_dist.log_prob(base_x)
+    y = base_x
+    for transform in q.transforms:
+        y_next = transform(y)
+        log_density = log_density - transform.log_abs_det_jacobian(y, y_next)
+        y = y_next
+    # Fresh tensor, so Pyro cannot use its cache: it must invert the flows.
+    assert torch.allclose(q.log_prob(y.clone()), log_density, atol=1e-3)
+    # And by the Jacobian of the whole map, computed by autograd for one image.
+    features = guide.encoder(x[:1])
+    single = guide.distribution(x[:1])
+
+    def flow(u):
+        for transform in single.transforms:
+            u = transform(u)
+        return u
+
+    u = single.base_dist.sample()
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v.unsqueeze(0)).squeeze(0), u[0])
+    expected = single.base_dist.log_prob(u) - torch.linalg.slogdet(jacobian)[1]
+    assert torch.allclose(single.log_prob(flow(u).clone()), expected, atol=1e-3)
+    assert features.shape == (1, 16)
+
+
+def test_vamp_prior_density_is_the_mixture_of_the_guide_at_its_pseudo_inputs():
+    vae = build_vae(_config("diag_normal", "vamp"))
+    prior = vae.prior
+    assert isinstance(prior, VampPrior) and prior.num_pseudo_inputs == 7
+    z = torch.randn(5, 4)
+    components = vae.guide.distribution(torch.sigmoid(prior.pseudo_inputs))  # batch (7,)
+    direct = torch.logsumexp(components.log_prob(z.unsqueeze(1)), dim=1) - math.log(7)
+    assert torch.allclose(prior().log_prob(z), direct, atol=1e-5)
+    # The guide is shared, not copied: one set of weights, registered once.
+    names = [name for name, _ in vae.named_parameters()]
+    assert sum(name.startswith("guide.") for name in names) == len(list(vae.guide.parameters()))
+    assert not any("prior._guide" in name for name in names)
+
+
+def test_iwae_loss_equals_pyros_renyi_elbo():
+    from pyro.infer import RenyiELBO
+
+    vae = build_vae(_config())
+    x = _batch("bernoulli", 8)
+    pyro.set_rng_seed(3)
+    ours = IWAE_ELBO(num_particles=4).differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(3)
+    theirs = RenyiELBO(alpha=0, num_particles=4, vectorize_particles=True, max_plate_nesting=1).loss(
+        vae.model, vae.guide, x)
+    assert ours.item() == pytest.approx(theirs, rel=1e-5)
+
+
+def test_iwae_bound_is_above_the_elbo_and_grows_with_k(trained_run, mnist5k):
+    _, vae, _ = load_run(trained_run)
+    x = prepare_test_images(mnist5k.test_images, binary=True)
+    model, guide = direct_call(vae.model), direct_call(vae.guide)
+    with torch.no_grad():
+        bounds = []
+        for k in (1, 5, 50):
+            pyro.set_rng_seed(0)
+            bounds.append(-IWAE_ELBO(num_particles=k).differentiable_loss(model, guide, x).item() / len(x))
+    elbo = elbo_terms(vae, x).elbo
+    assert abs(bounds[0] - elbo) < 1.0  # k = 1 is the ELBO
+    assert elbo < bounds[1] < bounds[2]
+
+
+def test_latent_scale_weights_only_the_latent_sites():
+    vae = build_vae(_config())
+    x = _batch("bernoulli")
+    scale = LatentScale(0.25)
+    guide_trace = poutine.trace(scale(vae.guide)).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(scale(vae.model), trace=guide_trace)).get_trace(x)
+    assert guide_trace.nodes["z"]["scale"] == 0.25 and model_trace.nodes["z"]["scale"] == 0.25
+    assert model_trace.nodes["x"]["scale"] == 1.0
+
+
+def test_kl_weight_schedule():
+    assert [kl_weight(e, warmup_epochs=4) for e in (0.5, 2, 4, 9)] == [0.125, 0.5, 1.0, 1.0]
+    assert kl_weight(1, warmup_epochs=0, beta=4) == 4
+    assert kl_weight(1, warmup_epochs=2, beta=4) == 2
+
+
+def test_beta_changes_training_but_not_what_is_reported(mnist5k):
+    from pyrovae.train import fit
+
+    histories = {}
+    for beta in (1.0, 8.0):
+        torch.manual_seed(0)
+        vae = build_vae(_config())
+        histories[beta] = fit(vae, mnist5k, num_epochs=2, beta=beta, progress=False)
+        assert histories[beta][-1].test_elbo == pytest.approx(
+            elbo_terms(vae, prepare_test_images(mnist5k.test_images, True)).elbo)
+    assert histories[8.0][-1].test_kl < histories[1.0][-1].test_kl  # a heavier KL weight squeezes the code
+
+
+def test_conv_networks_keep_leading_dimensions():
+    encoder, decoder = ConvEncoder(channels=4, out_features=10), ConvDecoder(3, channels=4, hidden=10)
+    assert encoder(torch.rand(2, 5, 1, 28, 28)).shape == (2, 5, 10)
+    assert decoder(torch.randn(7, 2, 3)).shape == (7, 2, 1, 28, 28)
+    with pytest.raises(ValueError):
+        ConvEncoder(image_shape=(1, 30, 30))
+
+
+def test_activation_names_match_the_networks():
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
+
+
+@pytest.mark.parametrize("extra", [
+    dict(guide="iaf", num_flows=2), dict(prior="vamp"), dict(elbo="iwae"), dict(net="conv", conv_channels=4),
+    dict(guide="lowrank", warmup_epochs=1.0, beta=2.0), dict(activation="elu", hidden_dims=(24, 12)),
+])
+def test_checkpoints_rebuild_every_family(tmp_path, extra):
+    config = Config(**{**dict(dataset="mnist5k", latent_dim=4, hidden_dims=(24,), num_epochs=1, batch_size=500,
+                              num_pseudo_inputs=7, num_particles=3), **extra})
+    result = train_run(config, tmp_path / "run", progress=False)
+    loaded, vae, _ = load_run(tmp_path / "run")
+    assert loaded == result.config
+    images = prepare_test_images(load_run_data(loaded), vae.likelihood.binary_data)
+    assert elbo_terms(vae, images).elbo == result.history[-1].test_elbo
+
+
+def load_run_data(config):
+    from pyrovae.data import load_dataset
+
+    return load_dataset(config.dataset).test_images
