@@ -18,7 +18,8 @@ from pyrovae.vae import VAE
 __all__ = ["ELBOTerms", "EvalResult", "elbo_terms", "log_likelihood", "evaluate", "analytic_kl"]
 
 # Rows (images x importance samples) decoded at once: bounds memory to about
-# MAX_ROWS x (hidden + pixels) floats, some 80 MB for the default MLP.
+# MAX_ROWS x (hidden + pixels) floats, some 80 MB for the default MLP. A prior whose density
+# costs more per row declares ``row_cost`` (in units of about 1,024 floats per row).
 MAX_ROWS = 16384
 
 
@@ -74,12 +75,12 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
     device = vae.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     with _seeded(seed, device):
+        p = vae.prior()
         for x in images.split(batch_size):
             x = x.to(device, non_blocking=True)
             q = vae.encode(x)
             z = q.rsample()
             reconstruction = vae.decode(z).log_prob(x)
-            p = vae.prior()
             kl = analytic_kl(q, p)
             if kl is None:
                 kl = q.log_prob(z) - p.log_prob(z)
@@ -102,14 +103,16 @@ def log_likelihood(
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
     device = vae.device
-    images_per_chunk = max(1, MAX_ROWS // num_samples)
-    samples_per_chunk = min(num_samples, max(1, MAX_ROWS // images_per_chunk))
+    # A mixture prior scores every row against each component: fewer rows per chunk.
+    max_rows = max(1, MAX_ROWS // getattr(vae.prior, "row_cost", 1))
+    images_per_chunk = max(1, max_rows // num_samples)
+    samples_per_chunk = min(num_samples, max(1, max_rows // images_per_chunk))
     total = torch.zeros((), dtype=torch.float64, device=device)
     with _seeded(seed, device):
+        p = vae.prior()  # the same for every image: built once (the VampPrior encodes its pseudo-inputs)
         for x in images.split(images_per_chunk):
             x = x.to(device, non_blocking=True)
             q = vae.encode(x)
-            p = vae.prior()
             running = torch.full((len(x),), -math.inf, device=device)
             for start in range(0, num_samples, samples_per_chunk):
                 z = q.sample((min(samples_per_chunk, num_samples - start),))

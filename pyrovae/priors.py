@@ -51,6 +51,12 @@ class VampPrior(nn.Module):
     def num_pseudo_inputs(self) -> int:
         return len(self.pseudo_inputs)
 
+    @property
+    def row_cost(self) -> int:
+        """Its density holds one value per component and latent dimension for each z: in units
+        of 1,024 floats, what evaluation budgets per row to keep memory bounded."""
+        return max(1, self.num_pseudo_inputs * self.latent_dim // 1024)
+
     def forward(self) -> dist.TorchDistribution:
         components = self._guide.distribution(torch.sigmoid(self.pseudo_inputs))
         return dist.MixtureSameFamily(dist.Categorical(logits=self.mixture_logits), components)

@@ -197,3 +197,18 @@ def load_run_data(config):
     from pyrovae.data import load_dataset
 
     return load_dataset(config.dataset).test_images
+
+
+def test_evaluation_builds_a_mixture_prior_once_and_shrinks_its_chunks(monkeypatch):
+    from pyrovae import evaluation
+
+    vae = build_vae(_config("diag_normal", "vamp"))
+    assert VampPrior(vae.guide, num_pseudo_inputs=500).row_cost == 1  # 500 x 4 floats per row
+    assert VampPrior(build_vae(Config(latent_dim=20, hidden_dims=(8,))).guide, 500).row_cost == 9
+    calls = []
+    original = type(vae.prior).forward
+    monkeypatch.setattr(type(vae.prior), "forward", lambda self: calls.append(1) or original(self))
+    monkeypatch.setattr(evaluation, "MAX_ROWS", 20)
+    images = torch.bernoulli(torch.rand(6, 1, 28, 28))
+    assert math.isfinite(evaluation.log_likelihood(vae, images, num_samples=30))
+    assert len(calls) == 1
