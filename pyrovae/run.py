@@ -126,8 +126,6 @@ def _prepare_new_run_dir(run_dir: Path, overwrite: bool) -> None:
     for name in existing:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for name in (SAMPLES, RECONSTRUCTIONS):
-        (run_dir / name).mkdir(exist_ok=True)
 
 
 def load_run(run_dir, device="cpu") -> Tuple[Config, VAE, dict]:
@@ -267,6 +265,8 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 
 def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end) -> RunResult:
     _remove_stale_temporaries(run_dir)
+    for name in (SAMPLES, RECONSTRUCTIONS):
+        (run_dir / name).mkdir(exist_ok=True)
     vae.train()
     trainer = Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config),
                       warmup_epochs=config.warmup_epochs, beta=config.beta)

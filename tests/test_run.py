@@ -143,8 +143,10 @@ def test_keep_checkpoints_bounds_the_files(tmp_path):
     assert load_checkpoint(run_dir / "checkpoints" / "epoch_0004.pt")["epoch"] == 4
 
 
-def test_stale_temporaries_are_removed_on_resume(trained_run, tmp_path):
+def test_stale_temporaries_are_removed_and_deleted_folders_remade_on_resume(trained_run, tmp_path):
     shutil.copytree(trained_run, tmp_path / "run")
     (tmp_path / "run" / ".checkpoint.pt.abc123.tmp").write_bytes(b"half")
+    shutil.rmtree(tmp_path / "run" / "samples")
     resume_run(tmp_path / "run", num_epochs=3, progress=False)
     assert not list((tmp_path / "run").rglob(".*.tmp"))
+    assert (tmp_path / "run" / "samples" / "epoch_0003.png").is_file()
