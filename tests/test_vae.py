@@ -60,3 +60,10 @@ def test_guide_scale_stays_positive_for_extreme_inputs():
     with torch.no_grad():
         guide.scale.bias.fill_(-1e4)
     assert guide.distribution(torch.rand(2, 1, 28, 28)).base_dist.scale.min() >= guide.min_scale
+
+
+def test_every_public_name_imports_from_the_package():
+    import pyrovae
+
+    for name in pyrovae.__all__:
+        assert getattr(pyrovae, name) is not None, name
