@@ -14,7 +14,7 @@ from pathlib import Path
 from pyrovae.config import Config
 from pyrovae.data import load_dataset
 from pyrovae.evaluation import evaluate
-from pyrovae.run import train_run
+from pyrovae.run import load_run, train_run
 from pyrovae.train import prepare_test_images
 
 ROWS = [
@@ -45,8 +45,6 @@ def main(argv=None):
         result = train_run(Config(dataset="fashion-mnist", num_epochs=args.epochs, **options), run_dir,
                            overwrite=True, progress=False)
         train_seconds = time.perf_counter() - started
-        from pyrovae.run import load_run
-
         _, vae, _ = load_run(run_dir)
         started = time.perf_counter()
         scores = evaluate(vae, test, num_samples=args.num_samples)

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -166,5 +165,4 @@ def _peak_memory(device) -> float:
 
 
 if __name__ == "__main__":
-    np.random.seed(0)
     main()

@@ -19,6 +19,7 @@ from pyrovae.analysis import ACTIVITY_THRESHOLD, RunView, active_units, kl_per_d
 from pyrovae.checkpoint import atomic_write
 from pyrovae.data import spread_subset
 from pyrovae.errors import ConfigError
+from pyrovae.run import GRID_PADDING
 
 __all__ = ["PLOTS", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples", "plot_evolution",
            "plot_latent", "plot_manifold", "plot_interpolate", "plot_kl"]
@@ -27,7 +28,7 @@ DPI = 100
 FONT = 12
 MARKERS = "osD^vP*X<>"
 TILE = 28  # pixels of one image in the per-epoch grids written by pyrovae.run.save_grid
-PAD = 2
+PAD = GRID_PADDING
 
 
 def _figure(width: float, height: float) -> Figure:

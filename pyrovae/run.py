@@ -42,6 +42,7 @@ RECONSTRUCTIONS = "reconstructions"
 # Everything a run writes; --overwrite removes exactly these and nothing else.
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, SAMPLES, RECONSTRUCTIONS)
 NUM_PICTURES = 64
+GRID_PADDING = 2  # pixels between the images of a saved grid; the evolution figure cuts tiles by it
 
 
 @dataclass
@@ -78,7 +79,7 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
     """Save images in [0, 1] as one grid, in the format the file name says (written atomically)."""
     from PIL import Image
 
-    grid = make_grid(images.detach().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    grid = make_grid(images.detach().cpu(), nrow=nrow, padding=GRID_PADDING, pad_value=1.0)
     image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     atomic_write(path, lambda f: save_image(grid, f, format=image_format))
 

@@ -83,3 +83,10 @@ def test_slerp_stays_on_the_sphere_and_hits_both_ends(seed, dim):
     assert torch.allclose(path[:, 0], a, atol=1e-6) and torch.allclose(path[:, -1], b, atol=1e-6)
     assert torch.allclose(path.norm(dim=-1), torch.ones(3, 7, dtype=torch.float64), atol=1e-6)
     assert math.isfinite(path.sum().item())
+
+
+def test_the_cli_lists_every_kind():
+    from pyrovae.cli.plot import KINDS
+    from pyrovae.report import CAPTIONS
+
+    assert KINDS == tuple(PLOTS) == tuple(CAPTIONS)
