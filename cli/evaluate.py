@@ -42,8 +42,9 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
     images = images[spread_subset(num_images, len(images))]
     with tqdm(total=len(images), desc=f"log p(x), k={num_samples}", unit="image", leave=False,
               disable=not progress_enabled()) as bar:
+        labels = data.test_labels[spread_subset(num_images, len(data.test_labels))]
         result = score(vae.to(device), images, num_samples=num_samples, seed=seed, dataset=data.name,
-                       progress=bar.update)
+                       progress=bar.update, labels=labels)
     if as_json:
         click.echo(json.dumps({"run": str(run), **result.to_dict()}))
         return
@@ -53,3 +54,5 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
     click.echo(f"    reconstruction     {result.reconstruction:10.2f}")
     click.echo(f"    KL                 {result.kl:10.2f}")
     click.echo(f"  log p(x), k={num_samples:<7d} {result.log_likelihood:10.2f}")
+    if result.accuracy is not None:
+        click.echo(f"  classifier accuracy  {100 * result.accuracy:9.2f}%  (q(y|x) on the test labels)")

@@ -27,6 +27,25 @@ class HiddenDims(click.ParamType):
         return widths
 
 
+class LabelCount(click.ParamType):
+    """A number of labelled images, or ``all`` (returned as None)."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return None
+        try:
+            count = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of labels nor 'all'.", param, ctx)
+        if count < 1:
+            self.fail(f"{value!r}: give at least one label, or 'all'.", param, ctx)
+        return count
+
+
 def device_options(command):
     """``--cuda`` and ``--device``, resolved later by :func:`pyrovae.run.resolve_device`."""
     command = click.option("--device", default=None, metavar="DEVICE",

@@ -6,7 +6,7 @@ import click
 
 from pyrovae.cli.options import device_options, progress_enabled
 
-KINDS = ("curves", "reconstructions", "samples", "evolution", "latent", "manifold", "interpolate", "kl")
+KINDS = ("curves", "reconstructions", "samples", "evolution", "latent", "manifold", "interpolate", "kl", "styles")
 
 
 def _view(run, num_images, cuda, device):
@@ -44,6 +44,7 @@ def plot(run, kind, output, num_images, cuda, device):
     manifold         decoded grid over the latent space
     interpolate      linear and spherical interpolations between test images
     kl               KL per latent dimension, active units marked
+    styles           M2 only: one style z per row, one class per column
     """
     from pyrovae.errors import ConfigError
     from pyrovae.plots import PLOTS, save_figure
@@ -74,11 +75,12 @@ def report(run, output, num_images, cuda, device):
     from tqdm.auto import tqdm
 
     from pyrovae.errors import ConfigError
+    from pyrovae.plots import kinds_for
     from pyrovae.report import write_report
 
     if output is not None and not output.parent.is_dir():
         raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
     view = _view(run, num_images, cuda, device)
-    with tqdm(total=len(KINDS), desc="figures", unit="figure", leave=False, disable=not progress_enabled()) as bar:
+    with tqdm(total=len(kinds_for(view.config)), desc="figures", unit="figure", leave=False, disable=not progress_enabled()) as bar:
         path = write_report(view, output, on_figure=lambda kind: bar.update())
     click.echo(f"Wrote {path}")

@@ -15,8 +15,10 @@ from pyrovae.cli.options import device_options
               show_default=True, help="Image file to write (.png, .jpg, ...).")
 @click.option("--mean", is_flag=True, help="Draw the likelihood's mean image instead of a sample from it.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@click.option("--digit", type=click.IntRange(0, 9), default=None,
+              help="Draw this class (0-9) from a model with classes (--model m2).")
 @device_options
-def sample(run, num_samples, output, mean, seed, cuda, device):
+def sample(run, num_samples, output, mean, seed, digit, cuda, device):
     """Decode NUM_SAMPLES draws from the prior of RUN's model into one image grid."""
     from PIL import Image
 
@@ -30,12 +32,16 @@ def sample(run, num_samples, output, mean, seed, cuda, device):
     if not output.parent.is_dir():
         raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
     device = resolve_device(device, cuda)
-    _, vae, _ = load_run(run, device)
+    config, vae, _ = load_run(run, device)
+    if digit is not None and config.model != "m2":
+        raise ConfigError(f"--digit needs a model with classes (train with --model m2); {run} is a plain "
+                          f"{config.model} without them.")
     if seed is not None:
         torch.manual_seed(seed)
-    images = vae.sample(num_samples, mean=mean)
+    images = vae.sample(num_samples, mean=mean) if digit is None else vae.sample(num_samples, mean=mean, digit=digit)
     try:
         save_grid(images, output, nrow=math.ceil(math.sqrt(num_samples)))
     except OSError as e:
         raise ConfigError(f"Cannot write {output}: {e.strerror or e}.") from None
-    click.echo(f"Wrote {num_samples} {'mean images' if mean else 'samples'} to {output}")
+    of_class = f" of class {digit}" if digit is not None else ""
+    click.echo(f"Wrote {num_samples} {'mean images' if mean else 'samples'}{of_class} to {output}")

@@ -7,11 +7,11 @@ import click
 from click.core import ParameterSource
 
 from pyrovae.config import Config
-from pyrovae.cli.options import HiddenDims, data_options, dataset_choice, device_options, plain_warnings, progress_enabled
-from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, NETS, PRIORS
+from pyrovae.cli.options import HiddenDims, LabelCount, data_options, dataset_choice, device_options, plain_warnings, progress_enabled
+from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, MODELS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
-FIXED_ON_RESUME = ("z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
+FIXED_ON_RESUME = ("model", "labels", "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
                    "guide", "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta",
                    "batch_size", "lr", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
                    "keep_checkpoints")
@@ -23,7 +23,14 @@ FIXED_ON_RESUME = ("z_dim", "hidden", "net", "activation", "conv_channels", "lik
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam's learning rate.")
-@click.option("--z-dim", type=click.IntRange(min=1), default=20, show_default=True, help="Size of the latent code.")
+@click.option("--model", type=click.Choice(MODELS), default="vae", show_default=True,
+              help="vae; or m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014).")
+@click.option("--labels", type=LabelCount(), default="all", show_default=True,
+              help="--model m2: how many training labels it sees, balanced over classes, or 'all'.")
+@click.option("--classifier-weight", type=click.FloatRange(min=0), default=50.0, show_default=True,
+              help="--model m2: weight of the classifier's cross-entropy on labelled images.")
+@click.option("--z-dim", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Size of the latent code (categorical variables with --guide categorical).")
 @click.option("--hidden", type=HiddenDims(), default="400", show_default=True,
               help="Encoder layer widths, comma-separated; the decoder mirrors them.")
 @click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default="bernoulli", show_default=True,
@@ -36,15 +43,23 @@ FIXED_ON_RESUME = ("z_dim", "hidden", "net", "activation", "conv_channels", "lik
 @click.option("--conv-channels", type=click.IntRange(min=1), default=32, show_default=True,
               help="Channels of the first convolution with --net conv.")
 @click.option("--guide", type=click.Choice(list(GUIDES)), default="diag_normal", show_default=True,
-              help="q(z|x): diagonal Normal, low-rank-plus-diagonal Normal, or inverse autoregressive flows.")
+              help="q(z|x): diagonal Normal, low-rank-plus-diagonal Normal, inverse autoregressive flows, "
+                   "or relaxed categoricals (with --prior categorical).")
 @click.option("--rank", type=click.IntRange(min=1), default=2, show_default=True,
               help="Covariance rank of the lowrank guide.")
 @click.option("--flows", type=click.IntRange(min=1), default=2, show_default=True,
               help="Number of flows of the iaf guide.")
 @click.option("--prior", type=click.Choice(list(PRIORS)), default="standard_normal", show_default=True,
-              help="p(z): N(0, I), or the VampPrior (a mixture of q at learned pseudo-inputs).")
+              help="p(z): N(0, I), the VampPrior (a mixture of q at learned pseudo-inputs), "
+                   "or uniform categoricals.")
 @click.option("--pseudo-inputs", type=click.IntRange(min=1), default=500, show_default=True,
               help="Mixture components of the vamp prior.")
+@click.option("--categories", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Values of each categorical latent (--guide and --prior categorical).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Gumbel-softmax temperature of the first epoch (categorical code).")
+@click.option("--min-temperature", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
+              help="The temperature falls by a factor exp(-0.2) each epoch down to this.")
 @click.option("--elbo", type=click.Choice(list(ELBOS)), default="trace", show_default=True,
               help="trace: Pyro's Trace_ELBO; meanfield: TraceMeanField_ELBO with the analytic KL; "
                    "iwae: the importance-weighted bound with --particles samples.")
@@ -68,7 +83,8 @@ FIXED_ON_RESUME = ("z_dim", "hidden", "net", "activation", "conv_channels", "lik
               help="End-of-epoch checkpoints to keep (the newest is always checkpoint.pt).")
 @device_options
 @click.pass_context
-def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
+def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
+          min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
           guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir,
           fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
@@ -87,7 +103,9 @@ def train(ctx, epochs, batch_size, lr, z_dim, hidden, likelihood, likelihood_sca
                 raise click.UsageError(f"{', '.join(fixed)} cannot be changed when resuming a run.")
             result = resume_run(resume, epochs, device=device, should_stop=should_stop, **callbacks)
         else:
-            config = Config(latent_dim=z_dim, hidden_dims=hidden, net=net, activation=activation,
+            config = Config(model=model, num_labels=labels, classifier_weight=classifier_weight,
+                            num_categories=categories, temperature=temperature, min_temperature=min_temperature,
+                            latent_dim=z_dim, hidden_dims=hidden, net=net, activation=activation,
                             conv_channels=conv_channels, likelihood=likelihood, likelihood_scale=likelihood_scale,
                             guide=guide, rank=rank, num_flows=flows, prior=prior, num_pseudo_inputs=pseudo_inputs,
                             elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,

@@ -45,7 +45,8 @@ def encode(vae: VAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int
     for x in images.split(batch_size):
         x = x.to(vae.device)
         normal = _diagonal_normal(vae.encode(x))
-        locs.append((normal.loc if normal is not None else vae.posterior_mean(x)).cpu())
+        # A categorical code's mean is (variables, categories) of probabilities: one unit each.
+        locs.append((normal.loc if normal is not None else vae.posterior_mean(x).flatten(1)).cpu())
         scales.append(normal.scale.expand_as(normal.loc).cpu() if normal is not None else None)
         if progress is not None:
             progress(len(x))

@@ -14,7 +14,8 @@ __all__ = ["Config"]
 class Config:
     """Options of a training run; saved as ``config.json`` and inside every checkpoint."""
 
-    latent_dim: int = 20  # size of z; 2 lets you plot the latent space directly
+    model: str = "vae"  # "m2": Kingma et al.'s semi-supervised VAE with the class as a discrete latent
+    latent_dim: int = 20  # size of z (categorical variables with --guide categorical); 2 lets you plot it directly
     hidden_dims: Tuple[int, ...] = (400,)  # encoder widths (the decoder mirrors them), as in PyTorch's VAE example
     net: str = "mlp"  # "conv": two stride-2 convolutions each way, for 28x28 images
     activation: str = "relu"
@@ -28,6 +29,11 @@ class Config:
     num_pseudo_inputs: int = 500  # mixture components of the VampPrior (Tomczak & Welling used 500)
     elbo: str = "trace"  # Pyro's Trace_ELBO: one sample of both terms; "meanfield" uses the analytic KL
     num_particles: int = 5  # importance samples per image of the iwae objective
+    num_categories: int = 10  # values of each categorical latent (--guide/--prior categorical)
+    temperature: float = 1.0  # Gumbel-softmax temperature of the first epoch ...
+    min_temperature: float = 0.5  # ... falling by exp(-0.2) an epoch to this
+    num_labels: Optional[int] = None  # M2: labelled training images, balanced over classes; None = all
+    classifier_weight: float = 50.0  # M2: weight of the classifier's cross-entropy per labelled image
     warmup_epochs: float = 0  # KL weight rises linearly from 0 to beta over this many epochs (Sonderby et al.)
     beta: float = 1.0  # final KL weight; 1 is the true ELBO, > 1 a beta-VAE
     num_epochs: int = 10
@@ -65,6 +71,26 @@ class Config:
              "--prior vamp mixes the guide's Normal posteriors; use it with --guide diag_normal or lowrank, not iaf."),
             (math.isfinite(self.likelihood_scale) and self.likelihood_scale > 0,
              f"--likelihood-scale must be a positive number, got {self.likelihood_scale}."),
+            (self.model in ("vae", "m2"), f"Unknown model {self.model!r}; choose one of: vae, m2."),
+            (self.model != "m2" or (self.guide, self.prior, self.net, self.elbo)
+             == ("diag_normal", "standard_normal", "mlp", "trace"),
+             "--model m2 has its own guide, prior, MLP networks and enumerated ELBO; "
+             "leave --guide, --prior, --net and --elbo at their defaults."),
+            (self.model != "m2" or (self.warmup_epochs == 0 and self.beta == 1),
+             "--model m2 trains the plain ELBO; --warmup and --beta are not supported with it."),
+            (self.num_labels is None or self.model == "m2", "--labels only applies to --model m2."),
+            (self.num_labels is None or self.num_labels >= 1, f"--labels must be at least 1, got {self.num_labels}."),
+            (math.isfinite(self.classifier_weight) and self.classifier_weight >= 0,
+             f"--classifier-weight must be zero or more, got {self.classifier_weight}."),
+            ((self.guide == "categorical") == (self.prior == "categorical"),
+             "A categorical code needs both --guide categorical and --prior categorical."),
+            (self.guide != "categorical" or self.elbo == "trace",
+             "--guide categorical trains with the relaxed Trace_ELBO; use --elbo trace."),
+            (self.num_categories >= 2, f"--categories must be at least 2, got {self.num_categories}."),
+            (math.isfinite(self.min_temperature) and 0 < self.min_temperature <= self.temperature
+             and math.isfinite(self.temperature),
+             f"Temperatures must satisfy 0 < --min-temperature <= --temperature, got "
+             f"{self.min_temperature} and {self.temperature}."),
         ]
         for ok, message in checks:
             if not ok:
@@ -89,7 +115,7 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     # The options that define the model's shape: a checkpoint fits only a model with these.
-    MODEL_FIELDS = ("latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood", "guide",
+    MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood", "guide",
                     "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
 
     def model_signature(self) -> dict:

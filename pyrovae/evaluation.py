@@ -5,7 +5,6 @@ Evaluation draws its noise from a fixed seed inside :func:`torch.random.fork_rng
 same model scores the same on every call and training's random stream is left untouched.
 """
 
-import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -44,6 +43,7 @@ class EvalResult:
     num_samples: int
     num_images: int
     dataset: str = ""
+    accuracy: Optional[float] = None  # test accuracy of a model with classes (M2)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,32 +68,43 @@ def analytic_kl(q, p) -> Optional[torch.Tensor]:
         return None
 
 
+@contextmanager
+def _eval_mode(vae: VAE):
+    was_training = vae.training
+    vae.eval()
+    try:
+        yield
+    finally:
+        vae.train(was_training)
+
+
 @torch.no_grad()
 def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Optional[int] = 0) -> ELBOTerms:
-    """The ELBO on ``images`` with one reparameterized sample per image for the reconstruction
-    term, and the KL term in closed form when it exists (a one-sample estimate otherwise)."""
+    """The ELBO on ``images`` with one sample per image for the reconstruction term, and the
+    KL term in closed form when it exists (a one-sample estimate otherwise): see
+    :meth:`VAE.elbo_parts <pyrovae.vae.VAE.elbo_parts>`. The model is scored in eval mode."""
     device = vae.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
-    with _seeded(seed, device):
+    with _seeded(seed, device), _eval_mode(vae):
         p = vae.prior()
         for x in images.split(batch_size):
-            x = x.to(device, non_blocking=True)
-            q = vae.encode(x)
-            z = q.rsample()
-            reconstruction = vae.decode(z).log_prob(x)
-            kl = analytic_kl(q, p)
-            if kl is None:
-                kl = q.log_prob(z) - p.log_prob(z)
+            reconstruction, kl = vae.elbo_parts(x.to(device, non_blocking=True), p)
             totals += torch.stack([reconstruction.sum(), kl.sum()]).double()
     reconstruction, kl = (totals / len(images)).tolist()
     return ELBOTerms(reconstruction - kl, reconstruction, kl, len(images))
+
+
+def _row_cost(vae: VAE) -> int:
+    """Decoder rows each (image, sample) pair costs, relative to a plain VAE with a Normal prior."""
+    return getattr(vae, "row_cost", 1) * getattr(vae.prior, "row_cost", 1)
 
 
 @torch.no_grad()
 def log_likelihood(
     vae: VAE, images: torch.Tensor, num_samples: int = 1000, seed: Optional[int] = 0, progress=None
 ) -> float:
-    """Mean over images of log p(x) ~ log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x).
+    """Mean over images of log p(x) ~ log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x)
+    (:meth:`VAE.log_marginal <pyrovae.vae.VAE.log_marginal>`).
 
     Images and samples are processed in chunks of at most :data:`MAX_ROWS` decoder rows, and
     the log-mean-exp is accumulated across chunks, so memory does not grow with k.
@@ -103,31 +114,28 @@ def log_likelihood(
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
     device = vae.device
-    # A mixture prior scores every row against each component: fewer rows per chunk.
-    max_rows = max(1, MAX_ROWS // getattr(vae.prior, "row_cost", 1))
+    # A mixture prior scores every row against each component, M2 decodes every class: fewer rows per chunk.
+    max_rows = max(1, MAX_ROWS // _row_cost(vae))
     images_per_chunk = max(1, max_rows // num_samples)
     samples_per_chunk = min(num_samples, max(1, max_rows // images_per_chunk))
     total = torch.zeros((), dtype=torch.float64, device=device)
-    with _seeded(seed, device):
+    with _seeded(seed, device), _eval_mode(vae):
         p = vae.prior()  # the same for every image: built once (the VampPrior encodes its pseudo-inputs)
         for x in images.split(images_per_chunk):
             x = x.to(device, non_blocking=True)
-            q = vae.encode(x)
-            running = torch.full((len(x),), -math.inf, device=device)
-            for start in range(0, num_samples, samples_per_chunk):
-                z = q.sample((min(samples_per_chunk, num_samples - start),))
-                log_w = p.log_prob(z) + vae.decode(z).log_prob(x) - q.log_prob(z)
-                running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
-            total += (running - math.log(num_samples)).double().sum()
+            total += vae.log_marginal(x, p, num_samples, samples_per_chunk).double().sum()
             if progress is not None:
                 progress(len(x))
     return total.item() / len(images)
 
 
 def evaluate(
-    vae: VAE, images: torch.Tensor, num_samples: int = 1000, seed: int = 0, dataset: str = "", progress=None
+    vae: VAE, images: torch.Tensor, num_samples: int = 1000, seed: int = 0, dataset: str = "", progress=None,
+    labels: Optional[torch.Tensor] = None,
 ) -> EvalResult:
-    """Both scores on the same images (binarize them first for a binary likelihood)."""
+    """Both scores on the same images (binarize them first for a binary likelihood), and the
+    classifier's accuracy on ``labels`` for a model with classes."""
     terms = elbo_terms(vae, images, seed=seed)
     ll = log_likelihood(vae, images, num_samples, seed=seed, progress=progress)
-    return EvalResult(terms.elbo, terms.reconstruction, terms.kl, ll, num_samples, len(images), dataset)
+    accuracy = vae.accuracy(images, labels) if labels is not None and hasattr(vae, "accuracy") else None
+    return EvalResult(terms.elbo, terms.reconstruction, terms.kl, ll, num_samples, len(images), dataset, accuracy)

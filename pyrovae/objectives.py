@@ -1,14 +1,48 @@
-"""Training objectives beyond Pyro's stock ELBOs: the importance-weighted bound as a
-differentiable loss, and an explicit weight on the KL term (warm-up, beta-VAE)."""
+"""Training objectives beyond Pyro's stock ELBOs: Pyro's ELBOs without their per-step host
+syncs, the importance-weighted bound as a differentiable loss, and an explicit weight on the
+KL term (warm-up, beta-VAE)."""
 
 import math
 
 import torch
+import pyro.infer
 from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from pyro.poutine.scale_messenger import ScaleMessenger
 
-__all__ = ["IWAE_ELBO", "LatentScale", "kl_weight"]
+__all__ = ["Trace_ELBO", "TraceMeanField_ELBO", "IWAE_ELBO", "LatentScale", "kl_weight"]
+
+
+class _SyncFree:
+    """``differentiable_loss`` of Pyro's ``Trace_ELBO`` family without its host syncs.
+
+    Pyro's version ends with ``warn_if_nan(surrogate)`` (a device-to-host copy to test for
+    NaN, plus a backward hook) and ``loss + (surrogate - surrogate.item())`` (another copy,
+    to give the loss's value the surrogate's gradient). On a GPU each copy makes the host
+    wait for every queued kernel, twice per step. Here the same value and gradient come
+    from ``surrogate.detach()``, which stays on the device; NaN is the trainer's business
+    (it checks the device-side losses a few times an epoch).
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = surrogate = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+            loss = loss + loss_particle / self.num_particles
+            surrogate = surrogate + surrogate_particle / self.num_particles
+        if not torch.is_tensor(surrogate):  # no sample sites: nothing to differentiate
+            return loss
+        return loss + (surrogate - surrogate.detach())
+
+
+class Trace_ELBO(_SyncFree, pyro.infer.Trace_ELBO):
+    """:class:`pyro.infer.Trace_ELBO` (a Monte Carlo estimate of both ELBO terms) whose
+    ``differentiable_loss`` never waits for the device."""
+
+
+class TraceMeanField_ELBO(_SyncFree, pyro.infer.TraceMeanField_ELBO):
+    """:class:`pyro.infer.TraceMeanField_ELBO` (the KL term in closed form where one is
+    known) whose ``differentiable_loss`` never waits for the device."""
 
 
 class IWAE_ELBO(RenyiELBO):

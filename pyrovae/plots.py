@@ -21,8 +21,8 @@ from pyrovae.data import spread_subset
 from pyrovae.errors import ConfigError
 from pyrovae.run import GRID_PADDING
 
-__all__ = ["PLOTS", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples", "plot_evolution",
-           "plot_latent", "plot_manifold", "plot_interpolate", "plot_kl"]
+__all__ = ["PLOTS", "kinds_for", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples", "plot_evolution",
+           "plot_latent", "plot_manifold", "plot_interpolate", "plot_kl", "plot_styles"]
 
 DPI = 100
 FONT = 12
@@ -93,10 +93,21 @@ def plot_reconstructions(view: RunView, count: int = 32) -> Figure:
     return figure
 
 
+def _continuous_code(view: RunView, kind: str) -> None:
+    if view.config.guide == "categorical":
+        raise ConfigError(f"The {kind} figure walks a continuous latent space; {view.run_dir} has a categorical code "
+                          "(try samples or reconstructions).")
+
+
+def _unconditional(view: RunView, kind: str) -> None:
+    if view.config.model == "m2":
+        raise ConfigError(f"The {kind} figure decodes z alone, but {view.run_dir} is an M2 model that also needs "
+                          "a class; the styles figure shows its codes for every class.")
+
+
 def plot_samples(view: RunView, count: int = 64, seed: int = 0) -> Figure:
-    """Decoded prior samples."""
-    z = view.vae.prior().sample((count,)) if seed is None else torch.randn(
-        count, view.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    """Decoded prior samples (for M2, the classes in turn)."""
+    z = view.vae.prior().sample((count,)) if seed is None else view.vae.fixed_latents(count, seed)
     images = view.vae.sample(count, mean=True, z=z)
     figure = _figure(7, 7.4)
     _show(figure.subplots(), _grid(images, math.ceil(math.sqrt(count))),
@@ -128,6 +139,7 @@ def plot_evolution(view: RunView, columns: int = 10, max_rows: int = 12) -> Figu
 
 def _latent_axes(view: RunView):
     """2-D coordinates of every test image's latent mean, with axis names."""
+    _continuous_code(view, "latent")
     loc = view.latents.loc
     if loc.shape[1] == 1:
         raise ConfigError("A 1-D latent space has no second axis to plot.")
@@ -168,6 +180,8 @@ def _viridis(value: float):
 
 def plot_manifold(view: RunView, n: int = 15) -> Figure:
     """Images decoded over a grid of z placed at standard-normal quantiles 5%..95%."""
+    _continuous_code(view, "manifold")
+    _unconditional(view, "manifold")
     quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     a, b = torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy")  # b: top row is largest
     if view.config.latent_dim == 2:
@@ -198,6 +212,8 @@ def plot_manifold(view: RunView, n: int = 15) -> Figure:
 
 def plot_interpolate(view: RunView, pairs: int = 4, steps: int = 10) -> Figure:
     """Decoded straight-line and spherical paths between the latents of pairs of test images."""
+    _continuous_code(view, "interpolate")
+    _unconditional(view, "interpolate")
     loc = view.latents.loc
     labels = view.latents.labels
     # Start from images spread over the test set; end at the middle image of another class.
@@ -224,6 +240,7 @@ def plot_interpolate(view: RunView, pairs: int = 4, steps: int = 10) -> Figure:
 
 def plot_kl(view: RunView) -> Figure:
     """KL per latent dimension, with the active units (A_u > 0.01) marked."""
+    _continuous_code(view, "kl")
     kl = kl_per_dimension(view.latents, view.vae.prior()).numpy()
     _, active = active_units(view.latents.loc)
     active = active.numpy()
@@ -243,6 +260,20 @@ def plot_kl(view: RunView) -> Figure:
     return figure
 
 
+def plot_styles(view: RunView, styles: int = 10, seed: int = 0) -> Figure:
+    """M2: each row one code z ~ p(z) (a handwriting style), each column one class."""
+    if view.config.model != "m2":
+        raise ConfigError(f"The styles figure needs a model with classes (--model m2); {view.run_dir} has none.")
+    images = view.vae.styles(view.vae.fixed_latents(styles, seed))
+    classes = view.vae.num_classes
+    figure = _figure(1.2 + 0.8 * classes, 1.0 + 0.8 * styles)
+    ax = figure.subplots()
+    _show(ax, _grid(images, classes), "One style z per row, one class per column: means of p(x | y, z)")
+    ax.set_xticks([PAD + TILE / 2 + k * (TILE + PAD) for k in range(classes)])
+    ax.set_xticklabels(view.class_names[:classes], fontsize=FONT - 2, rotation=45 if len(view.class_names[0]) > 2 else 0)
+    return figure
+
+
 PLOTS: Dict[str, Callable[[RunView], Figure]] = {
     "curves": plot_curves,
     "reconstructions": plot_reconstructions,
@@ -252,4 +283,18 @@ PLOTS: Dict[str, Callable[[RunView], Figure]] = {
     "manifold": plot_manifold,
     "interpolate": plot_interpolate,
     "kl": plot_kl,
+    "styles": plot_styles,
 }
+
+
+def kinds_for(config) -> list:
+    """The figure kinds that apply to a run's model (``styles`` needs classes; the latent-space
+    figures need a continuous code, and manifold and interpolate decode z without a class)."""
+    skip = set()
+    if config.model != "m2":
+        skip.add("styles")
+    else:
+        skip |= {"manifold", "interpolate"}
+    if config.guide == "categorical":
+        skip |= {"latent", "manifold", "interpolate", "kl"}
+    return [kind for kind in PLOTS if kind not in skip]

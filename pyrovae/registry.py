@@ -8,7 +8,7 @@ import nothing heavy, so the command line can list the names without loading tor
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 
-__all__ = ["DATASETS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "lookup", "build_vae",
+__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "lookup", "build_vae",
            "build_elbo"]
 
 DATASETS = ("mnist", "fashion-mnist", "mnist5k")
@@ -90,14 +90,26 @@ def _vamp(c: Config, guide, init_images):
     return VampPrior(guide, c.num_pseudo_inputs, c.image_shape, data=init_images)
 
 
+def _categorical_guide(c: Config, encoder):
+    from pyrovae.discrete import CategoricalGuide
+
+    return CategoricalGuide(encoder, c.latent_dim, c.num_categories, c.temperature, c.min_temperature)
+
+
+def _categorical_prior(c: Config, guide, init_images):
+    from pyrovae.discrete import UniformCategoricalPrior
+
+    return UniformCategoricalPrior(c.latent_dim, c.num_categories, c.temperature, c.min_temperature)
+
+
 def _trace_elbo(c: Config):
-    from pyro.infer import Trace_ELBO
+    from pyrovae.objectives import Trace_ELBO
 
     return Trace_ELBO()
 
 
 def _meanfield_elbo(c: Config):
-    from pyro.infer import TraceMeanField_ELBO
+    from pyrovae.objectives import TraceMeanField_ELBO
 
     return TraceMeanField_ELBO()
 
@@ -115,8 +127,9 @@ LIKELIHOODS = {
     "gaussian_learned": _gaussian_learned,
     "continuous_bernoulli": _continuous_bernoulli,
 }
-GUIDES = {"diag_normal": _diag_normal, "lowrank": _lowrank, "iaf": _iaf}
-PRIORS = {"standard_normal": _standard_normal, "vamp": _vamp}
+GUIDES = {"diag_normal": _diag_normal, "lowrank": _lowrank, "iaf": _iaf, "categorical": _categorical_guide}
+PRIORS = {"standard_normal": _standard_normal, "vamp": _vamp, "categorical": _categorical_prior}
+MODELS = ("vae", "m2")
 ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
 ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 
@@ -137,7 +150,16 @@ def build_vae(config: Config, init_images=None):
     from pyrovae.vae import VAE
 
     config.validate()
-    encoder, decoder = lookup(NETS, "network", config.net)(config)
+    if config.model == "m2":
+        return _m2(config)
+    if config.guide == "categorical":  # the decoder reads the flattened one-hot code
+        from pyrovae.discrete import OneHotCodeDecoder
+
+        encoder, _ = lookup(NETS, "network", config.net)(config)
+        _, decoder = lookup(NETS, "network", config.net)(config.replace(latent_dim=config.latent_dim * config.num_categories))
+        decoder = OneHotCodeDecoder(decoder)
+    else:
+        encoder, decoder = lookup(NETS, "network", config.net)(config)
     guide = lookup(GUIDES, "guide", config.guide)(config, encoder)
     return VAE(
         prior=lookup(PRIORS, "prior", config.prior)(config, guide, init_images),
@@ -147,6 +169,23 @@ def build_vae(config: Config, init_images=None):
     )
 
 
+def _m2(c: Config):
+    import math
+
+    from pyrovae.m2 import M2Guide, M2Model, M2VAE, TwoInputMLP
+
+    act = _activation(c)
+    num_classes = 10
+    decoder = TwoInputMLP(c.latent_dim, num_classes, tuple(reversed(c.hidden_dims)), math.prod(c.image_shape), act)
+    likelihood = lookup(LIKELIHOODS, "likelihood", c.likelihood)(c)
+    return M2VAE(M2Model(c.latent_dim, num_classes, decoder, likelihood, c.image_shape),
+                 M2Guide(c.latent_dim, num_classes, c.image_shape, c.hidden_dims, act))
+
+
 def build_elbo(config: Config):
-    """The Pyro ELBO named by ``config.elbo``."""
+    """The Pyro ELBO named by ``config.elbo`` (for M2: ``TraceEnum_ELBO``, which sums out the class)."""
+    if config.model == "m2":
+        from pyro.infer import TraceEnum_ELBO
+
+        return TraceEnum_ELBO(max_plate_nesting=1)
     return lookup(ELBOS, "ELBO", config.elbo)(config)

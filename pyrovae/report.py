@@ -12,7 +12,7 @@ from typing import Callable, Optional
 from pyrovae.analysis import RunView, active_units
 from pyrovae.checkpoint import atomic_write
 from pyrovae.errors import PyroVAEError
-from pyrovae.plots import DPI, PLOTS
+from pyrovae.plots import DPI, PLOTS, kinds_for
 
 __all__ = ["write_report", "CAPTIONS"]
 
@@ -25,6 +25,7 @@ CAPTIONS = {
     "manifold": "Images decoded over a regular grid in latent space.",
     "interpolate": "Decoded straight-line and spherical interpolations between pairs of test images.",
     "kl": "Mean KL per latent dimension; inactive units have collapsed to the prior.",
+    "styles": "M2: each row decodes one z (a style) with every class in turn.",
 }
 
 _STYLE = """
@@ -55,7 +56,8 @@ def write_report(view: RunView, path=None, on_figure: Optional[Callable[[str], N
         + "</tr>" for m in view.history)
     _, active = active_units(view.latents.loc)
     sections = []
-    for kind, plot in PLOTS.items():
+    for kind in kinds_for(view.config):
+        plot = PLOTS[kind]
         try:
             body = (f'<img id="figure-{kind}" alt="{e(kind)} figure" '
                     f'src="data:image/png;base64,{_png(plot(view))}">')

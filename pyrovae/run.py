@@ -84,15 +84,9 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
     atomic_write(path, lambda f: save_image(grid, f, format=image_format))
 
 
-def _fixed_latents(config: Config, n: int = NUM_PICTURES) -> torch.Tensor:
-    # From a private generator: the pictures use the same z every epoch without touching the
-    # training random stream (which would break exact resumption).
-    return torch.randn(n, config.latent_dim, generator=torch.Generator().manual_seed(config.seed))
-
-
 def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, epoch: int) -> None:
     vae.eval()
-    samples = vae.sample(NUM_PICTURES, mean=True, z=_fixed_latents(config))
+    samples = vae.sample(NUM_PICTURES, mean=True, z=vae.fixed_latents(NUM_PICTURES, config.seed))
     save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
     originals = trainer.test_images[spread_subset(32, len(trainer.test_images))]
     reconstructions = vae.reconstruct(originals)
@@ -207,6 +201,10 @@ def train_run(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
+    if config.model == "m2":  # the labels must fit before anything is written
+        from pyrovae.m2 import balanced_labels
+
+        balanced_labels(data.train_labels, config.num_labels, 10, config.seed)
     vae = build_vae(config, init_images=data.train_images).to(device)
     return _train(run_dir, config, vae, data, None, progress, should_stop, on_start, on_epoch_end)
 
@@ -264,13 +262,22 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _trainer(config: Config, vae: VAE, data: ImageData) -> Trainer:
+    options = dict(batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config))
+    if config.model == "m2":
+        from pyrovae.m2 import M2Trainer, balanced_labels
+
+        labels = balanced_labels(data.train_labels, config.num_labels, vae.num_classes, config.seed)
+        return M2Trainer(vae, data, labels, config.classifier_weight, **options)
+    return Trainer(vae, data, warmup_epochs=config.warmup_epochs, beta=config.beta, **options)
+
+
 def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end) -> RunResult:
     _remove_stale_temporaries(run_dir)
     for name in (SAMPLES, RECONSTRUCTIONS):
         (run_dir / name).mkdir(exist_ok=True)
     vae.train()
-    trainer = Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config),
-                      warmup_epochs=config.warmup_epochs, beta=config.beta)
+    trainer = _trainer(config, vae, data)
     if state is not None:
         trainer.load_state_dict(state)
     atomic_write(run_dir / CONFIG, lambda f: f.write(config.to_json().encode()))

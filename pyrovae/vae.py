@@ -1,5 +1,7 @@
 """The VAE: a Pyro model p(z) p(x|z) and a guide q(z|x), held together with helpers to use them."""
 
+import math
+
 import pyro
 import torch
 from pyro.nn import PyroModule
@@ -82,6 +84,38 @@ class VAE(PyroModule):
             return q.mean
         except NotImplementedError:
             return q.sample((num_samples,)).mean(dim=0)
+
+    def fixed_latents(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` codes from the prior's shape, drawn from a private generator seeded with
+        ``seed``: the same every call, and the training random stream is left untouched."""
+        generator = torch.Generator().manual_seed(seed)
+        if hasattr(self.prior, "fixed_sample"):
+            return self.prior.fixed_sample(n, generator)
+        return torch.randn(n, self.prior.latent_dim, generator=generator)
+
+    def elbo_parts(self, x: torch.Tensor, p):
+        """The reconstruction term E_q[log p(x|z)] (one sample) and KL(q(z|x) || p(z)) of each
+        image: in closed form when torch knows it, else a one-sample estimate. ``p`` is
+        ``self.prior()``, built once by the caller."""
+        from pyrovae.evaluation import analytic_kl
+
+        q = self.encode(x)
+        z = q.sample()
+        kl = analytic_kl(q, p)
+        if kl is None:
+            kl = q.log_prob(z) - p.log_prob(z)
+        return self.decode(z).log_prob(x), kl
+
+    def log_marginal(self, x: torch.Tensor, p, num_samples: int, samples_per_chunk: int) -> torch.Tensor:
+        """log p(x) of each image ~ log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), drawing
+        at most ``samples_per_chunk`` samples at a time and accumulating the log-mean-exp."""
+        q = self.encode(x)
+        running = torch.full((len(x),), -math.inf, device=x.device)
+        for start in range(0, num_samples, samples_per_chunk):
+            z = q.sample((min(samples_per_chunk, num_samples - start),))
+            log_w = p.log_prob(z) + self.decode(z).log_prob(x) - q.log_prob(z)
+            running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
+        return running - math.log(num_samples)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

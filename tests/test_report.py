@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from pyrovae.analysis import RunView
-from pyrovae.plots import PLOTS
+from pyrovae.config import Config
+from pyrovae.plots import PLOTS, kinds_for
 from pyrovae.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,8 +44,8 @@ def test_report_parses_and_embeds_every_figure(report):
     parser = _Collector()
     parser.feed(text)
     assert parser.tables == 2  # configuration and metrics
-    assert {f"figure-{kind}" for kind in PLOTS} <= {image["id"] for image in parser.images}
-    assert set(PLOTS) <= parser.ids
+    assert {f"figure-{kind}" for kind in kinds_for(Config())} <= {image["id"] for image in parser.images}
+    assert set(kinds_for(Config())) <= parser.ids
     for image in parser.images:
         assert image["src"].startswith("data:image/png;base64,")
         png = Image.open(io.BytesIO(base64.b64decode(image["src"].split(",", 1)[1])))
@@ -58,7 +59,7 @@ def test_report_renders_every_figure_in_a_real_browser(report, tmp_path):
     dom = subprocess.run([CHROMIUM, *HEADLESS, f"--user-data-dir={tmp_path / 'profile1'}",
                           "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
                          capture_output=True, text=True, timeout=120)
-    assert f'data-images-shown="{len(PLOTS)}"' in dom.stdout, dom.stderr[-2000:]
+    assert f'data-images-shown="{len(kinds_for(Config()))}"' in dom.stdout, dom.stderr[-2000:]
     screenshot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *HEADLESS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1280,3000",
                     "--hide-scrollbars", f"--screenshot={screenshot}", report.as_uri()],

@@ -1,0 +1,187 @@
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from pyrovae.config import Config
+from pyrovae.errors import ConfigError
+from pyrovae.m2 import M2Trainer, balanced_labels
+from pyrovae.objectives import Trace_ELBO
+from pyrovae.registry import build_elbo, build_vae
+from pyrovae.train import direct_call
+
+SMALL = Config(model="m2", latent_dim=4, hidden_dims=(64,))
+
+
+def _m2():
+    torch.manual_seed(0)
+    return build_vae(SMALL)
+
+
+def test_enumeration_sums_over_all_ten_classes(mnist5k):
+    """Trace the guide under TraceEnum_ELBO's enumeration: the class site carries all ten
+    one-hot values at once, q(z|x,y) is built for each, and the model's likelihood is scored
+    for every (class, image) pair."""
+    from pyro import poutine
+    from pyro.infer.enum import config_enumerate
+
+    vae = _m2()
+    x = torch.bernoulli(mnist5k.train_images[:7])
+    guide = poutine.enum(config_enumerate(vae.guide), first_available_dim=-2)
+    guide_trace = poutine.trace(guide).get_trace(x)
+    y = guide_trace.nodes["y"]["value"]
+    assert guide_trace.nodes["y"]["infer"]["enumerate"] == "parallel"
+    assert y.shape == (10, 1, 10)
+    assert torch.equal(y.squeeze(1), torch.eye(10))
+    assert guide_trace.nodes["z"]["value"].shape == (10, 7, 4)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    assert model_trace.nodes["x"]["fn"].batch_shape == (10, 7)
+    # The enumerated bound equals the sum over classes written out by hand.
+    pyro.set_rng_seed(3)
+    loss = build_elbo(SMALL).differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(3)
+    qz = vae.guide.distribution(x, vae.all_classes())
+    z = qz.rsample()
+    qy = torch.softmax(vae.guide.class_logits(x), -1).T
+    log_p = vae.prior().log_prob(z) + vae.likelihood(vae.model.decoder_output(z, vae.all_classes())).log_prob(x)
+    terms = qy * (log_p - qz.log_prob(z) + math.log(0.1) - qy.log())
+    assert loss.item() == pytest.approx(-terms.sum().item(), rel=1e-4)
+
+
+def test_labelled_and_unlabelled_batches_give_finite_losses(mnist5k):
+    vae = _m2()
+    x = torch.bernoulli(mnist5k.train_images[:32])
+    unlabelled = build_elbo(SMALL).differentiable_loss(direct_call(vae.model), direct_call(vae.guide), x)
+    labelled = Trace_ELBO().differentiable_loss(direct_call(vae.model), direct_call(vae.guide), x,
+                                        vae.one_hot(mnist5k.train_labels[:32]))
+    assert torch.isfinite(unlabelled) and torch.isfinite(labelled)
+    # Summing over y can only lose the information the label gives: per image U(x) <= L(x, y) + log 10 roughly;
+    # both are negative ELBOs of the same images, of the same order.
+    assert 0 < labelled.item() / 32 < 1000 and 0 < unlabelled.item() / 32 < 1000
+
+
+def test_balanced_labels_are_balanced_reproducible_and_checked(mnist5k):
+    visible = balanced_labels(mnist5k.train_labels, 100, 10, seed=0)
+    shown = visible[visible >= 0]
+    assert len(shown) == 100 and torch.equal(torch.bincount(shown, minlength=10), torch.full((10,), 10))
+    assert torch.equal(shown, mnist5k.train_labels[visible >= 0])
+    assert torch.equal(visible, balanced_labels(mnist5k.train_labels, 100, 10, seed=0))
+    assert not torch.equal(visible, balanced_labels(mnist5k.train_labels, 100, 10, seed=1))
+    few = balanced_labels(mnist5k.train_labels, 25, 10, 0)
+    counts = torch.bincount(few[few >= 0], minlength=10)
+    assert counts.max() - counts.min() <= 1
+    assert torch.equal(balanced_labels(mnist5k.train_labels, None, 10, 0), mnist5k.train_labels)
+    with pytest.raises(ConfigError, match="fewer than one image per class"):
+        balanced_labels(mnist5k.train_labels, 5, 10, 0)
+    with pytest.raises(ConfigError, match="more than the 4000 training images"):
+        balanced_labels(mnist5k.train_labels, 4001, 10, 0)
+
+
+def test_classifier_beats_chance_by_far_with_100_labels(mnist5k):
+    vae = _m2()
+    labels = balanced_labels(mnist5k.train_labels, 100, 10, seed=0)
+    trainer = M2Trainer(vae, mnist5k, labels, batch_size=128, elbo=build_elbo(SMALL))
+    history = [trainer.run_epoch(progress=False) for _ in range(2)]
+    accuracy = vae.accuracy(mnist5k.test_images, mnist5k.test_labels)
+    assert accuracy > 0.6  # chance is 0.1
+    assert history[1].test_elbo > history[0].test_elbo
+    assert history[1].test_elbo == pytest.approx(history[1].test_reconstruction - history[1].test_kl)
+
+
+def test_log_likelihood_sums_classes_exactly_and_bounds_the_elbo(mnist5k):
+    from pyrovae.evaluation import elbo_terms, log_likelihood
+
+    vae = _m2()
+    x = torch.bernoulli(mnist5k.test_images[:20])
+    elbo = elbo_terms(vae, x).elbo
+    ll = log_likelihood(vae, x, num_samples=200)
+    assert ll > elbo
+    with torch.no_grad():  # k = 1 with all classes: logsumexp_y of one-sample estimates, by hand
+        p = vae.prior()
+        torch.manual_seed(5)
+        got = vae.log_marginal(x, p, 1, 1)
+        torch.manual_seed(5)
+        y = vae.all_classes()
+        qz = vae.guide.distribution(x, y)
+        z = qz.sample((1,))
+        log_w = p.log_prob(z) + vae.likelihood(vae.model.decoder_output(z, y)).log_prob(x) - qz.log_prob(z)
+        assert torch.allclose(got, torch.logsumexp(log_w[0] + math.log(0.1), 0), atol=1e-4)
+
+
+def test_sample_draws_the_asked_class_and_refuses_others():
+    vae = _m2()
+    assert vae.sample(6, digit=7).shape == (6, 1, 28, 28)
+    with pytest.raises(ConfigError, match="from 0 to 9, got 10"):
+        vae.sample(2, digit=10)
+    assert vae.styles(torch.zeros(3, 4)).shape == (30, 1, 28, 28)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(guide="iaf"), "--model m2 has its own guide"),
+    (dict(warmup_epochs=2), "not supported with it"),
+    (dict(model="vae", num_labels=100), "--labels only applies to --model m2"),
+    (dict(model="m3"), "Unknown model 'm3'"),
+])
+def test_impossible_m2_configurations(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        SMALL.replace(**changes).validate()
+
+
+@pytest.fixture(scope="module")
+def m2_run(tmp_path_factory):
+    from pyrovae.cli import main
+
+    run = tmp_path_factory.mktemp("m2") / "run"
+    result = CliRunner().invoke(main, ["train", "--model", "m2", "--labels", "100", "--dataset", "mnist5k",
+                                       "--z-dim", "4", "--hidden", "64", "--epochs", "2", "--run-dir", str(run)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_cli_m2_train_sample_evaluate_and_styles(m2_run, tmp_path):
+    from pyrovae.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "sevens.png"
+    result = runner.invoke(main, ["sample", str(m2_run), "--digit", "7", "-n", "16", "-o", str(out)])
+    assert result.exit_code == 0 and "16 samples of class 7" in result.output, result.output
+    assert np.asarray(Image.open(out).convert("L")).shape == (4 * 28 + 5 * 2,) * 2
+    result = runner.invoke(main, ["evaluate", str(m2_run), "-k", "5", "--num-images", "200"])
+    assert result.exit_code == 0 and "classifier accuracy" in result.output, result.output
+    accuracy = float(result.output.split("classifier accuracy")[1].split("%")[0])
+    assert 30 < accuracy <= 100
+    styles = tmp_path / "styles.png"
+    result = runner.invoke(main, ["plot", str(m2_run), "styles", "-o", str(styles), "--num-images", "50"])
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(styles).convert("L"), float)
+    assert image.std() > 20
+    result = runner.invoke(main, ["plot", str(m2_run), "manifold", "--num-images", "50", "-o", str(tmp_path / "m.png")])
+    assert result.exit_code == 2 and "styles figure" in result.output and "Traceback" not in result.output
+
+
+def test_cli_digit_errors(m2_run, trained_run, tmp_path):
+    from pyrovae.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["sample", str(m2_run), "--digit", "12", "-o", str(tmp_path / "a.png")])
+    assert result.exit_code == 2 and "12 is not in the range 0<=x<=9" in result.output
+    result = runner.invoke(main, ["sample", str(trained_run), "--digit", "3", "-o", str(tmp_path / "b.png")])
+    assert result.exit_code == 2 and "--digit needs a model with classes" in result.output
+    assert not (tmp_path / "b.png").exists()
+    result = runner.invoke(main, ["plot", str(trained_run), "styles", "-o", str(tmp_path / "c.png")])
+    assert result.exit_code == 2 and "needs a model with classes" in result.output
+    result = runner.invoke(main, ["train", "--model", "m2", "--labels", "few", "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "'few' is neither a number of labels nor 'all'" in result.output
+
+
+def test_figure_kinds_of_an_m2_run():
+    from pyrovae.plots import kinds_for
+
+    kinds = kinds_for(SMALL)
+    assert "styles" in kinds and "manifold" not in kinds and "interpolate" not in kinds
+    assert "styles" not in kinds_for(Config())
