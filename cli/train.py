@@ -90,29 +90,52 @@ def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categor
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step and saves a checkpoint; --resume RUN continues it exactly.
+    Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the N processes train
+    one model with DistributedDataParallel; --batch-size is the global batch.
     """
-    from pyrovae.run import resolve_device, resume_run, train_run
+    from pyrovae.distributed import Distributed, launched_by_torchrun
+    from pyrovae.errors import PyroVAEError
+    from pyrovae.run import resolve_device
 
     device = resolve_device(device, cuda)
-    callbacks = dict(progress=progress_enabled(), on_start=_announce, on_epoch_end=_report)
-    with _stop_on_interrupt() as should_stop, plain_warnings():
+    distributed = Distributed()
+    try:
+        if launched_by_torchrun():
+            distributed, device = Distributed.from_env(device)
+        _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, Config(
+            model=model, num_labels=labels, classifier_weight=classifier_weight, num_categories=categories,
+            temperature=temperature, min_temperature=min_temperature, latent_dim=z_dim, hidden_dims=hidden, net=net,
+            activation=activation, conv_channels=conv_channels, likelihood=likelihood,
+            likelihood_scale=likelihood_scale, guide=guide, rank=rank, num_flows=flows, prior=prior,
+            num_pseudo_inputs=pseudo_inputs, elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
+            num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, dataset=dataset,
+            data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints))
+    except PyroVAEError as error:
+        if not distributed.is_main:
+            error.args = (f"[rank {distributed.rank}] {error}",)
+        raise
+    finally:
+        distributed.close()
+
+
+def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, config):
+    from pyrovae.run import resume_run, train_run
+
+    main = distributed.is_main
+    callbacks = dict(progress=progress_enabled() and main, on_start=_announce if main else None,
+                     on_epoch_end=_report if main else None, device=device, distributed=distributed)
+    with _stop_on_interrupt(quiet=not main) as should_stop, plain_warnings():
         if resume:
             fixed = [f"--{name.replace('_', '-')}" for name in FIXED_ON_RESUME
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if fixed:
                 raise click.UsageError(f"{', '.join(fixed)} cannot be changed when resuming a run.")
-            result = resume_run(resume, epochs, device=device, should_stop=should_stop, **callbacks)
+            result = resume_run(resume, epochs, should_stop=should_stop, **callbacks)
         else:
-            config = Config(model=model, num_labels=labels, classifier_weight=classifier_weight,
-                            num_categories=categories, temperature=temperature, min_temperature=min_temperature,
-                            latent_dim=z_dim, hidden_dims=hidden, net=net, activation=activation,
-                            conv_channels=conv_channels, likelihood=likelihood, likelihood_scale=likelihood_scale,
-                            guide=guide, rank=rank, num_flows=flows, prior=prior, num_pseudo_inputs=pseudo_inputs,
-                            elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
-                            num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr,
-                            dataset=dataset, data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints)
-            result = train_run(config, run_dir, overwrite=overwrite, device=device, fallback=fallback,
-                               should_stop=should_stop, **callbacks)
+            result = train_run(config, run_dir, overwrite=overwrite, fallback=fallback, should_stop=should_stop,
+                               **callbacks)
+    if not main:
+        return
     if result.finished:
         click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
                    f"next: pyrovae evaluate {result.run_dir}")
@@ -133,7 +156,7 @@ def _report(m):
 
 
 @contextmanager
-def _stop_on_interrupt():
+def _stop_on_interrupt(quiet: bool = False):
     """The first Ctrl-C (or SIGTERM) asks training to stop after the current step; a second
     Ctrl-C aborts at once."""
     requested = []
@@ -142,7 +165,8 @@ def _stop_on_interrupt():
         if requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         requested.append(signum)
-        click.echo("\nStopping after this step (Ctrl-C again to abort without saving)...", err=True)
+        if not quiet:
+            click.echo("\nStopping after this step (Ctrl-C again to abort without saving)...", err=True)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -26,7 +26,8 @@ from torchvision.utils import make_grid, save_image
 from pyrovae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from pyrovae.config import Config
 from pyrovae.data import ImageData, load_dataset, spread_subset
-from pyrovae.errors import CheckpointError, ConfigError
+from pyrovae.distributed import Distributed
+from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyrovae.registry import build_elbo, build_vae
 from pyrovae.train import EpochMetrics, Trainer
 from pyrovae.vae import VAE
@@ -172,6 +173,7 @@ def train_run(
     should_stop: Optional[Callable[[], bool]] = None,
     on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
+    distributed: Optional[Distributed] = None,
 ) -> RunResult:
     """Train a new run, writing its directory as it goes.
 
@@ -185,10 +187,15 @@ def train_run(
         current step is saved and the run returns unfinished, ready for :func:`resume_run`.
     :param on_start: called with the run directory, config, data and first epoch before training.
     :param on_epoch_end: called with each epoch's metrics after its checkpoint is saved.
+    :param distributed: this process's rank in a ``torchrun`` job (:mod:`pyrovae.distributed`);
+        only rank 0 writes the run directory.
     """
-    device = resolve_device(str(device))
+    distributed = distributed or Distributed()
+    device = torch.device(device) if distributed.active else resolve_device(str(device))
     config.validate()
-    data = load_dataset(config.dataset, config.data_dir, fallback=fallback)
+    if config.model == "m2" and distributed.active:
+        raise ConfigError("--model m2 cannot be trained with torchrun: its labelled batches are drawn per process.")
+    data = _main_first(distributed, device, lambda: load_dataset(config.dataset, config.data_dir, fallback=fallback))
     if data.name != config.dataset:
         config = config.replace(dataset=data.name, data_dir=None)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
@@ -197,7 +204,10 @@ def train_run(
             f"--batch-size {config.batch_size} is larger than the {len(data.train_images)} "
             f"training images of {data.name}."
         )
-    _prepare_new_run_dir(run_dir, overwrite)
+    if config.batch_size % distributed.world_size:
+        raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {distributed.world_size} "
+                          "processes, so that every rank gets the same share of each batch.")
+    _main_first(distributed, device, lambda: _prepare_new_run_dir(run_dir, overwrite), others=False)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
@@ -206,7 +216,7 @@ def train_run(
 
         balanced_labels(data.train_labels, config.num_labels, 10, config.seed)
     vae = build_vae(config, init_images=data.train_images).to(device)
-    return _train(run_dir, config, vae, data, None, progress, should_stop, on_start, on_epoch_end)
+    return _train(run_dir, config, vae, data, None, progress, should_stop, on_start, on_epoch_end, distributed)
 
 
 def resume_run(
@@ -218,12 +228,15 @@ def resume_run(
     should_stop: Optional[Callable[[], bool]] = None,
     on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
+    distributed: Optional[Distributed] = None,
 ) -> RunResult:
-    """Continue a run from its checkpoint exactly where it stopped.
+    """Continue a run from its checkpoint exactly where it stopped (with any number of
+    processes: a step means the same global batch whatever the number of ranks).
 
     :param num_epochs: a new total number of epochs; default the run's own.
     """
-    device = resolve_device(str(device))
+    distributed = distributed or Distributed()
+    device = torch.device(device) if distributed.active else resolve_device(str(device))
     run_dir = Path(run_dir)
     config, vae, state = load_run(run_dir, device)
     if num_epochs is not None:
@@ -233,8 +246,10 @@ def resume_run(
             f"Run {run_dir} has already trained for {state['epoch']} epochs; "
             "pass --epochs with a larger total to train longer."
         )
-    data = load_dataset(config.dataset, config.data_dir, fallback=False)
-    return _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end)
+    if config.model == "m2" and distributed.active:
+        raise ConfigError("--model m2 cannot be trained with torchrun: its labelled batches are drawn per process.")
+    data = _main_first(distributed, device, lambda: load_dataset(config.dataset, config.data_dir, fallback=False))
+    return _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end, distributed)
 
 
 def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:
@@ -262,8 +277,23 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _trainer(config: Config, vae: VAE, data: ImageData) -> Trainer:
-    options = dict(batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config))
+def _main_first(distributed: Distributed, device, task: Callable, others: bool = True):
+    """Run ``task`` on rank 0 (which may download or create files), then, once it succeeded,
+    on the other ranks when ``others``; a failure anywhere is raised on every rank."""
+    result, error = None, None
+    if distributed.is_main:
+        try:
+            result = task()
+        except PyroVAEError as e:
+            error = e
+    distributed.agree(error, device)
+    if others and not distributed.is_main:
+        result = task()
+    return result
+
+
+def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed) -> Trainer:
+    options = dict(batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config), distributed=distributed)
     if config.model == "m2":
         from pyrovae.m2 import M2Trainer, balanced_labels
 
@@ -272,31 +302,37 @@ def _trainer(config: Config, vae: VAE, data: ImageData) -> Trainer:
     return Trainer(vae, data, warmup_epochs=config.warmup_epochs, beta=config.beta, **options)
 
 
-def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end) -> RunResult:
-    _remove_stale_temporaries(run_dir)
-    for name in (SAMPLES, RECONSTRUCTIONS):
-        (run_dir / name).mkdir(exist_ok=True)
+def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end,
+           distributed) -> RunResult:
+    writes = distributed.is_main  # with torchrun, rank 0 alone writes the run directory
+    if writes:
+        _remove_stale_temporaries(run_dir)
+        for name in (SAMPLES, RECONSTRUCTIONS):
+            (run_dir / name).mkdir(exist_ok=True)
     vae.train()
-    trainer = _trainer(config, vae, data)
+    trainer = _trainer(config, vae, data, distributed)
     if state is not None:
         trainer.load_state_dict(state)
-    atomic_write(run_dir / CONFIG, lambda f: f.write(config.to_json().encode()))
-    _write_metrics(run_dir, trainer.history)
+    if writes:
+        atomic_write(run_dir / CONFIG, lambda f: f.write(config.to_json().encode()))
+        _write_metrics(run_dir, trainer.history)
     if on_start is not None:
         on_start(run_dir, config, data, trainer.epoch + 1)
 
     def checkpoint():
-        save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
+        if writes:
+            save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
 
     while trainer.epoch < config.num_epochs:
-        metrics = trainer.run_epoch(config.num_epochs, should_stop=should_stop, progress=progress)
+        metrics = trainer.run_epoch(config.num_epochs, should_stop=should_stop, progress=progress and writes)
         if metrics is None:
             checkpoint()
             return RunResult(run_dir, config, trainer.history, finished=False)
-        _save_pictures(run_dir, vae, trainer, config, metrics.epoch)
-        checkpoint()
-        _keep_epoch_checkpoints(run_dir, metrics.epoch, config.keep_checkpoints)
-        _write_metrics(run_dir, trainer.history)
+        if writes:
+            _save_pictures(run_dir, vae, trainer, config, metrics.epoch)
+            checkpoint()
+            _keep_epoch_checkpoints(run_dir, metrics.epoch, config.keep_checkpoints)
+            _write_metrics(run_dir, trainer.history)
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     return RunResult(run_dir, config, trainer.history, finished=True)

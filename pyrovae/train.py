@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.checkpoint import get_rng_state, set_rng_state
 from pyrovae.data import ImageData, binarize
+from pyrovae.distributed import Distributed, ShardedSampling
 from pyrovae.errors import ConfigError, DataError, NumericalError
 from pyrovae.evaluation import elbo_terms
 from pyrovae.objectives import LatentScale, Trace_ELBO, kl_weight
@@ -104,6 +105,7 @@ class Trainer:
         optimizer: Optional[torch.optim.Optimizer] = None,
         warmup_epochs: float = 0,
         beta: float = 1.0,
+        distributed: Optional[Distributed] = None,
     ):
         if batch_size > len(data.train_images):
             raise ConfigError(
@@ -127,10 +129,32 @@ class Trainer:
         self.permutation: Optional[torch.Tensor] = None
         self.step_losses: Optional[torch.Tensor] = None  # summed -ELBO of each step, on the device
         self.history: List[EpochMetrics] = []
+        self.distributed = distributed or Distributed()
+        if self.distributed.active:
+            self._ddp = self._data_parallel()
+
+    def _data_parallel(self):
+        from torch.nn.parallel import DistributedDataParallel
+
+        world = self.distributed.world_size
+        if self.batch_size % world:
+            raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of the {world} processes, "
+                              "so that every rank gets the same share of each batch.")
+        device = self.train_images.device
+        # Buffers (prior constants, a temperature) are equal on every rank: no per-step sync.
+        return DistributedDataParallel(_StepModule(self), device_ids=[device] if device.type == "cuda" else None,
+                                       forward_sync_buffers=False)
 
     @property
     def num_batches(self) -> int:
         return math.ceil(len(self.train_images) / self.batch_size)
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Training images used per epoch: all, except that with N processes the last batch
+        is cut to a multiple of N (fewer than N images, a different few each epoch)."""
+        n = len(self.train_images)
+        return n - (n % self.batch_size) % self.distributed.world_size
 
     def run_epoch(
         self, num_epochs: Optional[int] = None, should_stop: Callable[[], bool] = None, progress: bool = True
@@ -155,6 +179,7 @@ class Trainer:
         bar = tqdm(total=self.num_batches, initial=self.step, desc=label, unit="batch",
                    leave=False, disable=not progress, dynamic_ncols=True)
         model, guide = direct_call(self.vae.model), direct_call(self.vae.guide)
+        world = self.distributed.world_size
         weighted = self.weighted
         if weighted:  # the KL term's weight, changed before every step
             latent_scale = LatentScale(1.0)
@@ -166,30 +191,43 @@ class Trainer:
             with pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Encountered NaN")
                 while self.step < self.num_batches:
-                    if should_stop is not None and should_stop():
+                    if should_stop is not None and self.distributed.any(should_stop(), device):
                         return None
                     index = self.permutation[self.step * self.batch_size : (self.step + 1) * self.batch_size]
-                    x = self.train_images[index]
-                    if self.binary:
-                        x = binarize(x)  # dynamic binarization: a fresh draw every time
-                    if weighted:
-                        progress_epochs = self.epoch + (self.step + 1) / self.num_batches
-                        latent_scale.scale = kl_weight(progress_epochs, self.warmup_epochs, self.beta)
-                    objective, loss = self._loss(model, guide, x, index)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    (objective / len(x)).backward()
-                    self.optimizer.step()
-                    self.step_losses[self.step] = loss.detach()
+                    index = index[: len(index) - len(index) % world]  # equal shares for every rank
+                    if len(index):  # empty only in the last batch, when fewer images than ranks are left
+                        x = self.train_images[index]
+                        if self.binary:
+                            x = binarize(x)  # dynamic binarization: a fresh draw every time
+                        if weighted:
+                            progress_epochs = self.epoch + (self.step + 1) / self.num_batches
+                            latent_scale.scale = kl_weight(progress_epochs, self.warmup_epochs, self.beta)
+                        if self.distributed.active:  # this rank's rows; DDP averages the gradients
+                            rank = self.distributed.rank
+                            with ShardedSampling(rank, world):
+                                objective, loss = self._ddp(model, guide, x.tensor_split(world)[rank],
+                                                            index.tensor_split(world)[rank])
+                        else:
+                            objective, loss = self._loss(model, guide, x, index)
+                        self.optimizer.zero_grad(set_to_none=True)
+                        # Per image of the global batch once DDP has averaged over the ranks.
+                        (objective / (len(index) // world)).backward()
+                        self.optimizer.step()
+                        self.step_losses[self.step] = loss.detach()
                     self.step += 1
                     if self.step % refresh == 0 or self.step == self.num_batches:
-                        self._check_finite()
-                        done = min(self.step * self.batch_size, len(self.train_images))
-                        bar.set_postfix(elbo=f"{-self.step_losses[: self.step].sum().item() / done:.2f}")
+                        losses = self._check_finite()
+                        done = min(self.step * self.batch_size, self.images_per_epoch)
+                        bar.set_postfix(elbo=f"{-losses.sum().item() / done:.2f}")
                         bar.update(self.step - bar.n)
+        except RuntimeError as error:  # DDP's gradient all-reduce runs inside backward()
+            if self.distributed.active and Distributed.is_communication_error(error):
+                raise self.distributed.lost_contact(error) from None
+            raise
         finally:
             self.seconds += time.perf_counter() - started
             bar.close()
-        train_elbo = -self.step_losses.sum().item() / len(self.train_images)
+        train_elbo = -self.distributed.all_reduce_sum(self.step_losses).sum().item() / self.images_per_epoch
         test = elbo_terms(self.vae, self.test_images)
         self.epoch += 1
         metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds)
@@ -209,10 +247,11 @@ class Trainer:
         loss = self.elbo.differentiable_loss(model, guide, x)
         return loss, loss
 
-    def _check_finite(self) -> None:
-        losses = self.step_losses[: self.step]
+    def _check_finite(self) -> torch.Tensor:
+        """The losses of the steps so far, summed over ranks; raise if any is NaN or infinite."""
+        losses = self.distributed.all_reduce_sum(self.step_losses[: self.step])
         if torch.isfinite(losses.sum()):
-            return
+            return losses
         bad = int(torch.nonzero(~torch.isfinite(losses))[0])
         value = losses[bad].item()
         hint = f"try a lower learning rate (now {self.optimizer.param_groups[0]['lr']:g})"
@@ -242,6 +281,18 @@ class Trainer:
         self.step_losses = None if state["step_losses"] is None else state["step_losses"].to(device)
         self.history = [EpochMetrics(**m) for m in state["history"]]
         set_rng_state(state["rng"])
+
+
+class _StepModule(torch.nn.Module):
+    """One training step's loss as a module whose parameters are the VAE's, for DDP."""
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__()
+        self.vae = trainer.vae
+        object.__setattr__(self, "_trainer", trainer)  # a reference, not a submodule
+
+    def forward(self, model, guide, x, index):
+        return self._trainer._loss(model, guide, x, index)
 
 
 def fit(

@@ -1,0 +1,169 @@
+"""The identities derived in docs/elbo.md, docs/evaluation.md and docs/likelihoods.md,
+checked with numbers."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+from pyrovae.evaluation import elbo_terms, log_likelihood
+from pyrovae.guides import DiagonalNormalGuide
+from pyrovae.likelihoods import IMAGE_EVENT_DIM, Likelihood
+from pyrovae.priors import StandardNormalPrior
+from pyrovae.vae import VAE
+
+finite = dict(allow_nan=False, allow_infinity=False)
+
+
+def closed_form_kl(mu, sigma):
+    """docs/elbo.md, section 3: 1/2 sum (mu^2 + sigma^2 - 1 - log sigma^2)."""
+    return 0.5 * (mu**2 + sigma**2 - 1 - torch.log(sigma**2)).sum(-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 3, **finite), st.floats(0.05, 4, **finite)), min_size=1, max_size=6))
+def test_closed_form_kl_matches_torch_and_monte_carlo(pairs):
+    mu = torch.tensor([m for m, _ in pairs], dtype=torch.float64)
+    sigma = torch.tensor([s for _, s in pairs], dtype=torch.float64)
+    q, p = Normal(mu, sigma), Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    formula = closed_form_kl(mu, sigma)
+    assert formula >= 0
+    assert formula.item() == pytest.approx(kl_divergence(q, p).sum().item(), rel=1e-9, abs=1e-12)
+    torch.manual_seed(0)
+    z = q.sample((200_000,))
+    monte_carlo = (q.log_prob(z) - p.log_prob(z)).sum(-1)
+    assert abs(monte_carlo.mean() - formula) < 5 * monte_carlo.std() / math.sqrt(len(z)) + 1e-9
+
+
+def test_general_multivariate_kl_formula():
+    torch.manual_seed(1)
+    d = 4
+    a, b = torch.randn(d, d, dtype=torch.float64), torch.randn(d, d, dtype=torch.float64)
+    s0, s1 = a @ a.T + 0.5 * torch.eye(d), b @ b.T + 0.5 * torch.eye(d)
+    m0, m1 = torch.randn(d, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    inv = torch.linalg.inv(s1)
+    formula = 0.5 * (torch.trace(inv @ s0) + (m1 - m0) @ inv @ (m1 - m0) - d
+                     + torch.logdet(s1) - torch.logdet(s0))
+    exact = kl_divergence(MultivariateNormal(m0, s0), MultivariateNormal(m1, s1))
+    assert formula.item() == pytest.approx(exact.item(), rel=1e-10)
+    # With mu1 = 0, Sigma1 = I and a diagonal Sigma0 it is the boxed formula.
+    sigma = torch.rand(d, dtype=torch.float64) + 0.2
+    diagonal = kl_divergence(MultivariateNormal(m0, torch.diag(sigma**2)),
+                             MultivariateNormal(torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)))
+    assert diagonal.item() == pytest.approx(closed_form_kl(m0, sigma).item(), rel=1e-10)
+
+
+class LinearGaussian:
+    """z ~ N(0, I_d), x | z ~ N(W z + b, s^2 I): p(x) and p(z|x) are Gaussian and exact."""
+
+    def __init__(self, d=2, n=4, s=0.5, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.randn(n, d, generator=g, dtype=torch.float64)
+        self.b = torch.randn(n, generator=g, dtype=torch.float64)
+        self.s, self.d, self.n = s, d, n
+
+    def log_evidence(self, x):
+        cov = self.W @ self.W.T + self.s**2 * torch.eye(self.n, dtype=torch.float64)
+        return MultivariateNormal(self.b, cov).log_prob(x)
+
+    def posterior(self, x):
+        precision = torch.eye(self.d, dtype=torch.float64) + self.W.T @ self.W / self.s**2
+        cov = torch.linalg.inv(precision)
+        return MultivariateNormal(cov @ self.W.T @ (x - self.b) / self.s**2, cov)
+
+    def elbo(self, x, m, v):
+        """Closed-form ELBO for q = N(m, diag v): E_q log p(x|z) + E_q log p(z) + H(q)."""
+        mean = self.W @ m + self.b
+        expected_log_lik = (Normal(mean, self.s).log_prob(x).sum() - (self.W**2 @ v).sum() / (2 * self.s**2))
+        expected_log_prior = -0.5 * (self.d * math.log(2 * math.pi) + (m**2 + v).sum())
+        entropy = 0.5 * (self.d * (1 + math.log(2 * math.pi)) + torch.log(v).sum())
+        return expected_log_lik + expected_log_prior + entropy
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-2, 2, **finite), min_size=2, max_size=2),
+       st.lists(st.floats(0.05, 3, **finite), min_size=2, max_size=2),
+       st.lists(st.floats(-3, 3, **finite), min_size=4, max_size=4))
+def test_elbo_plus_kl_to_the_posterior_is_the_log_evidence(m, v, x):
+    """docs/elbo.md, section 2: log p(x) = ELBO + KL(q || p(z|x)), for any q, exactly."""
+    model = LinearGaussian()
+    m, v, x = (torch.tensor(t, dtype=torch.float64) for t in (m, v, x))
+    q = MultivariateNormal(m, torch.diag(v))
+    gap = kl_divergence(q, model.posterior(x))
+    assert (model.elbo(x, m, v) + gap).item() == pytest.approx(model.log_evidence(x).item(), rel=1e-9, abs=1e-9)
+    assert model.elbo(x, m, v) <= model.log_evidence(x) + 1e-12
+
+
+def test_importance_weighted_bound_rises_with_k_from_the_elbo_to_the_log_evidence():
+    """docs/evaluation.md: ELBO = L_1 <= L_k <= L_(k+1) <= log p(x), and L_k -> log p(x)."""
+    model = LinearGaussian()
+    x = torch.tensor([0.3, -1.0, 2.0, 0.5], dtype=torch.float64)
+    m, v = torch.tensor([0.2, -0.4], dtype=torch.float64), torch.tensor([0.5, 0.8], dtype=torch.float64)
+    q = Normal(m, v.sqrt())
+    torch.manual_seed(0)
+    bounds, errors = {}, {}
+    for k, repeats in ((1, 200_000), (2, 100_000), (8, 25_000), (64, 4000), (1024, 400)):
+        z = q.sample((repeats, k))  # independent estimates of L_k
+        log_w = (Normal(z @ model.W.T + model.b, model.s).log_prob(x).sum(-1)
+                 + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1))
+        estimates = torch.logsumexp(log_w, dim=1) - math.log(k)
+        bounds[k], errors[k] = estimates.mean().item(), (estimates.std() / math.sqrt(repeats)).item()
+    exact, elbo = model.log_evidence(x).item(), model.elbo(x, m, v).item()
+    assert abs(bounds[1] - elbo) < 4 * errors[1]
+    values = list(bounds.values())
+    assert all(a < b for a, b in zip(values, values[1:]))
+    assert values[-1] < exact and exact - values[-1] < 0.05 < exact - elbo  # L_1024 within 0.05 nats
+
+
+class LinearGaussianLikelihood(Likelihood):
+    """x ~ N(decoder output, s^2 I): no squashing, so the model stays linear-Gaussian."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, out):
+        import pyro.distributions as dist
+
+        return dist.Normal(out, self.scale).to_event(IMAGE_EVENT_DIM)
+
+
+def test_pyrovae_evaluation_on_a_model_whose_evidence_is_known():
+    """pyrovae's own elbo_terms and log_likelihood on the linear-Gaussian model written as a
+    VAE (linear decoder, fixed Gaussian likelihood on 1x2x2 'images', diagonal guide)."""
+    torch.manual_seed(0)
+    model = LinearGaussian()
+    shape = (1, 2, 2)
+    decoder = nn.Sequential(nn.Linear(2, 4), nn.Unflatten(-1, shape))
+    with torch.no_grad():
+        decoder[0].weight.copy_(model.W.float())
+        decoder[0].bias.copy_(model.b.float())
+    guide = DiagonalNormalGuide(nn.Flatten(-3), latent_dim=2, feature_dim=4)
+    vae = VAE(StandardNormalPrior(2), decoder, LinearGaussianLikelihood(model.s), guide)
+    x = torch.tensor([0.3, -1.0, 2.0, 0.5]).view(1, *shape)
+    images = x.expand(2000, *shape)
+    with torch.no_grad():
+        q = vae.encode(x)
+        m, v = q.base_dist.loc[0].double(), q.base_dist.scale[0].double() ** 2
+    exact = model.log_evidence(x.flatten().double()).item()
+    elbo = elbo_terms(vae, images).elbo
+    assert elbo == pytest.approx(model.elbo(x.flatten().double(), m, v).item(), abs=0.15)  # MC over 2000 draws
+    ll = log_likelihood(vae, images[:50], num_samples=4000)
+    assert elbo < ll < exact + 0.02 and exact - ll < 0.05
+
+
+def test_bernoulli_on_grey_pixels_is_not_a_density_and_continuous_bernoulli_is():
+    """docs/likelihoods.md: the integral over [0, 1] of lambda^x (1 - lambda)^(1 - x)."""
+    x = torch.linspace(0, 1, 100_001, dtype=torch.float64)
+    for lam in (0.1, 0.3, 0.9):
+        lam = torch.tensor(lam, dtype=torch.float64)
+        unnormalised = torch.trapezoid(lam**x * (1 - lam) ** (1 - x), x)
+        closed = (lam - (1 - lam)) / (torch.log(lam) - torch.log(1 - lam))
+        assert unnormalised.item() == pytest.approx(closed.item(), rel=1e-8)
+        assert abs(unnormalised.item() - 1) > 0.1
+        density = torch.distributions.ContinuousBernoulli(probs=lam).log_prob(x).exp()
+        assert torch.trapezoid(density, x).item() == pytest.approx(1.0, abs=1e-6)
