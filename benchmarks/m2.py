@@ -68,6 +68,7 @@ def main(argv=None):
     parser.add_argument("--samples-per-class", type=int, default=100)
     parser.add_argument("--z-dim", type=int, default=20)
     parser.add_argument("--classifier-weight", type=float, default=50.0)
+    parser.add_argument("--beta", type=float, default=1.0, help="weight of z's KL term in training")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     data = load_dataset(args.dataset)
@@ -77,14 +78,14 @@ def main(argv=None):
     rows = []
     for count in (None if c == "all" else int(c) for c in args.labels.split(",")):
         config = Config(model="m2", num_labels=count, dataset=data.name, latent_dim=args.z_dim,
-                        classifier_weight=args.classifier_weight)
+                        classifier_weight=args.classifier_weight, beta=args.beta)
         visible = balanced_labels(data.train_labels, count, 10, config.seed)
         known = visible >= 0
         baseline = accuracy(logistic_regression(data.train_images[known], visible[known]),
                             data.test_images, data.test_labels)
         torch.manual_seed(config.seed)
         vae = build_vae(config)
-        trainer = M2Trainer(vae, data, visible, config.classifier_weight, elbo=build_elbo(config))
+        trainer = M2Trainer(vae, data, visible, config.classifier_weight, elbo=build_elbo(config), beta=config.beta)
         start = time.perf_counter()
         for epoch in range(args.epochs):
             m = trainer.run_epoch(args.epochs, progress=False)
@@ -101,7 +102,7 @@ def main(argv=None):
                "logistic_regression_accuracy": baseline, "judge_accuracy": judge_accuracy,
                "conditional_agreement": sum(agree) / (10 * n), "agreement_per_class": [a / n for a in agree],
                "test_elbo": m.test_elbo, "epochs": args.epochs, "z_dim": args.z_dim,
-               "classifier_weight": args.classifier_weight, "seconds": time.perf_counter() - start,
+               "classifier_weight": args.classifier_weight, "beta": args.beta, "seconds": time.perf_counter() - start,
                "dataset": data.name}
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -76,8 +76,6 @@ class Config:
              == ("diag_normal", "standard_normal", "mlp", "trace"),
              "--model m2 has its own guide, prior, MLP networks and enumerated ELBO; "
              "leave --guide, --prior, --net and --elbo at their defaults."),
-            (self.model != "m2" or (self.warmup_epochs == 0 and self.beta == 1),
-             "--model m2 trains the plain ELBO; --warmup and --beta are not supported with it."),
             (self.num_labels is None or self.model == "m2", "--labels only applies to --model m2."),
             (self.num_labels is None or self.num_labels >= 1, f"--labels must be at least 1, got {self.num_labels}."),
             (math.isfinite(self.classifier_weight) and self.classifier_weight >= 0,

@@ -268,8 +268,6 @@ class M2Trainer(Trainer):
     def __init__(self, vae: M2VAE, data, labels: torch.Tensor, classifier_weight: float = 50.0, **kwargs):
         kwargs.setdefault("elbo", TraceEnum_ELBO(max_plate_nesting=1))
         super().__init__(vae, data, **kwargs)
-        if self.weighted:
-            raise ConfigError("--model m2 trains the plain ELBO; --warmup and --beta are not supported with it.")
         self.labels = labels.to(self.train_images.device)
         self.labelled = torch.nonzero(self.labels >= 0).flatten()
         if not len(self.labelled):

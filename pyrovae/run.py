@@ -298,7 +298,8 @@ def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed
         from pyrovae.m2 import M2Trainer, balanced_labels
 
         labels = balanced_labels(data.train_labels, config.num_labels, vae.num_classes, config.seed)
-        return M2Trainer(vae, data, labels, config.classifier_weight, **options)
+        return M2Trainer(vae, data, labels, config.classifier_weight, warmup_epochs=config.warmup_epochs,
+                         beta=config.beta, **options)
     return Trainer(vae, data, warmup_epochs=config.warmup_epochs, beta=config.beta, **options)
 
 

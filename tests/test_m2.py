@@ -122,7 +122,6 @@ def test_sample_draws_the_asked_class_and_refuses_others():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(guide="iaf"), "--model m2 has its own guide"),
-    (dict(warmup_epochs=2), "not supported with it"),
     (dict(model="vae", num_labels=100), "--labels only applies to --model m2"),
     (dict(model="m3"), "Unknown model 'm3'"),
 ])
