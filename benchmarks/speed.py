@@ -123,8 +123,8 @@ def main(argv=None):
                    "peak_memory_mib": _peak_memory(device)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| hidden | batch | pyrovae img/s | reference img/s | tutorial img/s | pyrovae / reference "
-          f"| pyrovae / reference with fused Adam | tutorial / pyrovae | s/epoch (60k) pyrovae | peak memory MiB |")
+    print("\n| hidden | batch | pyrovae img/s | reference img/s | tutorial img/s | pyrovae / reference "
+          "| pyrovae / reference with fused Adam | tutorial / pyrovae | s/epoch (60k) pyrovae | peak memory MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         tutorial = f"{r['images'] / r['tutorial_seconds']:.0f}" if r.get("tutorial_seconds") else "-"

@@ -68,7 +68,8 @@ FIXED_ON_RESUME = ("model", "labels", "classifier_weight", "categories", "temper
 @click.option("--warmup", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Epochs over which the KL term's weight rises linearly from 0 to --beta.")
 @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Final weight of the KL term (1: the ELBO; > 1: a beta-VAE).")
+              help="Final weight of z's KL term (1: the ELBO; > 1: a beta-VAE; with --model m2, "
+                   "5 makes samples follow the asked class).")
 @click.option("--dataset", type=dataset_choice, default="mnist", show_default=True)
 @data_options
 @click.option("--fallback/--no-fallback", default=True, show_default=True,

@@ -48,7 +48,7 @@ def test_train_evaluate_sample_end_to_end(tmp_path):
     for flag in ([], ["--mean"]):
         out = tmp_path / f"grid{len(flag)}.png"
         result = invoke("sample", run, "-n", 9, "-o", out, "--seed", 1, *flag)
-        assert result.exit_code == 0 and f"Wrote 9" in result.output
+        assert result.exit_code == 0 and "Wrote 9" in result.output
         image = np.asarray(Image.open(out).convert("L"), float)
         assert image.shape == (3 * 28 + 4 * 2,) * 2 and image.std() > 20
 

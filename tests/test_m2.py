@@ -184,3 +184,20 @@ def test_figure_kinds_of_an_m2_run():
     kinds = kinds_for(SMALL)
     assert "styles" in kinds and "manifold" not in kinds and "interpolate" not in kinds
     assert "styles" not in kinds_for(Config())
+
+
+def test_a_weight_on_z_kl_trains_and_scores_the_true_elbo(mnist5k):
+    """--beta for M2 scales log p(z) and log q(z|x,y) only (the class term is untouched);
+    the reported test ELBO stays the unweighted bound."""
+    from dataclasses import replace
+
+    from pyrovae.evaluation import elbo_terms
+
+    vae = _m2()
+    data = replace(mnist5k, train_images=mnist5k.train_images[:1000], train_labels=mnist5k.train_labels[:1000])
+    trainer = M2Trainer(vae, data, balanced_labels(data.train_labels, 50, 10, 0), batch_size=100,
+                        elbo=build_elbo(SMALL), beta=3.0)
+    assert trainer.weighted
+    metrics = trainer.run_epoch(progress=False)
+    assert math.isfinite(metrics.train_elbo)
+    assert metrics.test_elbo == pytest.approx(elbo_terms(vae, trainer.test_images).elbo)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pyrovae.analysis import RunView
 from pyrovae.config import Config
-from pyrovae.plots import PLOTS, kinds_for
+from pyrovae.plots import kinds_for
 from pyrovae.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
