@@ -207,14 +207,14 @@ def train_run(
     if config.batch_size % distributed.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {distributed.world_size} "
                           "processes, so that every rank gets the same share of each batch.")
-    _main_first(distributed, device, lambda: _prepare_new_run_dir(run_dir, overwrite), others=False)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
     if config.model == "m2":  # the labels must fit before anything is written
         from pyrovae.m2 import balanced_labels
 
         balanced_labels(data.train_labels, config.num_labels, 10, config.seed)
+    _main_first(distributed, device, lambda: _prepare_new_run_dir(run_dir, overwrite), others=False)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
     vae = build_vae(config, init_images=data.train_images).to(device)
     return _train(run_dir, config, vae, data, None, progress, should_stop, on_start, on_epoch_end, distributed)
 

@@ -176,6 +176,10 @@ def test_cli_digit_errors(m2_run, trained_run, tmp_path):
     assert result.exit_code == 2 and "needs a model with classes" in result.output
     result = runner.invoke(main, ["train", "--model", "m2", "--labels", "few", "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and "'few' is neither a number of labels nor 'all'" in result.output
+    result = runner.invoke(main, ["train", "--model", "m2", "--labels", "5", "--dataset", "mnist5k",
+                                  "--run-dir", str(tmp_path / "r5")])
+    assert result.exit_code == 2 and "fewer than one image per class" in result.output
+    assert not (tmp_path / "r5").exists()
 
 
 def test_figure_kinds_of_an_m2_run():
