@@ -161,8 +161,9 @@ class Trainer:
     ) -> Optional[EpochMetrics]:
         """Train until the end of the current epoch, then score the test set.
 
-        :param should_stop: polled before every step; when it returns True the epoch is left
-            unfinished (resumable from :meth:`state_dict`) and None is returned.
+        :param should_stop: polled before every step (with torchrun, at every progress
+            refresh); when it returns True the epoch is left unfinished (resumable from
+            :meth:`state_dict`) and None is returned.
         :raises NumericalError: if the loss became NaN or infinite.
         """
         device = self.train_images.device
@@ -191,7 +192,7 @@ class Trainer:
             with pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Encountered NaN")
                 while self.step < self.num_batches:
-                    if should_stop is not None and self.distributed.any(should_stop(), device):
+                    if should_stop is not None and self._stop_now(should_stop, refresh, device):
                         return None
                     index = self.permutation[self.step * self.batch_size : (self.step + 1) * self.batch_size]
                     index = index[: len(index) - len(index) % world]  # equal shares for every rank
@@ -235,6 +236,14 @@ class Trainer:
         self.permutation = self.step_losses = None
         self.step = 0
         return metrics
+
+    def _stop_now(self, should_stop: Callable[[], bool], refresh: int, device) -> bool:
+        """Poll ``should_stop``: before every step in one process; with several, only every
+        ``refresh`` steps, where all ranks agree in one all-reduce (which waits for the device),
+        so that they stop at the same step without a host sync per step."""
+        if not self.distributed.active:
+            return should_stop()
+        return self.step % refresh == 0 and self.distributed.any(should_stop(), device)
 
     @property
     def weighted(self) -> bool:
