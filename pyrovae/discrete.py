@@ -106,9 +106,5 @@ class OneHotCodeDecoder(nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    @property
-    def out(self):
-        return self.decoder.out
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder((z.exp() if self.training else z).flatten(-2))

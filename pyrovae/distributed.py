@@ -102,16 +102,11 @@ class Distributed:
     def agree(self, error: "Exception | None", device) -> None:
         """Raise on every rank if any rank failed: ``error`` itself where it happened, a
         :class:`DistributedError` naming the failure elsewhere."""
-        if self.any(error is not None, device) or error is not None:
-            if error is not None:
-                raise error
+        failed_somewhere = self.any(error is not None, device)  # every rank takes part
+        if error is not None:
+            raise error
+        if failed_somewhere:
             raise DistributedError("Another rank stopped with an error (rank 0 prints it).")
-
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            self._collective(dist.barrier)
 
     def _collective(self, operation, *args) -> None:
         try:
