@@ -25,7 +25,7 @@ from pyrovae.config import Config  # noqa: E402
 from pyrovae.data import load_dataset  # noqa: E402
 from pyrovae.objectives import Trace_ELBO  # noqa: E402
 from pyrovae.registry import build_vae  # noqa: E402
-from pyrovae.train import direct_call  # noqa: E402
+from pyrovae._pyro import direct_call  # noqa: E402
 
 
 def batches(images, batch_size):
@@ -52,14 +52,14 @@ def reference_step(images, batch_size, hidden, fused):
     return step
 
 
-def pyro_step(images, batch_size, hidden, *, direct=False, sync_free=False, fused=None, compiled=False, jit=False):
+def pyro_step(images, batch_size, hidden, *, direct=False, sync_free=False, fused=None, compiled=False):
     torch.manual_seed(0)
     vae = build_vae(Config(hidden_dims=(hidden,))).to(images.device)
     if compiled:
         vae.model.decoder = torch.compile(vae.model.decoder)
         vae.guide.encoder = torch.compile(vae.guide.encoder)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=fused)
-    elbo = pyro.infer.JitTrace_ELBO() if jit else Trace_ELBO() if sync_free else pyro.infer.Trace_ELBO()
+    elbo = Trace_ELBO() if sync_free else pyro.infer.Trace_ELBO()
     model, guide = (direct_call(vae.model), direct_call(vae.guide)) if direct else (vae.model, vae.guide)
     stream = batches(images, batch_size)
 
@@ -70,6 +70,16 @@ def pyro_step(images, batch_size, hidden, *, direct=False, sync_free=False, fuse
         optimizer.step()
 
     return step
+
+
+def svi_step(images, batch_size, hidden, *, jit=False):
+    """Pyro's textbook loop on pyrovae's model and guide: SVI.step with pyro.optim.Adam."""
+    torch.manual_seed(0)
+    vae = build_vae(Config(hidden_dims=(hidden,))).to(images.device)
+    elbo = pyro.infer.JitTrace_ELBO() if jit else pyro.infer.Trace_ELBO()
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+    stream = batches(images, batch_size)
+    return lambda: svi.step(next(stream))
 
 
 def main(argv=None):
@@ -95,7 +105,8 @@ def main(argv=None):
         "+ model and guide called directly": lambda: pyro_step(images, b, h, direct=True),
         "+ sync-free Trace_ELBO": lambda: pyro_step(images, b, h, direct=True, sync_free=True),
         "+ fused Adam (pyrovae's Trainer)": lambda: pyro_step(images, b, h, direct=True, sync_free=True, fused=True),
-        "JitTrace_ELBO": lambda: pyro_step(images, b, h, jit=True),
+        "SVI.step, Trace_ELBO, pyro.optim.Adam (the textbook loop, data in memory)": lambda: svi_step(images, b, h),
+        "SVI.step, JitTrace_ELBO, pyro.optim.Adam": lambda: svi_step(images, b, h, jit=True),
     }
     if args.compile:
         candidates["+ torch.compile of encoder and decoder"] = lambda: pyro_step(

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 from pyrovae.config import Config
 from pyrovae.data import load_dataset
-from pyrovae.m2 import M2Trainer, balanced_labels
+from pyrovae.m2 import balanced_labels
+from pyrovae.train import Trainer
 from pyrovae.registry import build_elbo, build_vae
 
 
@@ -85,7 +86,7 @@ def main(argv=None):
                             data.test_images, data.test_labels)
         torch.manual_seed(config.seed)
         vae = build_vae(config)
-        trainer = M2Trainer(vae, data, visible, config.classifier_weight, elbo=build_elbo(config), beta=config.beta)
+        trainer = Trainer(vae, data, labels=visible, elbo=build_elbo(config), beta=config.beta)
         start = time.perf_counter()
         for epoch in range(args.epochs):
             m = trainer.run_epoch(args.epochs, progress=False)

@@ -148,16 +148,14 @@ def _timed(device, fn):
 
 def _tutorial_loop(images, hidden, batch, device):
     loader = DataLoader(TutorialImages(images), batch_size=batch, shuffle=True)
-    with pyro.settings.context(module_local_params=False):
-        vae = TutorialVAE(20, hidden).to(device)
+    vae = TutorialVAE(20, hidden).to(device)
     svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
 
     def epoch():
         def run():
-            with pyro.settings.context(module_local_params=False):
-                for x, _ in loader:
-                    x = torch.bernoulli(x.view(len(x), -1).to(device))
-                    svi.step(x)
+            for x, _ in loader:
+                x = torch.bernoulli(x.view(len(x), -1).to(device))
+                svi.step(x)
         return _timed(device, run)
 
     return epoch

@@ -33,7 +33,7 @@ def sample(run, num_samples, output, mean, seed, digit, cuda, device):
         raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
     device = resolve_device(device, cuda)
     config, vae, _ = load_run(run, device)
-    if digit is not None and config.model != "m2":
+    if digit is not None and not hasattr(vae, "num_classes"):
         raise ConfigError(f"--digit needs a model with classes (train with --model m2); {run} is a plain "
                           f"{config.model} without them.")
     if seed is not None:

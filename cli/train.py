@@ -23,7 +23,7 @@ FIXED_ON_RESUME = ("model", "labels", "classifier_weight", "categories", "temper
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam's learning rate.")
-@click.option("--model", type=click.Choice(MODELS), default="vae", show_default=True,
+@click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
               help="vae; or m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014).")
 @click.option("--labels", type=LabelCount(), default="all", show_default=True,
               help="--model m2: how many training labels it sees, balanced over classes, or 'all'.")

@@ -8,7 +8,11 @@ from typing import Optional, Tuple
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["Config"]
+__all__ = ["Config", "DATASETS"]
+
+# The named data sets (pyrovae.data loads them); here so the command line can list them without torch.
+DATASETS = ("mnist", "fashion-mnist", "mnist5k")
+
 
 @dataclass
 class Config:

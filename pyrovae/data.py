@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pyrovae.errors import DataError
-from pyrovae.registry import DATASETS
+from pyrovae.config import DATASETS
 
 __all__ = [
     "DATASETS",

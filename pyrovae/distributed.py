@@ -135,6 +135,16 @@ class Distributed:
         return isinstance(error, RuntimeError) and any(
             marker in text for marker in ("gloo", "NCCL", "Connection reset", "Connection closed", "timed out"))
 
+    def data_parallel(self, step_loss: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``step_loss`` (a module computing one step's loss from the VAE's parameters) under
+        :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients of all
+        ranks in ``backward()``."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (prior constants, a temperature) are equal on every rank: no per-step sync.
+        return DistributedDataParallel(step_loss, device_ids=[device] if device.type == "cuda" else None,
+                                       forward_sync_buffers=False)
+
     def close(self) -> None:
         if self.initialized:
             import torch.distributed as dist

@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
-from torch.distributions import kl_divergence
 
-from pyrovae.vae import VAE
+from pyrovae.vae import VAE, analytic_kl
 
 __all__ = ["ELBOTerms", "EvalResult", "elbo_terms", "log_likelihood", "evaluate", "analytic_kl"]
 
@@ -58,14 +57,6 @@ def _seeded(seed: Optional[int], device: torch.device):
     with torch.random.fork_rng(devices=devices, device_type="cuda"):
         torch.manual_seed(seed)
         yield
-
-
-def analytic_kl(q, p) -> Optional[torch.Tensor]:
-    """KL(q || p) in closed form where torch knows one, else None."""
-    try:
-        return kl_divergence(q, p)
-    except NotImplementedError:
-        return None
 
 
 @contextmanager

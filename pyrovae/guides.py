@@ -5,6 +5,8 @@ Every guide is an :class:`AmortizedGuide`: it returns q(z|x) from :meth:`distrib
 in :meth:`forward` (used by Pyro's ELBOs). A new guide only writes ``distribution``.
 """
 
+from typing import Optional
+
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -12,6 +14,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
+
+from pyrovae.plates import data_plate
 
 __all__ = ["AmortizedGuide", "DiagonalNormalGuide", "LowRankNormalGuide", "IAFGuide"]
 
@@ -33,8 +37,12 @@ class AmortizedGuide(PyroModule):
         """q(z|x) for a batch of images, with batch shape ``x.shape[:1]``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with pyro.plate("data", x.shape[0]):
+    def forward(self, x: torch.Tensor, num_images: Optional[int] = None, *, size: Optional[int] = None,
+                subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Sample site ``"z"`` from q(z|x); takes the model's arguments (:class:`~pyrovae.vae.VAEModel`)."""
+        if x is None:
+            raise ValueError("A guide needs the images x to encode; to generate images, run the model alone.")
+        with data_plate(x, num_images, size, subsample):
             return pyro.sample("z", self.distribution(x))
 
 

@@ -8,32 +8,38 @@ The guide is q(y|x) (a classifier) and q(z|x,y). For an unlabelled image Pyro's
 
 with z drawn from q(z|x,y) for each y, computed exactly over y instead of estimated from a
 sample of it. A labelled pair gives L(x,y), the ordinary ELBO with y observed; since L does
-not train q(y|x), the classifier also gets ``classifier_weight`` times its cross-entropy on
-labelled images (the alpha term of the paper).
+not train q(y|x), :class:`M2_ELBO` adds ``classifier_weight`` times the classifier's
+log-likelihood of the known labels (the alpha term of the paper), the way
+``pyro.contrib.cevae.TraceCausalEffect_ELBO`` adds its auxiliary terms: the guide scores a
+known label at an auxiliary site, masked out so that Pyro's stock ELBOs ignore it.
 """
 
 import math
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.data import binarize
+from pyrovae._pyro import dice_elbo, get_traces
 from pyrovae.errors import ConfigError
 from pyrovae.guides import DiagonalNormalGuide
 from pyrovae.likelihoods import Likelihood
 from pyrovae.networks import _mlp
-from pyrovae.objectives import Trace_ELBO
+from pyrovae.plates import data_plate
 from pyrovae.priors import StandardNormalPrior
-from pyrovae.train import Trainer
-from pyrovae.vae import VAE
+from pyrovae.vae import VAE, _claim_name, analytic_kl
 
-__all__ = ["TwoInputMLP", "M2Model", "M2Guide", "M2VAE", "M2Trainer", "balanced_labels"]
+__all__ = ["TwoInputMLP", "M2Model", "M2Guide", "M2VAE", "M2_ELBO", "balanced_labels", "CLASSIFIER_SITE"]
+
+# The guide's auxiliary site for the classifier's verdict on a known label.
+CLASSIFIER_SITE = "y_classifier"
 
 
 class TwoInputMLP(nn.Module):
@@ -59,7 +65,12 @@ class TwoInputMLP(nn.Module):
 
 
 class M2Model(PyroModule):
-    """z ~ N(0, I), y ~ Categorical(uniform), x ~ likelihood(decoder(z, y)), in one plate."""
+    """z ~ N(0, I), y ~ Categorical(uniform), x ~ likelihood(decoder(z, y)), in one plate.
+
+    ``model(x, y)`` scores images with known classes (``y`` class indices), ``model(x)``
+    leaves y latent (for ``TraceEnum_ELBO`` or ``infer_discrete``), and
+    ``model(num_images=n)`` or ``model(y=classes)`` generates images.
+    """
 
     def __init__(self, latent_dim: int, num_classes: int, decoder: TwoInputMLP, likelihood: Likelihood,
                  image_shape=(1, 28, 28)):
@@ -68,20 +79,27 @@ class M2Model(PyroModule):
         self.decoder = decoder
         self.likelihood = likelihood
         self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
         self.register_buffer("class_logits", torch.zeros(num_classes))
 
     def class_prior(self) -> dist.TorchDistribution:
-        return dist.OneHotCategorical(logits=self.class_logits)
+        return dist.Categorical(logits=self.class_logits)
 
     def decoder_output(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z, y).unflatten(-1, self.image_shape)
+        """Decoder output for codes ``z`` and class indices ``y`` (broadcast against each other)."""
+        one_hot = F.one_hot(y, self.num_classes).to(z.dtype)
+        return self.decoder(z, one_hot).unflatten(-1, self.image_shape)
 
-    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
-        """:param y: one-hot classes of shape ``(batch, num_classes)``, or None when unknown."""
-        with pyro.plate("data", x.shape[0]):
+    def forward(self, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+                num_images: Optional[int] = None, *, size: Optional[int] = None,
+                subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:param y: class indices of shape ``(batch,)``, or None when unknown."""
+        if num_images is None and x is None and y is not None:
+            num_images = len(y)
+        with data_plate(x, num_images, size, subsample):
             z = pyro.sample("z", self.prior())
             y = pyro.sample("y", self.class_prior(), obs=y)
-            pyro.sample("x", self.likelihood(self.decoder_output(z, y)), obs=x)
+            return pyro.sample("x", self.likelihood(self.decoder_output(z, y)), obs=x)
 
 
 class M2Guide(PyroModule):
@@ -89,7 +107,9 @@ class M2Guide(PyroModule):
 
     When y is not given, its site is marked for parallel enumeration: under
     ``TraceEnum_ELBO`` it takes all ``num_classes`` values at once (a leading dimension of
-    size 10), and q(z|x,y) is computed for each.
+    size 10), and q(z|x,y) is computed for each. When y is given, the classifier's
+    log q(y|x) is recorded at the auxiliary site ``"y_classifier"``, masked out so
+    that a stock ELBO computes exactly L(x, y); :class:`M2_ELBO` adds it with its weight.
     """
 
     def __init__(self, latent_dim: int, num_classes: int, image_shape=(1, 28, 28), hidden_dims=(400,),
@@ -107,15 +127,66 @@ class M2Guide(PyroModule):
         return self.classifier(x.flatten(-self.image_dims))
 
     def distribution(self, x: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
-        """q(z|x,y); ``y`` one-hot, broadcastable against the batch (e.g. all classes at once)."""
-        return self.head.normal(self.encoder(x.flatten(-self.image_dims), y))
+        """q(z|x,y); ``y`` class indices, broadcastable against the batch (e.g. all classes at once)."""
+        one_hot = F.one_hot(y, self.num_classes).to(x.dtype)
+        return self.head.normal(self.encoder(x.flatten(-self.image_dims), one_hot))
 
-    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        with pyro.plate("data", x.shape[0]):
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
+                size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if x is None:
+            raise ValueError("A guide needs the images x to encode; to generate images, run the model alone.")
+        with data_plate(x, num_images, size, subsample):
+            classes = dist.Categorical(logits=self.class_logits(x))
             if y is None:
-                y = pyro.sample("y", dist.OneHotCategorical(logits=self.class_logits(x)),
-                                infer={"enumerate": "parallel"})
+                y = pyro.sample("y", classes, infer={"enumerate": "parallel"})
+            else:
+                with poutine.mask(mask=False):
+                    pyro.sample(CLASSIFIER_SITE, classes, obs=y, infer={"is_auxiliary": True})
             return pyro.sample("z", self.distribution(x, y))
+
+
+class M2_ELBO(TraceEnum_ELBO):
+    """The M2 objective: Pyro's ``TraceEnum_ELBO`` (U(x) with the class summed out where it
+    is unknown, L(x, y) where it is known) plus ``classifier_weight`` times log q(y|x) of the
+    known labels, read from the guide's auxiliary site ``"y_classifier"``.
+
+    ``differentiable_loss(model, guide, x, y)`` takes class indices ``y`` with -1 where a
+    label is hidden: it scores the two kinds of rows in two passes.
+
+    :param float classifier_weight: alpha of Kingma et al. (2014), per labelled image.
+    """
+
+    def __init__(self, classifier_weight: float = 50.0, **kwargs):
+        kwargs.setdefault("max_plate_nesting", 1)
+        super().__init__(**kwargs)
+        self.classifier_weight = classifier_weight
+
+    def differentiable_loss(self, model, guide, x, y=None, *args, **kwargs):
+        if y is None or x is None:
+            return self._loss(model, guide, (x, y) + args, kwargs)
+        known = y >= 0
+        unknown_rows, known_rows = torch.nonzero(~known).flatten(), torch.nonzero(known).flatten()
+        loss = x.new_zeros(())
+        for rows, labels in ((unknown_rows, None), (known_rows, y)):
+            if len(rows):
+                part = {**kwargs}
+                if kwargs.get("subsample") is not None:
+                    part["subsample"] = kwargs["subsample"][rows]
+                loss = loss + self._loss(model, guide, (x[rows], None if labels is None else labels[rows]) + args, part)
+        return loss
+
+    def _loss(self, model, guide, args, kwargs) -> torch.Tensor:
+        loss = 0.0
+        with warnings.catch_warnings():  # with every class known there is nothing to enumerate, as intended
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
+            traces = list(get_traces(self, model, guide, args, kwargs))
+        for model_trace, guide_trace in traces:
+            site = guide_trace.nodes.get(CLASSIFIER_SITE)
+            if site is not None:
+                guide_trace.remove_node(CLASSIFIER_SITE)  # masked: no part of the ELBO
+                loss = loss - self.classifier_weight * site["unscaled_log_prob"].sum()
+            loss = loss - dice_elbo(model_trace, guide_trace)
+        return loss / self.num_particles
 
 
 class M2VAE(VAE):
@@ -126,8 +197,28 @@ class M2VAE(VAE):
     when it is None.
     """
 
-    def __init__(self, model: M2Model, guide: M2Guide):
-        PyroModule.__init__(self)
+    name_prefix = "m2"
+    skipped_figures = frozenset({"manifold", "interpolate"})  # they decode z without a class
+
+    @classmethod
+    def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU, num_classes: int = 10) -> "M2VAE":
+        """The M2 model a :class:`~pyrovae.config.Config` describes: MLPs of ``hidden_dims``."""
+        decoder = TwoInputMLP(config.latent_dim, num_classes, tuple(reversed(config.hidden_dims)),
+                              math.prod(config.image_shape), activation)
+        return cls(M2Model(config.latent_dim, num_classes, decoder, likelihood, config.image_shape),
+                   M2Guide(config.latent_dim, num_classes, config.image_shape, config.hidden_dims, activation))
+
+    @classmethod
+    def elbo_from_config(cls, config) -> "M2_ELBO":
+        return M2_ELBO(config.classifier_weight)
+
+    @classmethod
+    def training_labels(cls, config, data) -> torch.Tensor:
+        """``--labels`` of the training labels, balanced over the classes (:func:`balanced_labels`)."""
+        return balanced_labels(data.train_labels, config.num_labels, 10, config.seed)
+
+    def __init__(self, model: M2Model, guide: M2Guide, name: Optional[str] = None):
+        PyroModule.__init__(self, _claim_name(self, name, self.name_prefix))
         self.model = model
         self.guide = guide
 
@@ -135,17 +226,23 @@ class M2VAE(VAE):
     def num_classes(self) -> int:
         return self.guide.num_classes
 
+    def create_plates(self, x=None, y=None, num_images=None, *, size=None, subsample=None) -> pyro.plate:
+        """The model's ``"data"`` plate for its arguments (for a Pyro autoguide's ``create_plates``)."""
+        return data_plate(x, len(y) if num_images is None and x is None and y is not None else num_images,
+                          size, subsample)
+
+    def default_elbo(self, classifier_weight: float = 50.0) -> "M2_ELBO":
+        """:class:`M2_ELBO`: the class summed out where unknown, plus the classifier's term."""
+        return M2_ELBO(classifier_weight)
+
     @property
     def row_cost(self) -> int:
         """Evaluation decodes every image once per class."""
         return self.num_classes
 
-    def one_hot(self, classes: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(classes, self.num_classes).to(self.model.class_logits.dtype)
-
     def all_classes(self) -> torch.Tensor:
-        """Every class as a one-hot row, shaped ``(num_classes, 1, num_classes)`` to broadcast over a batch."""
-        return self.one_hot(torch.arange(self.num_classes, device=self.device)).unsqueeze(1)
+        """Every class index, shaped ``(num_classes, 1)`` to broadcast over a batch."""
+        return torch.arange(self.num_classes, device=self.device).unsqueeze(1)
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +250,7 @@ class M2VAE(VAE):
         return self.guide.class_logits(x).argmax(-1)
 
     def encode(self, x: torch.Tensor):
-        return self.guide.distribution(x, self.one_hot(self.classify(x)))
+        return self.guide.distribution(x, self.classify(x))
 
     def _cycle(self, z: torch.Tensor) -> torch.Tensor:
         """Classes 0, 1, ..., K-1, 0, ... along the codes in ``z``: deterministic, so pictures
@@ -164,11 +261,11 @@ class M2VAE(VAE):
         """p(x|z,y); ``y`` are class indices, the classes in turn when None."""
         if y is None:
             y = self._cycle(z)
-        return self.likelihood(self.model.decoder_output(z, self.one_hot(y)))
+        return self.likelihood(self.model.decoder_output(z, y))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.one_hot(self.classify(x))
+        y = self.classify(x)
         return self.likelihood.mean(self.model.decoder_output(self.guide.distribution(x, y).mean, y))
 
     @torch.no_grad()
@@ -184,7 +281,7 @@ class M2VAE(VAE):
             if not 0 <= digit < self.num_classes:
                 raise ConfigError(f"--digit must be a class from 0 to {self.num_classes - 1}, got {digit}.")
             classes = torch.full(z.shape[:-1], digit, device=self.device)
-        out = self.model.decoder_output(z, self.one_hot(classes))
+        out = self.model.decoder_output(z, classes)
         return self.likelihood.mean(out) if mean else self.likelihood.sample(out)
 
     @torch.no_grad()
@@ -192,14 +289,12 @@ class M2VAE(VAE):
         """Mean images for every code in ``z`` (rows) and every class (columns): ``(len(z) * K, ...)``."""
         z = z.to(self.device).unsqueeze(1).expand(-1, self.num_classes, -1)
         classes = torch.arange(self.num_classes, device=self.device).expand(len(z), -1)
-        return self.likelihood.mean(self.model.decoder_output(z, self.one_hot(classes))).flatten(0, 1)
+        return self.likelihood.mean(self.model.decoder_output(z, classes)).flatten(0, 1)
 
     def elbo_parts(self, x: torch.Tensor, p) -> Tuple[torch.Tensor, torch.Tensor]:
         """U(x) split into its expected reconstruction and KL terms, summed exactly over y:
         KL = KL(q(y|x) || p(y)) + sum_y q(y|x) KL(q(z|x,y) || p(z))."""
-        from pyrovae.evaluation import analytic_kl
-
-        qy = dist.OneHotCategorical(logits=self.guide.class_logits(x))
+        qy = dist.Categorical(logits=self.guide.class_logits(x))
         y = self.all_classes()
         qz = self.guide.distribution(x, y)  # batch (K, N)
         z = qz.sample()
@@ -219,7 +314,7 @@ class M2VAE(VAE):
             z = qz.sample((min(samples_per_chunk, num_samples - start),))
             log_w = p.log_prob(z) + self.likelihood(self.model.decoder_output(z, y)).log_prob(x) - qz.log_prob(z)
             running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
-        log_py = self.model.class_prior().log_prob(y.squeeze(1)).unsqueeze(1)
+        log_py = self.model.class_prior().log_prob(y)  # (K, 1)
         return torch.logsumexp(running - math.log(num_samples) + log_py, dim=0)
 
     @torch.no_grad()
@@ -251,49 +346,3 @@ def balanced_labels(labels: torch.Tensor, count: Optional[int], num_classes: int
     visible = torch.full_like(labels, -1)
     visible[chosen] = labels[chosen]
     return visible
-
-
-class M2Trainer(Trainer):
-    """Trains an :class:`M2VAE` on a batch of images whose labels are partly hidden.
-
-    Each step sums U(x) (Pyro's ``TraceEnum_ELBO``) over the batch's unlabelled images, L(x, y) over its labelled ones,
-    and, when only some labels are known, L(x, y) over a batch of the same size drawn (with
-    replacement) from the labelled images, so that a hundred labels are seen every step; the
-    classifier's cross-entropy on all labelled images counted, times ``classifier_weight``.
-    ``train_elbo`` is the ELBO of the epoch's own images (labelled ones with their label).
-
-    :param labels: the training labels, -1 where hidden (:func:`balanced_labels`).
-    """
-
-    def __init__(self, vae: M2VAE, data, labels: torch.Tensor, classifier_weight: float = 50.0, **kwargs):
-        kwargs.setdefault("elbo", TraceEnum_ELBO(max_plate_nesting=1))
-        super().__init__(vae, data, **kwargs)
-        self.labels = labels.to(self.train_images.device)
-        self.labelled = torch.nonzero(self.labels >= 0).flatten()
-        if not len(self.labelled):
-            raise ConfigError("--model m2 needs at least one labelled training image.")
-        self.classifier_weight = classifier_weight
-        self.labelled_elbo = Trace_ELBO()  # nothing to enumerate once y is observed
-
-    def _loss(self, model, guide, x, index):
-        y = self.labels[index]
-        known = y >= 0
-        x_u, x_l, y_l = x[~known], x[known], y[known]
-        batch_neg_elbo = x.new_zeros(())
-        if len(x_u):
-            batch_neg_elbo = batch_neg_elbo + self.elbo.differentiable_loss(model, guide, x_u)
-        if len(x_l):
-            batch_neg_elbo = batch_neg_elbo + self.labelled_elbo.differentiable_loss(model, guide, x_l,
-                                                                                      self.vae.one_hot(y_l))
-        objective = batch_neg_elbo
-        if len(self.labelled) < len(self.labels):  # few labels: a labelled batch every step
-            pick = self.labelled[torch.randint(len(self.labelled), (len(x),), device=x.device)]
-            extra = self.train_images[pick]
-            extra = binarize(extra) if self.binary else extra
-            objective = objective + self.labelled_elbo.differentiable_loss(model, guide, extra,
-                                                                           self.vae.one_hot(self.labels[pick]))
-            x_l, y_l = torch.cat([x_l, extra]), torch.cat([y_l, self.labels[pick]])
-        if len(x_l):
-            logits = self.vae.guide.class_logits(x_l)
-            objective = objective + self.classifier_weight * F.cross_entropy(logits, y_l, reduction="sum")
-        return objective, batch_neg_elbo

@@ -10,6 +10,8 @@ from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from pyro.poutine.scale_messenger import ScaleMessenger
 
+from pyrovae._pyro import get_traces, trace_elbo_particle
+
 __all__ = ["Trace_ELBO", "TraceMeanField_ELBO", "IWAE_ELBO", "LatentScale", "kl_weight"]
 
 
@@ -26,8 +28,8 @@ class _SyncFree:
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         loss = surrogate = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+        for model_trace, guide_trace in get_traces(self, model, guide, args, kwargs):
+            loss_particle, surrogate_particle = trace_elbo_particle(self, model_trace, guide_trace)
             loss = loss + loss_particle / self.num_particles
             surrogate = surrogate + surrogate_particle / self.num_particles
         if not torch.is_tensor(surrogate):  # no sample sites: nothing to differentiate
@@ -61,7 +63,7 @@ class IWAE_ELBO(RenyiELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         log_weights = []
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+        for model_trace, guide_trace in get_traces(self, model, guide, args, kwargs):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
             log_w = 0.0
             for site in model_trace.nodes.values():

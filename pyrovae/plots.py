@@ -100,7 +100,7 @@ def _continuous_code(view: RunView, kind: str) -> None:
 
 
 def _unconditional(view: RunView, kind: str) -> None:
-    if view.config.model == "m2":
+    if hasattr(view.vae, "num_classes"):
         raise ConfigError(f"The {kind} figure decodes z alone, but {view.run_dir} is an M2 model that also needs "
                           "a class; the styles figure shows its codes for every class.")
 
@@ -262,7 +262,7 @@ def plot_kl(view: RunView) -> Figure:
 
 def plot_styles(view: RunView, styles: int = 10, seed: int = 0) -> Figure:
     """M2: each row one code z ~ p(z) (a handwriting style), each column one class."""
-    if view.config.model != "m2":
+    if not hasattr(view.vae, "num_classes"):
         raise ConfigError(f"The styles figure needs a model with classes (--model m2); {view.run_dir} has none.")
     images = view.vae.styles(view.vae.fixed_latents(styles, seed))
     classes = view.vae.num_classes
@@ -290,11 +290,9 @@ PLOTS: Dict[str, Callable[[RunView], Figure]] = {
 def kinds_for(config) -> list:
     """The figure kinds that apply to a run's model (``styles`` needs classes; the latent-space
     figures need a continuous code, and manifold and interpolate decode z without a class)."""
-    skip = set()
-    if config.model != "m2":
-        skip.add("styles")
-    else:
-        skip |= {"manifold", "interpolate"}
+    from pyrovae.registry import model_family
+
+    skip = set(model_family(config).skipped_figures)
     if config.guide == "categorical":
         skip |= {"latent", "manifold", "interpolate", "kl"}
     return [kind for kind in PLOTS if kind not in skip]

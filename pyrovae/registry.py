@@ -5,14 +5,11 @@ through here, and an unknown name is answered with the list of valid ones. The t
 import nothing heavy, so the command line can list the names without loading torch.
 """
 
-from pyrovae.config import Config
+from pyrovae.config import DATASETS, Config
 from pyrovae.errors import ConfigError
 
-__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "lookup", "build_vae",
-           "build_elbo"]
-
-DATASETS = ("mnist", "fashion-mnist", "mnist5k")
-
+__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "lookup",
+           "model_family", "build_vae", "build_elbo"]
 
 def _bernoulli(c: Config):
     from pyrovae.likelihoods import BernoulliLikelihood
@@ -129,7 +126,20 @@ LIKELIHOODS = {
 }
 GUIDES = {"diag_normal": _diag_normal, "lowrank": _lowrank, "iaf": _iaf, "categorical": _categorical_guide}
 PRIORS = {"standard_normal": _standard_normal, "vamp": _vamp, "categorical": _categorical_prior}
-MODELS = ("vae", "m2")
+def _plain_family():
+    from pyrovae.vae import VAE
+
+    return VAE
+
+
+def _m2_family():
+    from pyrovae.m2 import M2VAE
+
+    return M2VAE
+
+
+# Each model family is a VAE class that builds itself from a Config and says what it needs.
+MODELS = {"vae": _plain_family, "m2": _m2_family}
 ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
 ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 
@@ -147,11 +157,11 @@ def build_vae(config: Config, init_images=None):
 
     :param init_images: training images some parts start from (the VampPrior's pseudo-inputs).
     """
-    from pyrovae.vae import VAE
-
     config.validate()
-    if config.model == "m2":
-        return _m2(config)
+    family = model_family(config)
+    if family.from_config is not None:
+        return family.from_config(config, likelihood=lookup(LIKELIHOODS, "likelihood", config.likelihood)(config),
+                                  activation=_activation(config))
     if config.guide == "categorical":  # the decoder reads the flattened one-hot code
         from pyrovae.discrete import OneHotCodeDecoder
 
@@ -161,7 +171,7 @@ def build_vae(config: Config, init_images=None):
     else:
         encoder, decoder = lookup(NETS, "network", config.net)(config)
     guide = lookup(GUIDES, "guide", config.guide)(config, encoder)
-    return VAE(
+    return family(
         prior=lookup(PRIORS, "prior", config.prior)(config, guide, init_images),
         decoder=decoder,
         likelihood=lookup(LIKELIHOODS, "likelihood", config.likelihood)(config),
@@ -169,23 +179,15 @@ def build_vae(config: Config, init_images=None):
     )
 
 
-def _m2(c: Config):
-    import math
-
-    from pyrovae.m2 import M2Guide, M2Model, M2VAE, TwoInputMLP
-
-    act = _activation(c)
-    num_classes = 10
-    decoder = TwoInputMLP(c.latent_dim, num_classes, tuple(reversed(c.hidden_dims)), math.prod(c.image_shape), act)
-    likelihood = lookup(LIKELIHOODS, "likelihood", c.likelihood)(c)
-    return M2VAE(M2Model(c.latent_dim, num_classes, decoder, likelihood, c.image_shape),
-                 M2Guide(c.latent_dim, num_classes, c.image_shape, c.hidden_dims, act))
+def model_family(config: Config):
+    """The VAE class of ``config.model`` (``VAE``, ``M2VAE``)."""
+    return lookup(MODELS, "model", config.model)()
 
 
 def build_elbo(config: Config):
-    """The Pyro ELBO named by ``config.elbo`` (for M2: ``TraceEnum_ELBO``, which sums out the class)."""
-    if config.model == "m2":
-        from pyro.infer import TraceEnum_ELBO
-
-        return TraceEnum_ELBO(max_plate_nesting=1)
+    """The Pyro ELBO named by ``config.elbo``, or the model family's own objective where it has
+    one (M2: :class:`~pyrovae.m2.M2_ELBO`)."""
+    elbo = model_family(config).elbo_from_config(config)
+    if elbo is not None:
+        return elbo
     return lookup(ELBOS, "ELBO", config.elbo)(config)

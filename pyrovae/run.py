@@ -28,7 +28,7 @@ from pyrovae.config import Config
 from pyrovae.data import ImageData, load_dataset, spread_subset
 from pyrovae.distributed import Distributed
 from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError
-from pyrovae.registry import build_elbo, build_vae
+from pyrovae.registry import build_elbo, build_vae, model_family
 from pyrovae.train import EpochMetrics, Trainer
 from pyrovae.vae import VAE
 
@@ -193,8 +193,6 @@ def train_run(
     distributed = distributed or Distributed()
     device = torch.device(device) if distributed.active else resolve_device(str(device))
     config.validate()
-    if config.model == "m2" and distributed.active:
-        raise ConfigError("--model m2 cannot be trained with torchrun: its labelled batches are drawn per process.")
     data = _main_first(distributed, device, lambda: load_dataset(config.dataset, config.data_dir, fallback=fallback))
     if data.name != config.dataset:
         config = config.replace(dataset=data.name, data_dir=None)
@@ -207,10 +205,7 @@ def train_run(
     if config.batch_size % distributed.world_size:
         raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {distributed.world_size} "
                           "processes, so that every rank gets the same share of each batch.")
-    if config.model == "m2":  # the labels must fit before anything is written
-        from pyrovae.m2 import balanced_labels
-
-        balanced_labels(data.train_labels, config.num_labels, 10, config.seed)
+    model_family(config).training_labels(config, data)  # labels must fit before anything is written
     _main_first(distributed, device, lambda: _prepare_new_run_dir(run_dir, overwrite), others=False)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -246,8 +241,6 @@ def resume_run(
             f"Run {run_dir} has already trained for {state['epoch']} epochs; "
             "pass --epochs with a larger total to train longer."
         )
-    if config.model == "m2" and distributed.active:
-        raise ConfigError("--model m2 cannot be trained with torchrun: its labelled batches are drawn per process.")
     data = _main_first(distributed, device, lambda: load_dataset(config.dataset, config.data_dir, fallback=False))
     return _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end, distributed)
 
@@ -293,14 +286,9 @@ def _main_first(distributed: Distributed, device, task: Callable, others: bool =
 
 
 def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed) -> Trainer:
-    options = dict(batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config), distributed=distributed)
-    if config.model == "m2":
-        from pyrovae.m2 import M2Trainer, balanced_labels
-
-        labels = balanced_labels(data.train_labels, config.num_labels, vae.num_classes, config.seed)
-        return M2Trainer(vae, data, labels, config.classifier_weight, warmup_epochs=config.warmup_epochs,
-                         beta=config.beta, **options)
-    return Trainer(vae, data, warmup_epochs=config.warmup_epochs, beta=config.beta, **options)
+    labels = model_family(config).training_labels(config, data)
+    return Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config),
+                   warmup_epochs=config.warmup_epochs, beta=config.beta, distributed=distributed, labels=labels)
 
 
 def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end,

@@ -1,42 +1,55 @@
 """Fitting a VAE with stochastic variational inference on in-memory tensors.
 
-Pyro's ELBO is used as a differentiable ``nn.Module`` (``Trace_ELBO()(model, guide)``) and
-driven by a plain torch optimizer, the pattern of Pyro's ``examples/svi_torch.py``. Batches
+Pyro's ELBO computes the loss (``elbo.differentiable_loss(model, guide, x)``) and a plain
+torch optimizer follows its gradient, the pattern of Pyro's ``examples/svi_torch.py``. Batches
 are slices of a random permutation of tensors already on the training device; the loop
-never waits for the device except to refresh the progress bar.
+never waits for the device except at the few progress refreshes of an epoch.
+
+The loop knows no model family: a KL weight, a temperature schedule, the progress bar, stop
+requests and NaN checks are :class:`Callback` objects, a model that takes class labels (M2)
+gets them as its second argument, and with ``torchrun`` the step is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel`.
 """
 
-import functools
 import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import pyro
 import torch
+from pyro import poutine
 from tqdm.auto import tqdm
 
+from pyrovae._pyro import direct_call
 from pyrovae.checkpoint import get_rng_state, set_rng_state
 from pyrovae.data import ImageData, binarize
 from pyrovae.distributed import Distributed, ShardedSampling
 from pyrovae.errors import ConfigError, DataError, NumericalError
-from pyrovae.evaluation import elbo_terms
-from pyrovae.objectives import LatentScale, Trace_ELBO, kl_weight
+from pyrovae.evaluation import ELBOTerms, elbo_terms
+from pyrovae.objectives import LatentScale, kl_weight
 from pyrovae.vae import VAE
 
-__all__ = ["EpochMetrics", "Trainer", "adam", "fit", "TEST_BINARIZATION_SEED"]
+__all__ = ["EpochMetrics", "Trainer", "Callback", "ProgressBar", "KLWeight", "Annealing", "FiniteCheck",
+           "StopRequest", "adam", "fit", "direct_call", "TEST_BINARIZATION_SEED"]
 
 # The binary test set is drawn once with this seed, so that every model, whatever its own
 # training seed, is scored on the same images (shared/BENCHMARKS.md).
 TEST_BINARIZATION_SEED = 0
-# Progress-bar refreshes per epoch; each costs one host-device sync.
+# Progress refreshes per epoch; each costs one host-device sync.
 REFRESHES_PER_EPOCH = 50
 
 
 @dataclass
 class EpochMetrics:
-    """One line of ``metrics.jsonl``: per-image nats, and the seconds spent training."""
+    """One line of ``metrics.jsonl``: per-image nats, and the seconds spent training.
+
+    ``train_elbo`` is minus the training objective per image of the epoch: the ELBO itself
+    unless a KL weight (warm-up, beta) or extra terms (M2's classifier) are part of the
+    objective. The test figures are always the unweighted ELBO and its two terms; they are
+    NaN for a guide that cannot encode new images (a non-amortized one).
+    """
 
     epoch: int
     train_elbo: float
@@ -49,16 +62,101 @@ class EpochMetrics:
         return asdict(self)
 
 
-def direct_call(module: torch.nn.Module) -> Callable:
-    """``module.forward`` without :class:`~pyro.nn.PyroModule`'s call context.
+class Callback:
+    """A hook into :meth:`Trainer.run_epoch`; every method does nothing unless overridden."""
 
-    Inside that context every access to a plain ``nn.Module`` attribute emits one Pyro
-    ``param`` message per parameter, so that Pyro's own optimizers can find them: ten
-    messages per step here, 0.7 of the 1.6 ms that a step cost beyond plain PyTorch on
-    2 CPU cores (docs/benchmarks.md). The trainer's torch optimizer already holds every parameter, so
-    it skips them; the loss and gradients are the same (tests/test_train.py).
-    """
-    return functools.partial(type(module).forward, module)
+    def wrap(self, model: Callable, guide: Callable):
+        """Return the model and guide to train this epoch (e.g. under a Pyro handler)."""
+        return model, guide
+
+    def on_epoch_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_step(self, trainer: "Trainer") -> None:
+        """Before each step (``trainer.step`` steps of the epoch are done)."""
+
+    def on_refresh(self, trainer: "Trainer", losses: torch.Tensor) -> None:
+        """About 50 times an epoch, with the summed negative ELBO of each step so far."""
+
+    def stop_requested(self, trainer: "Trainer") -> bool:
+        """Polled before each step (with torchrun, at each refresh): True stops the epoch early."""
+        return False
+
+    def on_epoch_end(self, trainer: "Trainer") -> None:
+        """After the last step of the epoch, or when it stopped early or failed."""
+
+
+class ProgressBar(Callback):
+    """A tqdm bar of the epoch's steps with the running training ELBO per image."""
+
+    def __init__(self, num_epochs: Optional[int] = None):
+        self.num_epochs = num_epochs
+        self.bar = None
+
+    def on_epoch_start(self, trainer):
+        label = f"epoch {trainer.epoch + 1}" + (f"/{self.num_epochs}" if self.num_epochs else "")
+        self.bar = tqdm(total=trainer.num_batches, initial=trainer.step, desc=label, unit="batch", leave=False,
+                        dynamic_ncols=True)
+
+    def on_refresh(self, trainer, losses):
+        done = min(trainer.step * trainer.batch_size, trainer.images_per_epoch)
+        self.bar.set_postfix(elbo=f"{-losses.sum().item() / done:.2f}")
+        self.bar.update(trainer.step - self.bar.n)
+
+    def on_epoch_end(self, trainer):
+        self.bar.close()
+
+
+class KLWeight(Callback):
+    """Weights the latent sites' log-densities (the KL term) by ``beta`` times a linear ramp
+    from 0 to 1 over ``warmup_epochs``, updated before every step
+    (:class:`~pyrovae.objectives.LatentScale`)."""
+
+    def __init__(self, warmup_epochs: float = 0, beta: float = 1.0):
+        self.warmup_epochs, self.beta = warmup_epochs, beta
+        self.scale = LatentScale(1.0)
+
+    def wrap(self, model, guide):
+        return self.scale(model), self.scale(guide)
+
+    def on_step(self, trainer):
+        progress_epochs = trainer.epoch + (trainer.step + 1) / trainer.num_batches
+        self.scale.scale = kl_weight(progress_epochs, self.warmup_epochs, self.beta)
+
+
+class Annealing(Callback):
+    """Calls ``anneal(epoch)`` on every module that has it (a relaxed categorical's temperature)
+    at the start of each epoch."""
+
+    def on_epoch_start(self, trainer):
+        for module in trainer.vae.modules():
+            if hasattr(module, "anneal"):
+                module.anneal(trainer.epoch)
+
+
+class FiniteCheck(Callback):
+    """Raises :class:`~pyrovae.errors.NumericalError` naming the first step whose loss is NaN
+    or infinite, with a hint."""
+
+    def on_refresh(self, trainer, losses):
+        if torch.isfinite(losses.sum()):
+            return
+        bad = int(torch.nonzero(~torch.isfinite(losses))[0])
+        hint = f"try a lower learning rate (now {trainer.optimizer.param_groups[0]['lr']:g})"
+        if hasattr(trainer.vae.likelihood, "scale"):
+            hint += " or a larger likelihood scale"
+        raise NumericalError(f"The loss became {losses[bad].item()} at epoch {trainer.epoch + 1}, "
+                             f"step {bad + 1}; {hint}.")
+
+
+class StopRequest(Callback):
+    """Stops the epoch, resumably, when ``should_stop()`` returns True."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def stop_requested(self, trainer):
+        return self.should_stop()
 
 
 def adam(parameters, lr: float) -> torch.optim.Adam:
@@ -84,15 +182,21 @@ class Trainer:
     All that is needed to continue exactly where it stopped (parameters, optimizer, the
     epoch's permutation, the step within it, the random states) is in :meth:`state_dict`.
 
-    :param vae: the model and guide; train it on the device it is on.
+    :param vae: the model and guide; train it on the device it is on. Any Pyro guide works:
+        one that is not amortized (a Pyro autoguide, a per-image ``pyro.param`` guide) gets
+        the batch's positions in the data set (``size``, ``subsample``), and its parameters,
+        created on first use, join the optimizer then.
     :param data: train and test images in [0, 1].
-    :param elbo: a Pyro ELBO; default :class:`pyrovae.objectives.Trace_ELBO` (Pyro's,
-        without its per-step host syncs).
+    :param elbo: a Pyro ELBO; default the model family's own (``vae.default_elbo()``).
     :param optimizer: default :func:`adam`, torch's Adam with the fused kernel.
     :param warmup_epochs: the KL term's weight rises linearly from 0 to ``beta`` over this
-        many epochs, step by step (:class:`~pyrovae.objectives.LatentScale`).
-    :param beta: the KL term's final weight (1: the ELBO; > 1: a beta-VAE). The test
-        metrics always use the unweighted ELBO; ``train_elbo`` is the weighted objective.
+        many epochs, step by step (:class:`KLWeight`).
+    :param beta: the KL term's final weight (1: the ELBO; > 1: a beta-VAE).
+    :param labels: for a model with classes (M2): the training labels, -1 where hidden
+        (default: all of ``data.train_labels``). When only some are known, each step also
+        scores a batch of the same size drawn with replacement from the labelled images, so
+        that a few labels are seen every step.
+    :param callbacks: more :class:`Callback` objects, run after the built-in ones.
     """
 
     def __init__(
@@ -106,6 +210,8 @@ class Trainer:
         warmup_epochs: float = 0,
         beta: float = 1.0,
         distributed: Optional[Distributed] = None,
+        labels: Optional[torch.Tensor] = None,
+        callbacks: Sequence[Callback] = (),
     ):
         if batch_size > len(data.train_images):
             raise ConfigError(
@@ -120,30 +226,43 @@ class Trainer:
                 raise DataError(f"The {split} images of {data.name} are not scaled to [0, 1].")
         self.train_images = data.train_images.to(device)
         self.test_images = prepare_test_images(data.test_images, self.binary).to(device)
-        self.elbo = elbo or Trace_ELBO()
+        self.labels = self.labelled = None
+        if getattr(vae, "num_classes", None):
+            labels = data.train_labels if labels is None else labels
+            self.labels = labels.to(device)
+            labelled = torch.nonzero(self.labels >= 0).flatten()
+            if not len(labelled):
+                raise ConfigError("A model with classes needs at least one labelled training image.")
+            if len(labelled) < len(self.labels):
+                self.labelled = labelled
+        self.elbo = elbo or vae.default_elbo()
         self.optimizer = optimizer or adam(vae.parameters(), lr)
-        self.warmup_epochs, self.beta = warmup_epochs, beta
+        # pyrovae's own guides are called directly (direct_call); any other guide as Pyro
+        # would, with the batch's place in the data set, and its parameters found by tracing.
+        self.amortized = vae.amortized and isinstance(vae.guide, torch.nn.Module)
+        self.callbacks = [FiniteCheck(), Annealing()]
+        if warmup_epochs > 0 or beta != 1:
+            self.callbacks.append(KLWeight(warmup_epochs, beta))
+        self.callbacks += list(callbacks)
         self.epoch = 0  # completed epochs
         self.step = 0  # completed steps of the current epoch
         self.seconds = 0.0  # training time spent in the current epoch
         self.permutation: Optional[torch.Tensor] = None
-        self.step_losses: Optional[torch.Tensor] = None  # summed -ELBO of each step, on the device
+        self.step_losses: Optional[torch.Tensor] = None  # summed objective of each step, on the device
         self.history: List[EpochMetrics] = []
         self.distributed = distributed or Distributed()
+        self._loss = _StepLoss(self)
         if self.distributed.active:
-            self._ddp = self._data_parallel()
+            self._loss = self.distributed.data_parallel(self._loss, self.train_images.device)
+            if self.batch_size % self.distributed.world_size:
+                raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of the "
+                                  f"{self.distributed.world_size} processes, so that every rank gets the same "
+                                  "share of each batch.")
 
-    def _data_parallel(self):
-        from torch.nn.parallel import DistributedDataParallel
-
-        world = self.distributed.world_size
-        if self.batch_size % world:
-            raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of the {world} processes, "
-                              "so that every rank gets the same share of each batch.")
-        device = self.train_images.device
-        # Buffers (prior constants, a temperature) are equal on every rank: no per-step sync.
-        return DistributedDataParallel(_StepModule(self), device_ids=[device] if device.type == "cuda" else None,
-                                       forward_sync_buffers=False)
+    @property
+    def weighted(self) -> bool:
+        """Whether the KL term is weighted (warm-up or beta), which the plain ELBO is not."""
+        return any(isinstance(c, KLWeight) for c in self.callbacks)
 
     @property
     def num_batches(self) -> int:
@@ -172,64 +291,49 @@ class Trainer:
             self.permutation = torch.randperm(len(self.train_images)).to(device)
             self.step_losses = torch.zeros(self.num_batches, device=device)
             self.step, self.seconds = 0, 0.0
-        for module in self.vae.modules():  # e.g. the temperature of a relaxed categorical code
-            if hasattr(module, "anneal"):
-                module.anneal(self.epoch)
+        callbacks = list(self.callbacks)
+        if progress:
+            callbacks.insert(0, ProgressBar(num_epochs))
+        if should_stop is not None:
+            callbacks.append(StopRequest(should_stop))
+        model, guide = direct_call(self.vae.model), self.vae.guide
+        if self.amortized:
+            guide = direct_call(guide)
+        for callback in callbacks:
+            model, guide = callback.wrap(model, guide)
         refresh = max(1, self.num_batches // REFRESHES_PER_EPOCH)
-        label = f"epoch {self.epoch + 1}" + (f"/{num_epochs}" if num_epochs else "")
-        bar = tqdm(total=self.num_batches, initial=self.step, desc=label, unit="batch",
-                   leave=False, disable=not progress, dynamic_ncols=True)
-        model, guide = direct_call(self.vae.model), direct_call(self.vae.guide)
-        world = self.distributed.world_size
-        weighted = self.weighted
-        if weighted:  # the KL term's weight, changed before every step
-            latent_scale = LatentScale(1.0)
-            model, guide = latent_scale(model), latent_scale(guide)
+        for callback in callbacks:
+            callback.on_epoch_start(self)
         started = time.perf_counter()
         try:
             # Arguments were checked once above; per-step validation only costs time. NaN
-            # losses are reported by _check_finite with the step, so Pyro's warning is muted.
+            # losses are reported by FiniteCheck with the step, so Pyro's warning is muted.
             with pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Encountered NaN")
                 while self.step < self.num_batches:
-                    if should_stop is not None and self._stop_now(should_stop, refresh, device):
+                    if self._stop_requested(callbacks, refresh, device):
                         return None
+                    for callback in callbacks:
+                        callback.on_step(self)
                     index = self.permutation[self.step * self.batch_size : (self.step + 1) * self.batch_size]
-                    index = index[: len(index) - len(index) % world]  # equal shares for every rank
+                    index = index[: len(index) - len(index) % self.distributed.world_size]  # equal shares
                     if len(index):  # empty only in the last batch, when fewer images than ranks are left
-                        x = self.train_images[index]
-                        if self.binary:
-                            x = binarize(x)  # dynamic binarization: a fresh draw every time
-                        if weighted:
-                            progress_epochs = self.epoch + (self.step + 1) / self.num_batches
-                            latent_scale.scale = kl_weight(progress_epochs, self.warmup_epochs, self.beta)
-                        if self.distributed.active:  # this rank's rows; DDP averages the gradients
-                            rank = self.distributed.rank
-                            with ShardedSampling(rank, world):
-                                objective, loss = self._ddp(model, guide, x.tensor_split(world)[rank],
-                                                            index.tensor_split(world)[rank])
-                        else:
-                            objective, loss = self._loss(model, guide, x, index)
-                        self.optimizer.zero_grad(set_to_none=True)
-                        # Per image of the global batch once DDP has averaged over the ranks.
-                        (objective / (len(index) // world)).backward()
-                        self.optimizer.step()
-                        self.step_losses[self.step] = loss.detach()
+                        self.step_losses[self.step] = self._train_step(model, guide, index)
                     self.step += 1
                     if self.step % refresh == 0 or self.step == self.num_batches:
-                        losses = self._check_finite()
-                        done = min(self.step * self.batch_size, self.images_per_epoch)
-                        bar.set_postfix(elbo=f"{-losses.sum().item() / done:.2f}")
-                        bar.update(self.step - bar.n)
+                        losses = self.distributed.all_reduce_sum(self.step_losses[: self.step])
+                        for callback in callbacks:
+                            callback.on_refresh(self, losses)
         except RuntimeError as error:  # DDP's gradient all-reduce runs inside backward()
             if self.distributed.active and Distributed.is_communication_error(error):
                 raise self.distributed.lost_contact(error) from None
             raise
         finally:
             self.seconds += time.perf_counter() - started
-            bar.close()
+            for callback in callbacks:
+                callback.on_epoch_end(self)
         train_elbo = -self.distributed.all_reduce_sum(self.step_losses).sum().item() / self.images_per_epoch
-        test = elbo_terms(self.vae, self.test_images)
+        test = self.test_terms()
         self.epoch += 1
         metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds)
         self.history.append(metrics)
@@ -237,36 +341,50 @@ class Trainer:
         self.step = 0
         return metrics
 
-    def _stop_now(self, should_stop: Callable[[], bool], refresh: int, device) -> bool:
-        """Poll ``should_stop``: before every step in one process; with several, only every
+    def test_terms(self) -> ELBOTerms:
+        """The test set's ELBO and its terms; NaN when the guide cannot encode new images."""
+        if not self.vae.amortized:
+            return ELBOTerms(math.nan, math.nan, math.nan, 0)
+        return elbo_terms(self.vae, self.test_images)
+
+    def _stop_requested(self, callbacks, refresh: int, device) -> bool:
+        """Poll the callbacks: before every step in one process; with several, only every
         ``refresh`` steps, where all ranks agree in one all-reduce (which waits for the device),
         so that they stop at the same step without a host sync per step."""
         if not self.distributed.active:
-            return should_stop()
-        return self.step % refresh == 0 and self.distributed.any(should_stop(), device)
+            return any(c.stop_requested(self) for c in callbacks)
+        return self.step % refresh == 0 and self.distributed.any(any(c.stop_requested(self) for c in callbacks),
+                                                                 device)
 
-    @property
-    def weighted(self) -> bool:
-        """Whether the KL term is weighted (warm-up or beta), which the plain ELBO is not."""
-        return self.warmup_epochs > 0 or self.beta != 1
+    def batch(self, index: torch.Tensor):
+        """The model's arguments for the training images at ``index``: the images (binarized
+        afresh for a binary likelihood) and, for a model with classes, their labels."""
+        x = self.train_images[index]
+        if self.labels is None:
+            return (binarize(x) if self.binary else x,)
+        y = self.labels[index]
+        if self.labelled is not None:  # few labels: a labelled batch every step
+            pick = self.labelled[torch.randint(len(self.labelled), (len(index),), device=index.device)]
+            x, y = torch.cat([x, self.train_images[pick]]), torch.cat([y, self.labels[pick]])
+        return (binarize(x) if self.binary else x, y)
 
-    def _loss(self, model, guide, x: torch.Tensor, index: torch.Tensor):
-        """The summed objective to minimise on batch ``x`` (rows ``index`` of the training set),
-        and the summed negative ELBO of those images that the epoch's metric adds up."""
-        loss = self.elbo.differentiable_loss(model, guide, x)
-        return loss, loss
-
-    def _check_finite(self) -> torch.Tensor:
-        """The losses of the steps so far, summed over ranks; raise if any is NaN or infinite."""
-        losses = self.distributed.all_reduce_sum(self.step_losses[: self.step])
-        if torch.isfinite(losses.sum()):
-            return losses
-        bad = int(torch.nonzero(~torch.isfinite(losses))[0])
-        value = losses[bad].item()
-        hint = f"try a lower learning rate (now {self.optimizer.param_groups[0]['lr']:g})"
-        if hasattr(self.vae.likelihood, "scale"):
-            hint += " or a larger likelihood scale"
-        raise NumericalError(f"The loss became {value} at epoch {self.epoch + 1}, step {bad + 1}; {hint}.")
+    def _train_step(self, model, guide, index: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the images at ``index``; returns the summed objective (detached)."""
+        args = self.batch(index)
+        kwargs = {} if self.amortized else {"size": len(self.train_images), "subsample": index}
+        world, rank = self.distributed.world_size, self.distributed.rank
+        if self.distributed.active:  # this rank's rows; DDP averages the gradients
+            args = tuple(a.tensor_split(world)[rank] for a in args)
+            kwargs = {k: (v.tensor_split(world)[rank] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+            with ShardedSampling(rank, world):
+                objective = self._loss(model, guide, args, kwargs)
+        else:
+            objective = self._loss(model, guide, args, kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
+        # Per image of the global batch once DDP has averaged over the ranks.
+        (objective / (len(index) // world)).backward()
+        self.optimizer.step()
+        return objective.detach()
 
     def state_dict(self) -> dict:
         return {
@@ -292,16 +410,36 @@ class Trainer:
         set_rng_state(state["rng"])
 
 
-class _StepModule(torch.nn.Module):
-    """One training step's loss as a module whose parameters are the VAE's, for DDP."""
+class _StepLoss(torch.nn.Module):
+    """One step's summed objective as a module whose parameters are the VAE's (what DDP wraps).
 
-    def __init__(self, trainer: "Trainer"):
+    For a guide that is not amortized, the loss is computed over the batch's rows of the whole
+    data set (Pyro scales it by size / batch) and scaled back to the batch's sum, and any
+    parameter the guide created (Pyro's param store, a lazily built autoguide) joins the
+    optimizer the first time it is seen.
+    """
+
+    def __init__(self, trainer: Trainer):
         super().__init__()
         self.vae = trainer.vae
         object.__setattr__(self, "_trainer", trainer)  # a reference, not a submodule
 
-    def forward(self, model, guide, x, index):
-        return self._trainer._loss(model, guide, x, index)
+    def forward(self, model, guide, args, kwargs):
+        trainer = self._trainer
+        if trainer.amortized:
+            return trainer.elbo.differentiable_loss(model, guide, *args, **kwargs)
+        with poutine.trace(param_only=True) as params, poutine.scale(scale=len(kwargs["subsample"]) / kwargs["size"]):
+            loss = trainer.elbo.differentiable_loss(model, guide, *args, **kwargs)
+        known = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+        found = {}
+        for site in params.trace.nodes.values():
+            value = site["value"]
+            value = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if value.requires_grad and value.is_leaf and id(value) not in known:
+                found[id(value)] = value
+        if found:
+            trainer.optimizer.add_param_group({"params": list(found.values())})
+        return loss
 
 
 def fit(
@@ -311,12 +449,17 @@ def fit(
     batch_size: int = 128,
     lr: float = 1e-3,
     elbo=None,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
     warmup_epochs: float = 0,
     beta: float = 1.0,
+    labels: Optional[torch.Tensor] = None,
+    callbacks: Sequence[Callback] = (),
 ) -> List[EpochMetrics]:
     """Train ``vae`` on ``data`` for ``num_epochs`` and return the metrics of every epoch.
+
+    :param progress: draw a progress bar; default only where a person watches (a terminal).
+    Other arguments are :class:`Trainer`'s.
 
     Example::
 
@@ -324,7 +467,12 @@ def fit(
         history = fit(vae, data, num_epochs=5)
         history[-1].test_elbo
     """
-    trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo, warmup_epochs=warmup_epochs, beta=beta)
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo, warmup_epochs=warmup_epochs, beta=beta,
+                      labels=labels, callbacks=callbacks)
     while trainer.epoch < num_epochs:
         metrics = trainer.run_epoch(num_epochs, progress=progress)
         if on_epoch_end is not None:

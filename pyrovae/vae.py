@@ -1,23 +1,58 @@
 """The VAE: a Pyro model p(z) p(x|z) and a guide q(z|x), held together with helpers to use them."""
 
+import itertools
 import math
+import weakref
+from typing import Optional
 
 import pyro
 import torch
 from pyro.nn import PyroModule
 from torch import nn
+from torch.distributions import kl_divergence
 
 from pyrovae.likelihoods import Likelihood
+from pyrovae.plates import data_plate
 
-__all__ = ["VAE", "VAEModel"]
+__all__ = ["VAE", "VAEModel", "analytic_kl"]
 
-# Parameters live in each module, not in Pyro's global parameter store, so that two VAEs in
-# one process can never share or overwrite each other's weights.
-pyro.settings.set(module_local_params=True)
+# Pyro's parameter store keys PyroModule parameters by the module's name, so two VAEs with
+# one name would share weights whenever a Pyro optimizer drives them. Each VAE takes a name
+# no live VAE of this process holds (and never one an earlier VAE held: the store may still
+# hold that one's weights, which the new VAE would pick up).
+_LIVE_NAMES: "weakref.WeakValueDictionary[str, nn.Module]" = weakref.WeakValueDictionary()
+_USED_NAMES = set()
+_NAME_COUNTER = itertools.count(1)
+
+
+def _claim_name(module: nn.Module, name: Optional[str], prefix: str) -> str:
+    if name is not None:
+        if name in _LIVE_NAMES:
+            raise ValueError(f"Another VAE in this process is already named {name!r}; Pyro's parameter store "
+                             "would make them share weights. Choose another name.")
+    else:
+        name = prefix
+        while name in _USED_NAMES or name in _LIVE_NAMES:
+            name = f"{prefix}_{next(_NAME_COUNTER)}"
+    _LIVE_NAMES[name] = module
+    _USED_NAMES.add(name)
+    return name
+
+
+def analytic_kl(q, p) -> Optional[torch.Tensor]:
+    """KL(q || p) in closed form where torch knows one, else None."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
 
 
 class VAEModel(PyroModule):
-    """The generative model: z ~ prior, x ~ likelihood(decoder(z)), one plate over images."""
+    """The generative model: z ~ prior, x ~ likelihood(decoder(z)), one plate over images.
+
+    ``model(x)`` scores a batch of images (site ``"x"`` observed); ``model(num_images=n)``
+    generates n images, so Pyro's ``Predictive`` draws fresh images from it.
+    """
 
     def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: Likelihood):
         super().__init__()
@@ -25,10 +60,12 @@ class VAEModel(PyroModule):
         self.decoder = decoder
         self.likelihood = likelihood
 
-    def forward(self, x: torch.Tensor) -> None:
-        with pyro.plate("data", x.shape[0]):
+    def forward(self, x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
+                size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:returns: the images, observed or generated."""
+        with data_plate(x, num_images, size, subsample):
             z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
 
 class VAE(PyroModule):
@@ -37,20 +74,66 @@ class VAE(PyroModule):
     :param prior: a module whose ``forward()`` returns p(z) with event shape ``(latent_dim,)``.
     :param decoder: a module mapping z to decoder output of shape ``(..., *image_shape)``.
     :param likelihood: a :class:`~pyrovae.likelihoods.Likelihood` turning decoder output into p(x|z).
-    :param guide: a module whose ``forward(x)`` samples site ``"z"`` in plate ``"data"`` and
-        whose ``distribution(x)`` returns q(z|x).
+    :param guide: q(z|x): an :class:`~pyrovae.guides.AmortizedGuide`, or any Pyro guide that takes
+        the model's arguments (a function using ``pyro.param``, a Pyro autoguide of ``vae.model``,
+        set after building with ``vae.guide = AutoNormal(vae.model)``).
+    :param str name: the prefix of this VAE's parameters in Pyro's parameter store; default a
+        name no other VAE of this process has (``vae``, ``vae_1``, ...).
 
     ``vae.model`` and ``vae.guide`` are what Pyro's inference algorithms take::
 
         vae = VAE(StandardNormalPrior(20), MLPDecoder(20), BernoulliLikelihood(),
                   DiagonalNormalGuide(MLPEncoder(), latent_dim=20))
-        loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, images)
+        svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+        svi.step(binary_images)
     """
 
-    def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: Likelihood, guide: nn.Module):
-        super().__init__()
+    name_prefix = "vae"
+    # What the command line needs to know of a model family (pyrovae.registry.MODELS).
+    from_config = None  # a classmethod building the family from a Config, where not from parts
+    skipped_figures = frozenset({"styles"})  # figure kinds of pyrovae.plots that do not apply
+
+    @classmethod
+    def elbo_from_config(cls, config):
+        """The family's own objective for ``config``, or None for the one ``--elbo`` names."""
+        return None
+
+    @classmethod
+    def training_labels(cls, config, data) -> Optional[torch.Tensor]:
+        """The labels training may see (-1 where hidden), for a family with classes; checked
+        before anything is written."""
+        return None
+
+    def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: Likelihood, guide,
+                 name: Optional[str] = None):
+        super().__init__(_claim_name(self, name, self.name_prefix))
         self.model = VAEModel(prior, decoder, likelihood)
         self.guide = guide
+
+    def create_plates(self, x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
+                      size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> pyro.plate:
+        """The model's ``"data"`` plate for its arguments: what a Pyro autoguide needs to follow
+        the model's subsampling, ``AutoNormal(vae.model, create_plates=vae.create_plates)``."""
+        return data_plate(x, num_images, size, subsample)
+
+    def default_elbo(self):
+        """The objective this family trains with unless told otherwise: Pyro's ``Trace_ELBO``
+        (pyrovae's sync-free subclass, :class:`pyrovae.objectives.Trace_ELBO`)."""
+        from pyrovae.objectives import Trace_ELBO
+
+        return Trace_ELBO()
+
+    @property
+    def name(self) -> str:
+        """The prefix of this VAE's parameter names in Pyro's parameter store."""
+        return self._pyro_name
+
+    def __setattr__(self, name, value):
+        if name == "guide" and not isinstance(value, nn.Module):  # a guide function replaces a guide module
+            self._modules.pop("guide", None)
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
 
     @property
     def prior(self):
@@ -68,8 +151,17 @@ class VAE(PyroModule):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def amortized(self) -> bool:
+        """Whether the guide gives q(z|x) for any image (pyrovae's guides), which evaluation needs;
+        a Pyro autoguide or a per-image ``pyro.param`` guide knows only its training images."""
+        return hasattr(self.guide, "distribution")
+
     def encode(self, x: torch.Tensor):
         """q(z|x) for a batch of images."""
+        if not self.amortized:
+            raise TypeError(f"{type(self.guide).__name__} gives no q(z|x) for new images (it is not an amortized "
+                            "guide with a distribution(x) method), so images cannot be encoded or scored with it.")
         return self.guide.distribution(x)
 
     def decode(self, z: torch.Tensor):
@@ -97,8 +189,6 @@ class VAE(PyroModule):
         """The reconstruction term E_q[log p(x|z)] (one sample) and KL(q(z|x) || p(z)) of each
         image: in closed form when torch knows it, else a one-sample estimate. ``p`` is
         ``self.prior()``, built once by the caller."""
-        from pyrovae.evaluation import analytic_kl
-
         q = self.encode(x)
         z = q.sample()
         kl = analytic_kl(q, p)

@@ -50,7 +50,7 @@ def test_site_builds_strictly_with_the_cli_and_api_references(site):
         assert command in cli
     assert "--classifier-weight" in cli and "--z-dim" in cli
     api = (site / "api" / "index.html").read_text()
-    for name in ("IAFGuide", "VampPrior", "M2Trainer", "ShardedSampling", "log_likelihood"):
+    for name in ("IAFGuide", "VampPrior", "M2_ELBO", "ShardedSampling", "log_likelihood"):
         assert name in api
     assert (site / "javascripts" / "katex" / "katex.min.js").is_file()
     assert 'class="arithmatex"' in (site / "elbo" / "index.html").read_text()

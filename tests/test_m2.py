@@ -9,10 +9,9 @@ from PIL import Image
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
-from pyrovae.m2 import M2Trainer, balanced_labels
-from pyrovae.objectives import Trace_ELBO
+from pyrovae.m2 import CLASSIFIER_SITE, M2_ELBO, balanced_labels
 from pyrovae.registry import build_elbo, build_vae
-from pyrovae.train import direct_call
+from pyrovae.train import Trainer, direct_call, fit
 
 SMALL = Config(model="m2", latent_dim=4, hidden_dims=(64,))
 
@@ -24,8 +23,8 @@ def _m2():
 
 def test_enumeration_sums_over_all_ten_classes(mnist5k):
     """Trace the guide under TraceEnum_ELBO's enumeration: the class site carries all ten
-    one-hot values at once, q(z|x,y) is built for each, and the model's likelihood is scored
-    for every (class, image) pair."""
+    values at once, q(z|x,y) is built for each, and the model's likelihood is scored for
+    every (class, image) pair."""
     from pyro import poutine
     from pyro.infer.enum import config_enumerate
 
@@ -35,8 +34,8 @@ def test_enumeration_sums_over_all_ten_classes(mnist5k):
     guide_trace = poutine.trace(guide).get_trace(x)
     y = guide_trace.nodes["y"]["value"]
     assert guide_trace.nodes["y"]["infer"]["enumerate"] == "parallel"
-    assert y.shape == (10, 1, 10)
-    assert torch.equal(y.squeeze(1), torch.eye(10))
+    assert y.shape == (10, 1)
+    assert torch.equal(y.squeeze(1), torch.arange(10))
     assert guide_trace.nodes["z"]["value"].shape == (10, 7, 4)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
     assert model_trace.nodes["x"]["fn"].batch_shape == (10, 7)
@@ -55,12 +54,73 @@ def test_enumeration_sums_over_all_ten_classes(mnist5k):
 def test_labelled_and_unlabelled_batches_give_finite_losses(mnist5k):
     vae = _m2()
     x = torch.bernoulli(mnist5k.train_images[:32])
-    unlabelled = build_elbo(SMALL).differentiable_loss(direct_call(vae.model), direct_call(vae.guide), x)
-    labelled = Trace_ELBO().differentiable_loss(direct_call(vae.model), direct_call(vae.guide), x,
-                                        vae.one_hot(mnist5k.train_labels[:32]))
+    model, guide = direct_call(vae.model), direct_call(vae.guide)
+    unlabelled = build_elbo(SMALL).differentiable_loss(model, guide, x)
+    labelled = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x, mnist5k.train_labels[:32])
     assert torch.isfinite(unlabelled) and torch.isfinite(labelled)
     # Both are negative ELBOs per image of binarized digits: positive, and of the same order as a VAE's.
     assert 0 < labelled.item() / 32 < 1000 and 0 < unlabelled.item() / 32 < 1000
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_m2_elbo_adds_the_weighted_classifier_term_to_the_stock_bound(mnist5k):
+    """A known label: M2_ELBO = L(x, y) (what Pyro's stock ELBO computes, the auxiliary site
+    masked out) minus alpha log q(y|x). Mixed rows: the sum of the two kinds."""
+    vae = _m2()
+    x, y = torch.bernoulli(mnist5k.train_images[:16]), mnist5k.train_labels[:16]
+    model, guide = direct_call(vae.model), direct_call(vae.guide)
+    log_q = torch.distributions.Categorical(logits=vae.guide.class_logits(x)).log_prob(y).sum()
+    pyro.set_rng_seed(4)
+    stock = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x, y)
+    pyro.set_rng_seed(4)
+    ours = M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x, y)
+    assert ours.item() == pytest.approx(stock.item() - 7.0 * log_q.item(), rel=1e-5)
+    trace = pyro.poutine.trace(vae.guide).get_trace(x, y)
+    assert trace.nodes[CLASSIFIER_SITE]["infer"]["is_auxiliary"] and trace.nodes[CLASSIFIER_SITE]["mask"] is False
+    hidden = torch.where(torch.arange(16) % 2 == 0, y, -1)
+    pyro.set_rng_seed(5)
+    mixed = M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x, hidden)
+    pyro.set_rng_seed(5)
+    parts = (M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x[1::2])
+             + M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x[::2], y[::2]))
+    assert mixed.item() == pytest.approx(parts.item(), rel=1e-5)
+
+
+def test_textbook_svi_loop_trains_m2_with_trace_enum_elbo(mnist5k):
+    """Pyro's SVI and pyro.optim with the stock TraceEnum_ELBO on unlabelled images: the
+    class is summed out, and the held-out bound improves."""
+    from pyrovae.evaluation import elbo_terms
+    from pyrovae.train import prepare_test_images
+
+    vae = _m2()
+    test = prepare_test_images(mnist5k.test_images[:300], binary=True)
+    before = elbo_terms(vae, test).elbo
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+                         pyro.infer.TraceEnum_ELBO(max_plate_nesting=1))
+    for index in torch.randperm(4000)[:2000].split(100):
+        svi.step(torch.bernoulli(mnist5k.train_images[index]))
+    assert elbo_terms(vae, test).elbo > before + 100
+
+
+def test_infer_discrete_returns_the_most_probable_class(mnist5k):
+    """pyro.infer.infer_discrete on the model, with z replayed from the guide: a class index
+    per image, the argmax over y of log p(y) + log p(x | y, z), computed here by hand."""
+    from pyro import poutine
+    from pyro.infer import config_enumerate, infer_discrete
+
+    vae = _m2()
+    fit(vae, mnist5k, num_epochs=1, labels=balanced_labels(mnist5k.train_labels, 100, 10, seed=0), progress=False)
+    x = torch.bernoulli(mnist5k.test_images[::50])
+    guide_trace = poutine.trace(poutine.block(vae.guide, hide=["y"])).get_trace(x)
+    model = infer_discrete(poutine.replay(config_enumerate(vae.model), trace=guide_trace),
+                           first_available_dim=-2, temperature=0)
+    y = poutine.trace(model).get_trace(x).nodes["y"]["value"]
+    assert y.shape == (20,) and y.dtype == torch.long
+    with torch.no_grad():
+        z = guide_trace.nodes["z"]["value"]
+        scores = vae.likelihood(vae.model.decoder_output(z, vae.all_classes())).log_prob(x)  # (10, 20)
+    assert torch.equal(y, scores.argmax(0))
+    assert len(set(y.tolist())) > 1
 
 
 def test_balanced_labels_are_balanced_reproducible_and_checked(mnist5k):
@@ -83,8 +143,7 @@ def test_balanced_labels_are_balanced_reproducible_and_checked(mnist5k):
 def test_classifier_beats_chance_by_far_with_100_labels(mnist5k):
     vae = _m2()
     labels = balanced_labels(mnist5k.train_labels, 100, 10, seed=0)
-    trainer = M2Trainer(vae, mnist5k, labels, batch_size=128, elbo=build_elbo(SMALL))
-    history = [trainer.run_epoch(progress=False) for _ in range(2)]
+    history = fit(vae, mnist5k, num_epochs=2, labels=labels, progress=False)
     accuracy = vae.accuracy(mnist5k.test_images, mnist5k.test_labels)
     assert accuracy > 0.6  # chance is 0.1
     assert history[1].test_elbo > history[0].test_elbo
@@ -198,8 +257,8 @@ def test_a_weight_on_z_kl_trains_and_scores_the_true_elbo(mnist5k):
 
     vae = _m2()
     data = replace(mnist5k, train_images=mnist5k.train_images[:1000], train_labels=mnist5k.train_labels[:1000])
-    trainer = M2Trainer(vae, data, balanced_labels(data.train_labels, 50, 10, 0), batch_size=100,
-                        elbo=build_elbo(SMALL), beta=3.0)
+    trainer = Trainer(vae, data, labels=balanced_labels(data.train_labels, 50, 10, 0), batch_size=100,
+                      elbo=build_elbo(SMALL), beta=3.0)
     assert trainer.weighted
     metrics = trainer.run_epoch(progress=False)
     assert math.isfinite(metrics.train_elbo)

@@ -155,25 +155,29 @@ def test_fast_path_reaches_the_test_elbo_of_the_plain_pyro_loop(mnist5k):
     assert fast.history[-1].test_elbo == pytest.approx(slow_elbo, abs=0.5)  # equal on CPU in practice
 
 
-def test_pyro_elbo_module_with_a_torch_optimizer_trains_every_parameter(mnist5k):
-    """Pyro's pattern for module-local parameters (examples/svi_torch.py): the ELBO as an
-    nn.Module whose parameters() are the model's and guide's, and a torch optimizer."""
+@pytest.mark.parametrize("module_local", [False, True])
+def test_pyro_elbo_module_with_a_torch_optimizer_trains_every_parameter(mnist5k, module_local):
+    """Pyro's examples/svi_torch.py pattern: the ELBO as an nn.Module whose parameters() are
+    the model's and guide's, and a torch optimizer; with Pyro's default settings, and with
+    module-local parameters as svi_torch.py sets them (then the global store stays empty)."""
     import pyro
     from pyro.infer import Trace_ELBO
 
-    vae = build_vae(Config(hidden_dims=(32,)))
-    loss_fn = Trace_ELBO()(vae.model, vae.guide)
-    assert {id(p) for p in loss_fn.parameters()} == {id(p) for p in vae.parameters()}
-    before = [p.clone() for p in vae.parameters()]
-    optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-2)
-    x = torch.bernoulli(mnist5k.train_images[:64])
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = loss_fn(x)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    with pyro.settings.context(module_local_params=module_local):
+        vae = build_vae(Config(hidden_dims=(32,)))
+        loss_fn = Trace_ELBO()(vae.model, vae.guide)
+        assert {id(p) for p in loss_fn.parameters()} == {id(p) for p in vae.parameters()}
+        before = [p.clone() for p in vae.parameters()]
+        optimizer = torch.optim.Adam(loss_fn.parameters(), lr=1e-2)
+        x = torch.bernoulli(mnist5k.train_images[:64])
+        losses = []
+        for _ in range(30):
+            optimizer.zero_grad()
+            loss = loss_fn(x)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
     assert all(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))
     assert sum(losses[-5:]) < sum(losses[:5])
-    assert list(pyro.get_param_store().keys()) == []
+    names = list(pyro.get_param_store().keys())
+    assert names == [] if module_local else all(name.startswith(vae.name + ".") for name in names) and names
