@@ -52,14 +52,15 @@ def reference_step(images, batch_size, hidden, fused):
     return step
 
 
-def pyro_step(images, batch_size, hidden, *, direct=False, sync_free=False, fused=None, compiled=False):
+def pyro_step(images, batch_size, hidden, *, direct=False, sync_free=False, fused=None, compiled=False, jit=False):
     torch.manual_seed(0)
     vae = build_vae(Config(hidden_dims=(hidden,))).to(images.device)
     if compiled:
         vae.model.decoder = torch.compile(vae.model.decoder)
         vae.guide.encoder = torch.compile(vae.guide.encoder)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=fused)
-    elbo = Trace_ELBO() if sync_free else pyro.infer.Trace_ELBO()
+    # JitTrace_ELBO looks parameters up in Pyro's store, so it needs PyroModule calls (direct=False).
+    elbo = pyro.infer.JitTrace_ELBO() if jit else Trace_ELBO() if sync_free else pyro.infer.Trace_ELBO()
     model, guide = (direct_call(vae.model), direct_call(vae.guide)) if direct else (vae.model, vae.guide)
     stream = batches(images, batch_size)
 
@@ -107,6 +108,7 @@ def main(argv=None):
         "+ fused Adam (pyrovae's Trainer)": lambda: pyro_step(images, b, h, direct=True, sync_free=True, fused=True),
         "SVI.step, Trace_ELBO, pyro.optim.Adam (the textbook loop, data in memory)": lambda: svi_step(images, b, h),
         "SVI.step, JitTrace_ELBO, pyro.optim.Adam": lambda: svi_step(images, b, h, jit=True),
+        "JitTrace_ELBO through PyroModule calls, fused Adam": lambda: pyro_step(images, b, h, fused=True, jit=True),
     }
     if args.compile:
         candidates["+ torch.compile of encoder and decoder"] = lambda: pyro_step(
