@@ -11,6 +11,7 @@ from pyrovae.errors import ConfigError
 __all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "lookup",
            "model_family", "build_vae", "build_elbo"]
 
+
 def _bernoulli(c: Config):
     from pyrovae.likelihoods import BernoulliLikelihood
 
@@ -126,6 +127,8 @@ LIKELIHOODS = {
 }
 GUIDES = {"diag_normal": _diag_normal, "lowrank": _lowrank, "iaf": _iaf, "categorical": _categorical_guide}
 PRIORS = {"standard_normal": _standard_normal, "vamp": _vamp, "categorical": _categorical_prior}
+
+
 def _plain_family():
     from pyrovae.vae import VAE
 

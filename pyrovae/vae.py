@@ -76,7 +76,7 @@ class VAE(PyroModule):
     :param likelihood: a :class:`~pyrovae.likelihoods.Likelihood` turning decoder output into p(x|z).
     :param guide: q(z|x): an :class:`~pyrovae.guides.AmortizedGuide`, or any Pyro guide that takes
         the model's arguments (a function using ``pyro.param``, a Pyro autoguide of ``vae.model``,
-        set after building with ``vae.guide = AutoNormal(vae.model)``).
+        set after building with ``vae.guide = AutoNormal(vae.model, create_plates=vae.create_plates)``).
     :param str name: the prefix of this VAE's parameters in Pyro's parameter store; default a
         name no other VAE of this process has (``vae``, ``vae_1``, ...).
 
