@@ -12,6 +12,7 @@ gets them as its second argument, and with ``torchrun`` the step is wrapped in
 """
 
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -467,8 +468,6 @@ def fit(
         history = fit(vae, data, num_epochs=5)
         history[-1].test_elbo
     """
-    import sys
-
     if progress is None:
         progress = sys.stderr.isatty()
     trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo, warmup_epochs=warmup_epochs, beta=beta,
