@@ -15,7 +15,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.plates import data_plate
+from pyrovae.plates import guide_plate
 
 __all__ = ["AmortizedGuide", "DiagonalNormalGuide", "LowRankNormalGuide", "IAFGuide"]
 
@@ -40,9 +40,7 @@ class AmortizedGuide(PyroModule):
     def forward(self, x: torch.Tensor, num_images: Optional[int] = None, *, size: Optional[int] = None,
                 subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample site ``"z"`` from q(z|x); takes the model's arguments (:class:`~pyrovae.vae.VAEModel`)."""
-        if x is None:
-            raise ValueError("A guide needs the images x to encode; to generate images, run the model alone.")
-        with data_plate(x, num_images, size, subsample):
+        with guide_plate(x, num_images, size=size, subsample=subsample):
             return pyro.sample("z", self.distribution(x))
 
 

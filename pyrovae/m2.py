@@ -32,7 +32,7 @@ from pyrovae.errors import ConfigError
 from pyrovae.guides import DiagonalNormalGuide
 from pyrovae.likelihoods import Likelihood
 from pyrovae.networks import _mlp
-from pyrovae.plates import data_plate
+from pyrovae.plates import data_plate, guide_plate
 from pyrovae.priors import StandardNormalPrior
 from pyrovae.vae import VAE, _claim_name, analytic_kl
 
@@ -85,6 +85,14 @@ class M2Model(PyroModule):
     def class_prior(self) -> dist.TorchDistribution:
         return dist.Categorical(logits=self.class_logits)
 
+    @staticmethod
+    def plate(x=None, y=None, num_images=None, *, size=None, subsample=None) -> pyro.plate:
+        """The ``"data"`` plate for the model's arguments: as many images as ``x`` or, when
+        generating, as classes given in ``y`` (or ``num_images``)."""
+        if num_images is None and x is None and y is not None:
+            num_images = len(y)
+        return data_plate(x, num_images, size=size, subsample=subsample)
+
     def decoder_output(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Decoder output for codes ``z`` and class indices ``y`` (broadcast against each other)."""
         one_hot = F.one_hot(y, self.num_classes).to(z.dtype)
@@ -94,9 +102,7 @@ class M2Model(PyroModule):
                 num_images: Optional[int] = None, *, size: Optional[int] = None,
                 subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:param y: class indices of shape ``(batch,)``, or None when unknown."""
-        if num_images is None and x is None and y is not None:
-            num_images = len(y)
-        with data_plate(x, num_images, size, subsample):
+        with self.plate(x, y, num_images, size=size, subsample=subsample):
             z = pyro.sample("z", self.prior())
             y = pyro.sample("y", self.class_prior(), obs=y)
             return pyro.sample("x", self.likelihood(self.decoder_output(z, y)), obs=x)
@@ -133,9 +139,7 @@ class M2Guide(PyroModule):
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
                 size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if x is None:
-            raise ValueError("A guide needs the images x to encode; to generate images, run the model alone.")
-        with data_plate(x, num_images, size, subsample):
+        with guide_plate(x, num_images, size=size, subsample=subsample):
             classes = dist.Categorical(logits=self.class_logits(x))
             if y is None:
                 y = pyro.sample("y", classes, infer={"enumerate": "parallel"})
@@ -226,10 +230,7 @@ class M2VAE(VAE):
     def num_classes(self) -> int:
         return self.guide.num_classes
 
-    def create_plates(self, x=None, y=None, num_images=None, *, size=None, subsample=None) -> pyro.plate:
-        """The model's ``"data"`` plate for its arguments (for a Pyro autoguide's ``create_plates``)."""
-        return data_plate(x, len(y) if num_images is None and x is None and y is not None else num_images,
-                          size, subsample)
+    create_plates = staticmethod(M2Model.plate)  # for a Pyro autoguide's create_plates
 
     def default_elbo(self, classifier_weight: float = 50.0) -> "M2_ELBO":
         """:class:`M2_ELBO`: the class summed out where unknown, plus the classifier's term."""

@@ -5,12 +5,13 @@ from typing import Optional
 import pyro
 import torch
 
-__all__ = ["data_plate"]
+__all__ = ["data_plate", "guide_plate"]
 
 
-def data_plate(x: Optional[torch.Tensor], num_images: Optional[int], size: Optional[int],
-               subsample: Optional[torch.Tensor]) -> pyro.plate:
-    """The ``"data"`` plate shared by a model and its guide.
+def data_plate(x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *, size: Optional[int] = None,
+               subsample: Optional[torch.Tensor] = None) -> pyro.plate:
+    """The ``"data"`` plate shared by a model and its guide, for the model's arguments (so it
+    also serves as a Pyro autoguide's ``create_plates``).
 
     :param x: a batch of images, or None to generate ``num_images`` of them.
     :param size: the number of images in the whole data set, when ``x`` is a minibatch ...
@@ -31,3 +32,11 @@ def data_plate(x: Optional[torch.Tensor], num_images: Optional[int], size: Optio
     if len(subsample) != num_images:
         raise ValueError(f"subsample holds {len(subsample)} positions for {num_images} images.")
     return pyro.plate("data", size, subsample=subsample)
+
+
+def guide_plate(x: Optional[torch.Tensor], num_images: Optional[int] = None, *, size: Optional[int] = None,
+                subsample: Optional[torch.Tensor] = None) -> pyro.plate:
+    """:func:`data_plate` for a guide, which needs the images it encodes."""
+    if x is None:
+        raise ValueError("A guide needs the images x to encode; to generate images, run the model alone.")
+    return data_plate(x, num_images, size=size, subsample=subsample)

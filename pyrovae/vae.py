@@ -63,7 +63,7 @@ class VAEModel(PyroModule):
     def forward(self, x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
                 size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:returns: the images, observed or generated."""
-        with data_plate(x, num_images, size, subsample):
+        with data_plate(x, num_images, size=size, subsample=subsample):
             z = pyro.sample("z", self.prior())
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
@@ -110,11 +110,9 @@ class VAE(PyroModule):
         self.model = VAEModel(prior, decoder, likelihood)
         self.guide = guide
 
-    def create_plates(self, x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
-                      size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> pyro.plate:
-        """The model's ``"data"`` plate for its arguments: what a Pyro autoguide needs to follow
-        the model's subsampling, ``AutoNormal(vae.model, create_plates=vae.create_plates)``."""
-        return data_plate(x, num_images, size, subsample)
+    # The model's "data" plate for its arguments: what a Pyro autoguide needs to follow the
+    # model's subsampling, AutoNormal(vae.model, create_plates=vae.create_plates).
+    create_plates = staticmethod(data_plate)
 
     def default_elbo(self):
         """The objective this family trains with unless told otherwise: Pyro's ``Trace_ELBO``
