@@ -38,9 +38,15 @@ def main():
       pyrovae evaluate runs/demo
       pyrovae sample runs/demo -n 64 -o samples.png
       pyrovae report runs/demo
+
+    \b
+    Your own images (a folder, class subfolders optional, or a .npy/.npz array):
+      pyrovae train --data ~/photos --image-size 64 --net conv --run-dir runs/photos
+      pyrovae reconstruct runs/photos ~/photos/cat.jpg -o rec.png
     """
 
 
+from pyrovae.cli.encode import encode, reconstruct  # noqa: E402
 from pyrovae.cli.evaluate import evaluate  # noqa: E402
 from pyrovae.cli.plot import plot, report  # noqa: E402
 from pyrovae.cli.sample import sample  # noqa: E402
@@ -49,6 +55,8 @@ from pyrovae.cli.train import train  # noqa: E402
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(sample)
+main.add_command(encode)
+main.add_command(reconstruct)
 main.add_command(plot)
 main.add_command(report)
 

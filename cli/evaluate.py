@@ -1,6 +1,7 @@
 """``pyrovae evaluate``: test ELBO and importance-sampled log-likelihood of a run."""
 
 import json
+import math
 
 import click
 
@@ -24,8 +25,8 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
     log p(x) estimated with k importance samples (in nats per image; higher is better)."""
     from tqdm.auto import tqdm
 
-    from pyrovae.data import load_dataset, spread_subset
-    from pyrovae.errors import DataError
+    from pyrovae.data import load_data, load_dataset, spread_subset
+    from pyrovae.errors import ConfigError, DataError
     from pyrovae.evaluation import evaluate as score
     from pyrovae.run import load_run, resolve_device
     from pyrovae.train import prepare_test_images
@@ -33,8 +34,12 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
     device = resolve_device(device, cuda)
     config, vae, _ = load_run(run, device)
     with plain_warnings():
-        data = load_dataset(dataset or config.dataset, data_dir if data_dir or dataset else config.data_dir,
-                            fallback=False)
+        if data_dir and not dataset and config.data:
+            raise ConfigError(f"--data-dir finds the named data sets; {run} was trained on images from {config.data}.")
+        if dataset or data_dir:
+            data = load_dataset(dataset or config.dataset, data_dir, fallback=False, progress=progress_enabled())
+        else:
+            data = load_data(config, fallback=False, progress=progress_enabled())
     if data.image_shape != config.image_shape:
         raise DataError(f"{data.name} holds images of shape {data.image_shape} but the run's model "
                         f"expects {config.image_shape}.")
@@ -54,5 +59,11 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
     click.echo(f"    reconstruction     {result.reconstruction:10.2f}")
     click.echo(f"    KL                 {result.kl:10.2f}")
     click.echo(f"  log p(x), k={num_samples:<7d} {result.log_likelihood:10.2f}")
+    if result.bits_per_dim is not None:
+        click.echo(f"  bits per dimension   {result.bits_per_dim:10.4f}  (-log2 p(x) / {math.prod(config.image_shape)} "
+                   "pixel values)")
+    else:
+        click.echo(f"  bits per dimension          n/a  ({config.likelihood} is a density, not a probability of "
+                   "the 8-bit image)")
     if result.accuracy is not None:
         click.echo(f"  classifier accuracy  {100 * result.accuracy:9.2f}%  (q(y|x) on the test labels)")

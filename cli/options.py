@@ -56,7 +56,7 @@ def device_options(command):
 def data_options(command):
     command = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                            help="Folder holding the IDX files (or torchvision's <dir>/MNIST/raw layout); "
-                                "downloads go here.")(command)
+                                "downloads (and the emoji images) go here.")(command)
     return command
 
 

@@ -11,7 +11,7 @@ from pyrovae.cli.options import HiddenDims, LabelCount, data_options, dataset_ch
 from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, MODELS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
-FIXED_ON_RESUME = ("model", "labels", "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
+FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model", "labels", "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
                    "guide", "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta",
                    "batch_size", "lr", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
                    "keep_checkpoints")
@@ -33,8 +33,12 @@ FIXED_ON_RESUME = ("model", "labels", "classifier_weight", "categories", "temper
               help="Size of the latent code (categorical variables with --guide categorical).")
 @click.option("--hidden", type=HiddenDims(), default="400", show_default=True,
               help="Encoder layer widths, comma-separated; the decoder mirrors them.")
-@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default="bernoulli", show_default=True,
-              help="p(x|z): bernoulli binarizes pixels; the others model grey levels.")
+@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default=None,
+              help="p(x|z): bernoulli binarizes grey pixels; dlogistic(_mix): 8-bit pixel values, in colour too; "
+                   "gaussian(_learned), continuous_bernoulli: densities on [0, 1] [default: bernoulli for the "
+                   "MNIST family, dlogistic for other 8-bit images, gaussian for other pixel values].")
+@click.option("--mixtures", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Logistics per pixel of --likelihood dlogistic_mix.")
 @click.option("--likelihood-scale", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="Pixel standard deviation of the gaussian likelihood (initial value for gaussian_learned).")
 @click.option("--net", type=click.Choice(list(NETS)), default="mlp", show_default=True,
@@ -70,8 +74,19 @@ FIXED_ON_RESUME = ("model", "labels", "classifier_weight", "categories", "temper
 @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Final weight of z's KL term (1: the ELBO; > 1: a beta-VAE; with --model m2, "
                    "5 makes samples follow the asked class).")
-@click.option("--dataset", type=dataset_choice, default="mnist", show_default=True)
+@click.option("--dataset", type=dataset_choice, default="mnist", show_default=True,
+              help="A named data set (emoji: 3,786 colour 64x64 Twemoji images, fetched with npm).")
 @data_options
+@click.option("--data", type=click.Path(exists=True, path_type=str), default=None, metavar="PATH",
+              help="Train on your own images: a folder (read recursively; class subfolders give labels) "
+                   "or a .npy/.npz array (N, H, W[, C]).")
+@click.option("--test-data", type=click.Path(exists=True, path_type=str), default=None, metavar="PATH",
+              help="Test images for --data [default: a held-out --test-fraction of it].")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Share of --data (and of emoji) held out, with a fixed seed, as the test set.")
+@click.option("--image-size", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Resize images to NxN (shorter side scaled to N, centre cut).")
+@click.option("--grayscale", is_flag=True, help="Convert colour images to grey.")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Use the offline mnist5k digits when MNIST cannot be found or downloaded.")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
@@ -86,8 +101,8 @@ FIXED_ON_RESUME = ("model", "labels", "classifier_weight", "categories", "temper
 @click.pass_context
 def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
           min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
-          guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir,
-          fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
+          mixtures, guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir, data,
+          test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step and saves a checkpoint; --resume RUN continues it exactly.
@@ -98,6 +113,11 @@ def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categor
     from pyrovae.errors import PyroVAEError
     from pyrovae.run import resolve_device
 
+    for name in ("dataset", "data_dir", "fallback"):
+        if data and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--data trains on your own images; leave out --{name.replace('_', '-')}.")
+    if test_data and not data:
+        raise click.UsageError("--test-data goes with --data (your own training images).")
     device = resolve_device(device, cuda)
     distributed = Distributed()
     try:
@@ -107,7 +127,8 @@ def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categor
             model=model, num_labels=labels, classifier_weight=classifier_weight, num_categories=categories,
             temperature=temperature, min_temperature=min_temperature, latent_dim=z_dim, hidden_dims=hidden, net=net,
             activation=activation, conv_channels=conv_channels, likelihood=likelihood,
-            likelihood_scale=likelihood_scale, guide=guide, rank=rank, num_flows=flows, prior=prior,
+            likelihood_scale=likelihood_scale, mixture_components=mixtures, data=data, test_data=test_data,
+            test_fraction=test_fraction, image_size=image_size, grayscale=grayscale, guide=guide, rank=rank, num_flows=flows, prior=prior,
             num_pseudo_inputs=pseudo_inputs, elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
             num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, dataset=dataset,
             data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints))
@@ -145,8 +166,12 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
 
 
 def _announce(run_dir, config, data, first_epoch):
+    shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
     click.echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
-               f"from {data.source}); run directory {run_dir}")
+               f"{shape}, from {data.source}); run directory {run_dir}")
+    for note in data.notes:
+        click.echo(f"  {note[0].upper()}{note[1:]}")
+    click.echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
     if first_epoch > 1:
         click.echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
 

@@ -109,7 +109,7 @@ class RunView:
     """
 
     def __init__(self, run_dir, device="cpu", num_images: Optional[int] = None, progress=None):
-        from pyrovae.data import load_dataset, spread_subset
+        from pyrovae.data import load_data, spread_subset
         from pyrovae.run import load_run
         from pyrovae.train import EpochMetrics, prepare_test_images
 
@@ -117,12 +117,15 @@ class RunView:
         self.config: Config
         self.config, self.vae, state = load_run(self.run_dir, device)
         self.history: List[EpochMetrics] = [EpochMetrics(**m) for m in state["history"]]
-        data = load_dataset(self.config.dataset, self.config.data_dir, fallback=False)
+        data = load_data(self.config, fallback=False)
+        if data.image_shape != self.config.image_shape:
+            raise ConfigError(f"The images of {data.name} now have shape {data.image_shape}, but run {self.run_dir} "
+                              f"was trained on {self.config.image_shape}; have the files changed?")
         # Binarize the whole test set first, so a subset shows the same pixels as the full set.
         index = spread_subset(num_images, len(data.test_images))
         self.images = prepare_test_images(data.test_images, self.vae.likelihood.binary_data)[index]
         self.labels = data.test_labels[index]
-        self.class_names = class_names(self.config.dataset)
+        self.class_names = data.classes or [str(label) for label in range(int(data.test_labels.max()) + 1)]
         self._progress = progress
 
     @cached_property
@@ -134,10 +137,3 @@ class RunView:
             if bar is not None:
                 bar.close()
 
-
-def class_names(dataset: str) -> List[str]:
-    if dataset == "fashion-mnist":
-        from torchvision.datasets import FashionMNIST
-
-        return list(FashionMNIST.classes)
-    return [str(digit) for digit in range(10)]

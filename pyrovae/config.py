@@ -11,7 +11,7 @@ from pyrovae.errors import ConfigError
 __all__ = ["Config", "DATASETS"]
 
 # The named data sets (pyrovae.data loads them); here so the command line can list them without torch.
-DATASETS = ("mnist", "fashion-mnist", "mnist5k")
+DATASETS = ("mnist", "fashion-mnist", "mnist5k", "emoji")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Config:
     conv_channels: int = 32  # channels of the first convolution with --net conv
     likelihood: str = "bernoulli"  # binarized pixels give a true likelihood comparable with the literature
     likelihood_scale: float = 0.5  # fixed Gaussian scale, or the initial learned one
+    mixture_components: int = 10  # logistics per pixel of dlogistic_mix (PixelCNN++ used 10)
     guide: str = "diag_normal"
     rank: int = 2  # rank of the covariance factor of the lowrank guide
     num_flows: int = 2  # inverse autoregressive flows of the iaf guide
@@ -43,8 +44,13 @@ class Config:
     num_epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3  # Adam; the classic MNIST VAE setting
-    dataset: str = "mnist"  # the data set actually used (after any offline fallback)
+    dataset: str = "mnist"  # the data set actually used (after any offline fallback); with --data, its name
     data_dir: Optional[str] = None
+    data: Optional[str] = None  # the user's own images: a folder or .npy/.npz file (absolute path)
+    test_data: Optional[str] = None  # their test images; default a held-out fraction of data
+    test_fraction: float = 0.1  # held out (with a fixed seed) when no test split is given
+    image_size: Optional[int] = None  # resize to NxN (shorter side scaled, centre cut); None keeps the size
+    grayscale: bool = False  # convert colour images to grey
     image_shape: Tuple[int, ...] = (1, 28, 28)
     seed: int = 0
     keep_checkpoints: int = 1  # end-of-epoch checkpoints kept: checkpoint.pt plus N-1 in checkpoints/
@@ -59,6 +65,8 @@ class Config:
             (self.latent_dim >= 1, f"--z-dim must be at least 1, got {self.latent_dim}."),
             (len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1,
              f"--hidden needs one or more positive layer widths, got {self.hidden_dims}."),
+            (0 < self.test_fraction < 1, f"--test-fraction must be between 0 and 1, got {self.test_fraction}."),
+            (self.image_size is None or self.image_size >= 2, f"--image-size must be at least 2, got {self.image_size}."),
             (self.num_epochs >= 1, f"--epochs must be at least 1, got {self.num_epochs}."),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}."),
@@ -67,6 +75,7 @@ class Config:
             (self.num_flows >= 1, f"--flows must be at least 1, got {self.num_flows}."),
             (self.num_pseudo_inputs >= 1, f"--pseudo-inputs must be at least 1, got {self.num_pseudo_inputs}."),
             (self.num_particles >= 1, f"--particles must be at least 1, got {self.num_particles}."),
+            (self.mixture_components >= 1, f"--mixtures must be at least 1, got {self.mixture_components}."),
             (self.conv_channels >= 1, f"--conv-channels must be at least 1, got {self.conv_channels}."),
             (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
              f"--warmup must be zero or more epochs, got {self.warmup_epochs}."),
@@ -117,7 +126,8 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     # The options that define the model's shape: a checkpoint fits only a model with these.
-    MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood", "guide",
+    MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood",
+                    "mixture_components", "guide",
                     "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
 
     def model_signature(self) -> dict:

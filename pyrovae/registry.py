@@ -36,26 +36,38 @@ def _continuous_bernoulli(c: Config):
     return ContinuousBernoulliLikelihood()
 
 
+def _dlogistic(c: Config):
+    from pyrovae.likelihoods import DiscretizedLogisticLikelihood
+
+    return DiscretizedLogisticLikelihood()
+
+
+def _dlogistic_mix(c: Config):
+    from pyrovae.likelihoods import DiscretizedLogisticMixtureLikelihood
+
+    return DiscretizedLogisticMixtureLikelihood(c.mixture_components)
+
+
 def _activation(c: Config):
     from pyrovae.networks import ACTIVATIONS
 
     return lookup(ACTIVATIONS, "activation", c.activation)
 
 
-def _mlp(c: Config):
+def _mlp(c: Config, output_shape):
     from pyrovae.networks import MLPDecoder, MLPEncoder
 
     act = _activation(c)
     return (MLPEncoder(c.image_shape, c.hidden_dims, act),
-            MLPDecoder(c.latent_dim, c.image_shape, tuple(reversed(c.hidden_dims)), act))
+            MLPDecoder(c.latent_dim, output_shape, tuple(reversed(c.hidden_dims)), act))
 
 
-def _conv(c: Config):
+def _conv(c: Config, output_shape):
     from pyrovae.networks import ConvDecoder, ConvEncoder
 
     act = _activation(c)
     return (ConvEncoder(c.image_shape, c.conv_channels, c.hidden_dims[-1], act),
-            ConvDecoder(c.latent_dim, c.image_shape, c.conv_channels, c.hidden_dims[-1], act))
+            ConvDecoder(c.latent_dim, output_shape, c.conv_channels, c.hidden_dims[-1], act))
 
 
 def _diag_normal(c: Config, encoder):
@@ -124,6 +136,8 @@ LIKELIHOODS = {
     "gaussian": _gaussian,
     "gaussian_learned": _gaussian_learned,
     "continuous_bernoulli": _continuous_bernoulli,
+    "dlogistic": _dlogistic,
+    "dlogistic_mix": _dlogistic_mix,
 }
 GUIDES = {"diag_normal": _diag_normal, "lowrank": _lowrank, "iaf": _iaf, "categorical": _categorical_guide}
 PRIORS = {"standard_normal": _standard_normal, "vamp": _vamp, "categorical": _categorical_prior}
@@ -162,22 +176,24 @@ def build_vae(config: Config, init_images=None):
     """
     config.validate()
     family = model_family(config)
+    likelihood = lookup(LIKELIHOODS, "likelihood", config.likelihood)(config)
     if family.from_config is not None:
-        return family.from_config(config, likelihood=lookup(LIKELIHOODS, "likelihood", config.likelihood)(config),
-                                  activation=_activation(config))
+        return family.from_config(config, likelihood=likelihood, activation=_activation(config))
+    nets = lookup(NETS, "network", config.net)
+    output_shape = likelihood.decoder_shape(config.image_shape)
     if config.guide == "categorical":  # the decoder reads the flattened one-hot code
         from pyrovae.discrete import OneHotCodeDecoder
 
-        encoder, _ = lookup(NETS, "network", config.net)(config)
-        _, decoder = lookup(NETS, "network", config.net)(config.replace(latent_dim=config.latent_dim * config.num_categories))
+        encoder, _ = nets(config, output_shape)
+        _, decoder = nets(config.replace(latent_dim=config.latent_dim * config.num_categories), output_shape)
         decoder = OneHotCodeDecoder(decoder)
     else:
-        encoder, decoder = lookup(NETS, "network", config.net)(config)
+        encoder, decoder = nets(config, output_shape)
     guide = lookup(GUIDES, "guide", config.guide)(config, encoder)
     return family(
         prior=lookup(PRIORS, "prior", config.prior)(config, guide, init_images),
         decoder=decoder,
-        likelihood=lookup(LIKELIHOODS, "likelihood", config.likelihood)(config),
+        likelihood=likelihood,
         guide=guide,
     )
 

@@ -7,6 +7,7 @@ A run directory holds::
     checkpoint.pt                   model, guide, optimizer, epoch, step, data order, RNG states
     checkpoints/epoch_0001.pt       older end-of-epoch checkpoints, with --keep-checkpoints N > 1
     samples/epoch_0001.png          decoded prior samples (the same z every epoch)
+    samples/epoch_0001.pt           the first 16 of them as 8-bit tensors (the evolution figure)
     reconstructions/epoch_0001.png  rows of test images, each followed by its reconstruction
 """
 
@@ -25,7 +26,7 @@ from torchvision.utils import make_grid, save_image
 
 from pyrovae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from pyrovae.config import Config
-from pyrovae.data import ImageData, load_dataset, spread_subset
+from pyrovae.data import MNIST_FAMILY, ImageData, load_data, spread_subset
 from pyrovae.distributed import Distributed
 from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyrovae.registry import build_elbo, build_vae, model_family
@@ -43,7 +44,8 @@ RECONSTRUCTIONS = "reconstructions"
 # Everything a run writes; --overwrite removes exactly these and nothing else.
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, SAMPLES, RECONSTRUCTIONS)
 NUM_PICTURES = 64
-GRID_PADDING = 2  # pixels between the images of a saved grid; the evolution figure cuts tiles by it
+EVOLUTION_IMAGES = 16  # of each epoch's samples, kept as tensors for the evolution figure
+GRID_PADDING = 2  # pixels between the images of a saved grid
 
 
 @dataclass
@@ -89,12 +91,16 @@ def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, ep
     vae.eval()
     samples = vae.sample(NUM_PICTURES, mean=True, z=vae.fixed_latents(NUM_PICTURES, config.seed))
     save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
-    originals = trainer.test_images[spread_subset(32, len(trainer.test_images))]
+    pixels = samples[:EVOLUTION_IMAGES].mul(255).round().to(torch.uint8).cpu()
+    atomic_write(run_dir / SAMPLES / f"epoch_{epoch:04d}.pt", lambda f: torch.save(pixels, f))
+    per_row = min(8, len(trainer.test_images))
+    rows = min(4, len(trainer.test_images) // per_row)
+    originals = trainer.test_images[spread_subset(rows * per_row, len(trainer.test_images))]
     reconstructions = vae.reconstruct(originals)
-    # Rows of 8 originals, each followed by the row of their reconstructions.
-    pairs = torch.stack([originals.view(4, 8, *originals.shape[1:]),
-                         reconstructions.view(4, 8, *originals.shape[1:])], dim=1)
-    save_grid(pairs.flatten(0, 2), run_dir / RECONSTRUCTIONS / f"epoch_{epoch:04d}.png")
+    # Rows of originals, each followed by the row of their reconstructions.
+    pairs = torch.stack([originals.view(rows, per_row, *originals.shape[1:]),
+                         reconstructions.view(rows, per_row, *originals.shape[1:])], dim=1)
+    save_grid(pairs.flatten(0, 2), run_dir / RECONSTRUCTIONS / f"epoch_{epoch:04d}.png", nrow=per_row)
     vae.train()
 
 
@@ -192,10 +198,10 @@ def train_run(
     """
     distributed = distributed or Distributed()
     device = torch.device(device) if distributed.active else resolve_device(str(device))
-    config.validate()
-    data = _main_first(distributed, device, lambda: load_dataset(config.dataset, config.data_dir, fallback=fallback))
-    if data.name != config.dataset:
-        config = config.replace(dataset=data.name, data_dir=None)
+    config = _absolute_paths(config)
+    config.replace(likelihood=config.likelihood or "bernoulli").validate()
+    data = _main_first(distributed, device, lambda: load_data(config, fallback=fallback, progress=progress))
+    config = fit_to_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     if config.batch_size > len(data.train_images):
         raise ConfigError(
@@ -241,8 +247,47 @@ def resume_run(
             f"Run {run_dir} has already trained for {state['epoch']} epochs; "
             "pass --epochs with a larger total to train longer."
         )
-    data = _main_first(distributed, device, lambda: load_dataset(config.dataset, config.data_dir, fallback=False))
+    data = _main_first(distributed, device, lambda: load_data(config, fallback=False, progress=progress))
+    if data.image_shape != config.image_shape:
+        raise ConfigError(f"The images of {data.name} now have shape {data.image_shape}, but run {run_dir} was "
+                          f"trained on {config.image_shape}; have the files changed?")
     return _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end, distributed)
+
+
+def _absolute_paths(config: Config) -> Config:
+    """The config with its data paths made absolute, so the run finds them from anywhere."""
+    paths = {name: str(Path(getattr(config, name)).expanduser().resolve())
+             for name in ("data", "test_data", "data_dir") if getattr(config, name)}
+    return config.replace(**paths)
+
+
+def default_likelihood(data: ImageData) -> str:
+    """bernoulli for the MNIST family (binarized, as in the literature) and binary images,
+    dlogistic for other 8-bit images, gaussian for continuous pixel values."""
+    if data.name in MNIST_FAMILY or data.levels == 2:
+        return "bernoulli"
+    return "dlogistic" if data.levels == 256 else "gaussian"
+
+
+def fit_to_data(config: Config, data: ImageData) -> Config:
+    """The config for training on ``data``: its image shape, the data set actually loaded, a
+    likelihood chosen for the data where none was (``likelihood=None``); an error for a
+    likelihood that cannot describe the data."""
+    changes = {"image_shape": data.image_shape}
+    if not config.data and data.name != config.dataset:  # the offline fallback
+        changes.update(dataset=data.name, data_dir=None)
+    if config.data:
+        changes["dataset"] = data.name
+    likelihood = config.likelihood or default_likelihood(data)
+    changes["likelihood"] = likelihood
+    alternatives = "choose dlogistic or dlogistic_mix (8-bit pixels), gaussian, gaussian_learned or continuous_bernoulli"
+    if likelihood == "bernoulli" and data.image_shape[0] > 1 and data.levels != 2:
+        raise ConfigError(f"--likelihood bernoulli models black-and-white pixels, but {data.name} holds colour "
+                          f"images; {alternatives}.")
+    if likelihood.startswith("dlogistic") and data.levels is None:
+        raise ConfigError(f"--likelihood {likelihood} models the 256 values of 8-bit pixels, but {data.name} holds "
+                          "values between them; pass uint8 images, or use gaussian or continuous_bernoulli.")
+    return config.replace(**changes).validate()
 
 
 def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:

@@ -89,3 +89,24 @@ def trained_run_2d(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "two_d"
     train_run(Config(**{**SMALL, "latent_dim": 2, "num_epochs": 3}), run_dir, progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def colour_folder(tmp_path_factory):
+    """80 colour 20x20 PNGs in two class folders: red squares and blue discs on white, at
+    random places and sizes, plus one file that is not an image."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("photos") / "shapes"
+    for i in range(80):
+        kind = ("squares", "discs")[i % 2]
+        image = Image.new("RGB", (20, 20), "white")
+        x, y, r = rng.integers(3, 10), rng.integers(3, 10), rng.integers(3, 8)
+        draw = ImageDraw.Draw(image)
+        (draw.rectangle if kind == "squares" else draw.ellipse)([x, y, x + r, y + r],
+                                                               fill=((200, 30, 30) if kind == "squares" else (30, 30, 200)))
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        image.save(folder / kind / f"{i:03d}.png")
+    (folder / "README.txt").write_text("shapes for the tests")
+    return folder

@@ -174,3 +174,81 @@ def test_plot_and_report_commands(trained_run, tmp_path):
     assert invoke("plot", trained_run, "heatmap").exit_code == 2
     assert_one_sentence(invoke("plot", tmp_path / "nope", "curves"), "does not exist")
     assert_one_sentence(invoke("report", trained_run, "-o", tmp_path / "no" / "r.html"), "does not exist")
+
+
+def test_own_colour_images_end_to_end(tmp_path, colour_folder, monkeypatch):
+    run = tmp_path / "run"
+    result = invoke("train", "--data", colour_folder, "--image-size", 16, "--net", "conv", "--z-dim", 4,
+                    "--hidden", 32, "--conv-channels", 8, "--batch-size", 24, "--epochs", 3, "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    assert "Training on shapes (72 train / 8 test images, 16x16 colour" in result.output
+    assert "Skipped 1 file(s)" in result.output and "Resized to 16x16" in result.output
+    assert "Held out 8 of 80 images (10%, seed 0)" in result.output and "Likelihood dlogistic" in result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == str(colour_folder.resolve()) and config["image_shape"] == [3, 16, 16]
+    assert config["likelihood"] == "dlogistic" and config["test_fraction"] == 0.1
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["test_elbo"] > history[0]["test_elbo"]
+
+    monkeypatch.chdir(tmp_path)  # the run finds its data by absolute path from anywhere
+    scores = json.loads(invoke("evaluate", run, "-k", 10, "--json").output)
+    assert scores["num_images"] == 8 and 0 < scores["bits_per_dim"] < 9
+    assert abs(scores["bits_per_dim"] + scores["log_likelihood"] / (3 * 16 * 16 * np.log(2))) < 1e-9
+    assert "bits per dimension" in invoke("evaluate", run, "-k", 2).output
+
+    result = invoke("encode", run, colour_folder / "discs", colour_folder / "squares" / "000.png", "-o",
+                    tmp_path / "codes.npz")
+    assert result.exit_code == 0, result.output
+    codes = np.load(tmp_path / "codes.npz")
+    assert codes["loc"].shape == (41, 4) and codes["scale"].shape == (41, 4) and len(codes["files"]) == 41
+    assert "resized to the model's 16x16" in result.output
+
+    result = invoke("reconstruct", run, colour_folder / "discs" / "001.png", colour_folder / "squares" / "000.png",
+                    "-o", tmp_path / "rec.png")
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(tmp_path / "rec.png"))
+    assert image.shape == (16 + 4, 4 * 16 + 5 * 2, 3)
+    assert np.abs(image[..., 0].astype(int) - image[..., 2]).max() > 50  # in colour
+
+    assert invoke("sample", run, "-n", 4, "-o", tmp_path / "s.png").exit_code == 0
+    assert np.asarray(Image.open(tmp_path / "s.png")).shape == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2, 3)
+    for kind in ("evolution", "reconstructions", "samples", "latent", "manifold", "interpolate", "kl"):
+        result = invoke("plot", run, kind, "-o", tmp_path / f"{kind}.png")
+        assert result.exit_code == 0, (kind, result.output)
+        assert np.asarray(Image.open(tmp_path / f"{kind}.png").convert("RGB")).std() > 10
+    assert invoke("report", run).exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--likelihood", "bernoulli"], "--likelihood bernoulli models black-and-white pixels, but shapes holds colour"),
+    (["--dataset", "mnist5k"], "--data trains on your own images; leave out --dataset"),
+    (["--net", "conv", "--image-size", "1"], "Invalid value for '--image-size'"),
+])
+def test_own_images_impossible_options_write_nothing(tmp_path, colour_folder, args, message):
+    result = invoke("train", "--data", colour_folder, "--image-size", 8, *args, "--run-dir", tmp_path / "run")
+    assert_one_sentence(result, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_continuous_pixels_refuse_the_discretized_logistic(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((30, 6, 6)).astype(np.float32))
+    result = invoke("train", "--data", tmp_path / "x.npy", "--likelihood", "dlogistic", "--run-dir", tmp_path / "r")
+    assert_one_sentence(result, "models the 256 values of 8-bit pixels, but x holds values between them")
+    assert not (tmp_path / "r").exists()
+    result = invoke("train", "--data", tmp_path / "x.npy", "--epochs", 1, "--batch-size", 9, "--z-dim", 2,
+                    "--hidden", 16, "--run-dir", tmp_path / "r")
+    assert result.exit_code == 0 and "Likelihood gaussian" in result.output  # chosen for continuous pixels
+    assert "n/a" in invoke("evaluate", tmp_path / "r", "-k", 2).output
+
+
+def test_bad_image_folders_get_one_sentence(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_sentence(invoke("train", "--data", tmp_path / "empty"), "holds no image files")
+    (tmp_path / "bad").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "a.png")
+    (tmp_path / "bad" / "b.png").write_bytes((tmp_path / "bad" / "a.png").read_bytes()[:40])
+    assert_one_sentence(invoke("train", "--data", tmp_path / "bad"), "b.png cannot be read")
+    Image.new("RGB", (9, 8)).save(tmp_path / "bad" / "b.png")
+    assert_one_sentence(invoke("train", "--data", tmp_path / "bad"), "pass --image-size N")
+    result = invoke("train", "--data", tmp_path / "missing")
+    assert result.exit_code == 2 and "does not exist" in result.output

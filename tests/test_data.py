@@ -170,3 +170,72 @@ def test_binarize_fixed_seed_is_reproducible_and_binary(mnist5k):
     assert not torch.equal(a, binarize(images, seed=1))
     # The fraction of ones matches the grey levels.
     assert abs(a.mean().item() - images.mean().item()) < 0.01
+
+
+def _emoji_tarball(path, names):
+    """A stand-in for the npm package: emoji.json and a few 64x64 RGBA PNGs."""
+    import io
+    import json as json_module
+    import tarfile
+
+    from PIL import Image
+
+    index = [{"image": names[0], "category": "Smileys & Emotion",
+              "skin_variations": {"1F3FB": {"image": names[1]}}},
+             {"image": names[2], "category": "Flags"}]
+    with tarfile.open(path, "w:gz") as archive:
+        def add(name, payload):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+
+        add("package/emoji.json", json_module.dumps(index).encode())
+        for i, name in enumerate(names):
+            buffer = io.BytesIO()
+            Image.new("RGBA", (64, 64), (200, 10 * i, 0, 255 if i else 0)).save(buffer, format="PNG")
+            add(f"package/img/twitter/64/{name}", buffer.getvalue())
+        add("package/img/twitter/32/ignored.png", b"x")
+    return path
+
+
+def test_emoji_from_a_package_tarball_in_the_data_dir(tmp_path, monkeypatch):
+    from pyrovae.data import EMOJI_CREDIT, EMOJI_PACKAGE, EMOJI_VERSION
+
+    monkeypatch.setenv("PATH", "")  # no npm: the tarball placed in --data-dir is used
+    _emoji_tarball(tmp_path / f"{EMOJI_PACKAGE}-{EMOJI_VERSION}.tgz", ["a.png", "b.png", "c.png", "d.png"])
+    data = load_dataset("emoji", tmp_path, test_fraction=0.25)
+    assert data.classes == ["flags", "other", "smileys-and-emotion"]  # d.png is in no category
+    assert data.image_shape == (3, 64, 64) and len(data.train_images) == 3 and len(data.test_images) == 1
+    everything = torch.cat([data.train_images, data.test_images])
+    assert everything.amin(dim=(1, 2, 3)).max() == 1  # the transparent a.png is all white
+    assert EMOJI_CREDIT in data.notes
+    assert (tmp_path / f"emoji-twitter-{EMOJI_VERSION}" / ".complete").is_file()  # cached: the tarball can go
+    (tmp_path / f"{EMOJI_PACKAGE}-{EMOJI_VERSION}.tgz").unlink()
+    assert len(load_dataset("emoji", tmp_path).train_images) == 3
+
+
+def test_emoji_without_npm_or_tarball_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(DataError, match="fetched with npm .*, which is not installed"):
+        load_dataset("emoji", tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    (tmp_path / "emoji-datasource-twitter-16.0.0.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(DataError, match="is not a readable emoji-datasource-twitter package"):
+        load_dataset("emoji", tmp_path)
+
+
+@pytest.fixture(scope="session")
+def emoji():
+    """The real 3,786 Twemoji images, where npm can fetch them (or they are cached)."""
+    try:
+        return load_dataset("emoji")
+    except DataError as error:
+        pytest.skip(f"the emoji data set is not available here: {error}")
+
+
+def test_real_emoji_data_set(emoji):
+    assert len(emoji.train_images) + len(emoji.test_images) == 3786
+    assert emoji.image_shape == (3, 64, 64) and emoji.levels == 256 and len(emoji.classes) == 10
+    assert "smileys-and-emotion" in emoji.classes
+    corners = emoji.train_images[:, :, 0, 0]
+    assert (corners == 1).float().mean() > 0.9  # transparent surroundings are composited on white

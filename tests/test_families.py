@@ -180,8 +180,30 @@ def test_conv_networks_keep_leading_dimensions():
     encoder, decoder = ConvEncoder(channels=4, out_features=10), ConvDecoder(3, channels=4, hidden=10)
     assert encoder(torch.rand(2, 5, 1, 28, 28)).shape == (2, 5, 10)
     assert decoder(torch.randn(7, 2, 3)).shape == (7, 2, 1, 28, 28)
-    with pytest.raises(ValueError):
-        ConvEncoder(image_shape=(1, 30, 30))
+    with pytest.raises(ValueError, match="at least 2 pixels"):
+        ConvEncoder(image_shape=(1, 1, 30))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 64, 64), (3, 33, 47), (1, 30, 30), (3, 5, 5), (1, 2, 2),
+                                   (3, 100, 60)])
+def test_conv_networks_fit_any_image_size(shape):
+    encoder, decoder = ConvEncoder(shape, channels=4, out_features=8), ConvDecoder(3, shape, channels=4, hidden=8)
+    assert encoder(torch.rand(2, *shape)).shape == (2, 8)
+    assert decoder(torch.randn(2, 3)).shape == (2, *shape)
+
+
+def test_conv_depth_follows_the_side_and_28x28_keeps_its_layers():
+    from pyrovae.networks import conv_sides
+
+    assert conv_sides(28) == (28, 14, 7) and conv_sides(64) == (64, 32, 16, 8, 4) and conv_sides(5) == (5, 2)
+    # The 28x28 network is the one of earlier pyrovae versions, so their checkpoints still load.
+    shapes = {k: tuple(v.shape) for k, v in ConvEncoder().state_dict().items()}
+    assert shapes == {"net.0.weight": (32, 1, 4, 4), "net.0.bias": (32,), "net.2.weight": (64, 32, 4, 4),
+                      "net.2.bias": (64,), "net.5.weight": (256, 3136), "net.5.bias": (256,)}
+    shapes = {k: tuple(v.shape) for k, v in ConvDecoder(20).state_dict().items()}
+    assert shapes == {"net.0.weight": (256, 20), "net.0.bias": (256,), "net.2.weight": (3136, 256),
+                      "net.2.bias": (3136,), "net.5.weight": (64, 32, 4, 4), "net.5.bias": (32,),
+                      "net.7.weight": (32, 1, 4, 4), "net.7.bias": (1,)}
 
 
 def test_activation_names_match_the_networks():

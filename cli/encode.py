@@ -1,0 +1,97 @@
+"""``pyrovae encode`` and ``pyrovae reconstruct``: a trained run applied to the user's own files."""
+
+import math
+from pathlib import Path
+
+import click
+
+from pyrovae.cli.options import device_options, progress_enabled
+
+inputs_argument = click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...",
+                                 type=click.Path(exists=True, path_type=Path))
+
+
+def _load(run, inputs, cuda, device):
+    """The run's model and the inputs prepared as its images, with notes printed on stderr."""
+    from tqdm.auto import tqdm
+
+    from pyrovae.images import images_for_model
+    from pyrovae.run import load_run, resolve_device
+
+    config, vae, _ = load_run(run, resolve_device(device, cuda))
+    with tqdm(desc="reading images", unit="image", leave=False, disable=not progress_enabled()) as bar:
+        images, names, notes = images_for_model(inputs, config.image_shape, progress=bar.update)
+    for note in notes:
+        click.echo(f"Note: {note}", err=True)
+    return config, vae, images, names
+
+
+def _check_output(output: Path, suffixes) -> None:
+    from pyrovae.errors import ConfigError
+
+    if output.suffix.lower() not in suffixes:
+        raise ConfigError(f"Cannot tell the format of {output}; use a name ending in {' or '.join(suffixes)}.")
+    if not output.parent.is_dir():
+        raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
+
+
+@click.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@inputs_argument
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="codes.npz",
+              show_default=True, help="A .npz file: loc (N, D), scale where q is a diagonal Normal, and files.")
+@device_options
+def encode(run, inputs, output, cuda, device):
+    """Encode image files (or folders of them, or .npy/.npz arrays) with RUN's guide:
+    the posterior mean E_q[z|x] of each, and q's standard deviations where it has them."""
+    import numpy as np
+
+    from pyrovae.analysis import encode as encode_images
+    from pyrovae.checkpoint import atomic_write
+    from pyrovae.errors import ConfigError
+
+    _check_output(output, (".npz",))
+    config, vae, images, names = _load(run, inputs, cuda, device)
+    if not vae.amortized:
+        raise ConfigError(f"The guide of {run} cannot encode new images.")
+    import torch
+
+    latents = encode_images(vae, images, torch.zeros(len(images), dtype=torch.long))
+    arrays = {"loc": latents.loc.numpy(), "files": np.array(names)}
+    if latents.scale is not None:
+        arrays["scale"] = latents.scale.numpy()
+    try:
+        atomic_write(output, lambda f: np.savez(f, **arrays))
+    except OSError as e:
+        raise ConfigError(f"Cannot write {output}: {e.strerror or e}.") from None
+    click.echo(f"Wrote the codes of {len(names)} image(s) ({latents.loc.shape[1]} dimensions) to {output}: "
+               f"{', '.join(arrays)}")
+
+
+@click.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@inputs_argument
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="reconstructions.png",
+              show_default=True, help="Image file to write (.png, .jpg, ...).")
+@device_options
+def reconstruct(run, inputs, output, cuda, device):
+    """Reconstruct image files (or folders of them, or .npy/.npz arrays) through RUN's model:
+    each image beside the mean of p(x|z) at its posterior mean, up to 4 pairs a row."""
+    import torch
+    from PIL import Image
+
+    from pyrovae.errors import ConfigError
+    from pyrovae.run import save_grid
+
+    _check_output(output, tuple(Image.registered_extensions()))
+    config, vae, images, names = _load(run, inputs, cuda, device)
+    if not vae.amortized:
+        raise ConfigError(f"The guide of {run} cannot encode new images.")
+    reconstructions = torch.cat([vae.reconstruct(x.to(vae.device)).cpu() for x in images.split(256)])
+    pairs = torch.stack([images, reconstructions], dim=1).flatten(0, 1)
+    try:
+        save_grid(pairs, output, nrow=2 * min(4, len(images)))
+    except OSError as e:
+        raise ConfigError(f"Cannot write {output}: {e.strerror or e}.") from None
+    rows = math.ceil(len(images) / 4)
+    click.echo(f"Wrote {len(images)} image(s) and their reconstructions to {output} ({rows} row(s) of pairs)")
