@@ -45,19 +45,25 @@ def negative_elbo(logits, x, loc, scale):
     return reconstruction + kl
 
 
-def train_epoch(model, optimizer, images, batch_size):
-    """One epoch over ``images`` (on the model's device), batches from a random permutation."""
+def binarized_negative_elbo(model, images):
+    """The MLP's objective on a batch of grey images, binarized afresh."""
+    x = torch.bernoulli(images)
+    logits, loc, scale = model(x)
+    return negative_elbo(logits, x, loc, scale)
+
+
+def train_epoch(model, optimizer, images, batch_size, loss=binarized_negative_elbo):
+    """One epoch over ``images`` (on the model's device), batches from a random permutation;
+    ``loss(model, batch)`` is the batch's summed negative ELBO."""
     model.train()
     permutation = torch.randperm(len(images)).to(images.device)
     total = torch.zeros((), device=images.device)
     for index in permutation.split(batch_size):
-        x = torch.bernoulli(images[index])
-        logits, loc, scale = model(x)
-        loss = negative_elbo(logits, x, loc, scale)
+        value = loss(model, images[index])
         optimizer.zero_grad(set_to_none=True)
-        (loss / len(x)).backward()
+        (value / len(index)).backward()
         optimizer.step()
-        total += loss.detach()
+        total += value.detach()
     return -total.item() / len(images)
 
 
@@ -71,24 +77,26 @@ def test_elbo(model, images, batch_size=1000):
     return -total / len(images)
 
 
+def bernoulli_log_px(model, x, z):
+    """log p(x|z) of binary images under the MLP's Bernoulli, for each z (leading dimensions)."""
+    logits = model.decode(z)
+    return -F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand_as(logits), reduction="none").sum(-1)
+
+
 @torch.no_grad()
-def test_log_likelihood(model, images, num_samples=1000, rows=16384):
-    """Mean importance-sampled log p(x) with ``num_samples`` samples from q(z|x) per image."""
+def test_log_likelihood(model, images, num_samples=1000, rows=16384, log_px=bernoulli_log_px):
+    """Mean importance-sampled log p(x) with ``num_samples`` samples from q(z|x) per image,
+    decoding at most about ``rows`` codes at once; ``log_px(model, x, z)`` scores the images."""
     per_chunk = max(1, rows // num_samples)
     total = 0.0
     for x in images.split(per_chunk):
         loc, scale = model.encode(x)
         z = loc + scale * torch.randn(num_samples, *loc.shape, device=x.device)
-        logits = model.decode(z)
-        log_px_z = -F.binary_cross_entropy_with_logits(
-            logits, x.flatten(1).expand_as(logits), reduction="none"
-        ).sum(-1)
         log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
         log_qz = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
-        log_w = log_px_z + log_pz - log_qz
+        log_w = log_px(model, x, z) + log_pz - log_qz
         total += (torch.logsumexp(log_w, 0) - math.log(num_samples)).sum().item()
     return total / len(images)
-
 
 class ReferenceConvVAE(nn.Module):
     """A plain-PyTorch convolutional VAE for 3x64x64 images with a discretized logistic
@@ -150,29 +158,6 @@ def conv_negative_elbo(model, x):
     return -(log_px - log_q + log_p).sum()
 
 
-def train_conv_epoch(model, optimizer, images, batch_size):
-    model.train()
-    permutation = torch.randperm(len(images)).to(images.device)
-    total = torch.zeros((), device=images.device)
-    for index in permutation.split(batch_size):
-        loss = conv_negative_elbo(model, images[index])
-        optimizer.zero_grad(set_to_none=True)
-        (loss / len(index)).backward()
-        optimizer.step()
-        total += loss.detach()
-    return -total.item() / len(images)
-
-
-@torch.no_grad()
-def conv_test_log_likelihood(model, images, num_samples=100, rows=2048):
-    """Mean importance-sampled log p(x) in nats per image."""
-    per_chunk = max(1, rows // num_samples)
-    total = 0.0
-    for x in images.split(per_chunk):
-        loc, scale = model.encode(x)
-        z = loc + scale * torch.randn(num_samples, *loc.shape, device=x.device)
-        log_px_z = discretized_logistic_log_prob(x, *model.decode(z))
-        log_w = (log_px_z + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-                 - torch.distributions.Normal(loc, scale).log_prob(z).sum(-1))
-        total += (torch.logsumexp(log_w, 0) - math.log(num_samples)).sum().item()
-    return total / len(images)
+def dlogistic_log_px(model, x, z):
+    """log p(x|z) of 8-bit images under the conv VAE's discretized logistic, for each z."""
+    return discretized_logistic_log_prob(x, *model.decode(z))

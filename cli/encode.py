@@ -7,8 +7,15 @@ import click
 
 from pyrovae.cli.options import device_options, progress_enabled
 
-inputs_argument = click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...",
-                                 type=click.Path(exists=True, path_type=Path))
+def _run_and_inputs(default_output: str, output_help: str):
+    """RUN, the IMAGE... inputs and -o, shared by both commands."""
+    def decorate(command):
+        command = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+                               default=default_output, show_default=True, help=output_help)(command)
+        command = click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...",
+                                 type=click.Path(exists=True, path_type=Path))(command)
+        return click.argument("run", type=click.Path(file_okay=False))(command)
+    return decorate
 
 
 def _load(run, inputs, cuda, device):
@@ -36,10 +43,7 @@ def _check_output(output: Path, suffixes) -> None:
 
 
 @click.command()
-@click.argument("run", type=click.Path(file_okay=False))
-@inputs_argument
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="codes.npz",
-              show_default=True, help="A .npz file: loc (N, D), scale where q is a diagonal Normal, and files.")
+@_run_and_inputs("codes.npz", "A .npz file: loc (N, D), scale where q is a diagonal Normal, and files.")
 @device_options
 def encode(run, inputs, output, cuda, device):
     """Encode image files (or folders of them, or .npy/.npz arrays) with RUN's guide:
@@ -69,10 +73,7 @@ def encode(run, inputs, output, cuda, device):
 
 
 @click.command()
-@click.argument("run", type=click.Path(file_okay=False))
-@inputs_argument
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default="reconstructions.png",
-              show_default=True, help="Image file to write (.png, .jpg, ...).")
+@_run_and_inputs("reconstructions.png", "Image file to write (.png, .jpg, ...).")
 @device_options
 def reconstruct(run, inputs, output, cuda, device):
     """Reconstruct image files (or folders of them, or .npy/.npz arrays) through RUN's model:

@@ -187,7 +187,8 @@ class Trainer:
         one that is not amortized (a Pyro autoguide, a per-image ``pyro.param`` guide) gets
         the batch's positions in the data set (``size``, ``subsample``), and its parameters,
         created on first use, join the optimizer then.
-    :param data: train and test images in [0, 1].
+    :param data: train and test images in [0, 1] (an :class:`~pyrovae.data.ImageData`), or a
+        torchvision data set object, of which a seeded 10% is held out for testing.
     :param elbo: a Pyro ELBO; default the model family's own (``vae.default_elbo()``).
     :param optimizer: default :func:`adam`, torch's Adam with the fused kernel.
     :param warmup_epochs: the KL term's weight rises linearly from 0 to ``beta`` over this
@@ -214,6 +215,8 @@ class Trainer:
         labels: Optional[torch.Tensor] = None,
         callbacks: Sequence[Callback] = (),
     ):
+        if not isinstance(data, ImageData):  # a torchvision data set object
+            data = ImageData.from_dataset(data)
         if batch_size > len(data.train_images):
             raise ConfigError(
                 f"--batch-size {batch_size} is larger than the {len(data.train_images)} training images of {data.name}."

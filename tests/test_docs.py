@@ -46,11 +46,13 @@ def site(tmp_path_factory):
 
 def test_site_builds_strictly_with_the_cli_and_api_references(site):
     cli = (site / "cli" / "index.html").read_text()
-    for command in ("pyrovae train", "pyrovae evaluate", "pyrovae sample", "pyrovae plot", "pyrovae report"):
+    for command in ("pyrovae train", "pyrovae evaluate", "pyrovae sample", "pyrovae plot", "pyrovae report",
+                    "pyrovae encode", "pyrovae reconstruct"):
         assert command in cli
     assert "--classifier-weight" in cli and "--z-dim" in cli
     api = (site / "api" / "index.html").read_text()
-    for name in ("IAFGuide", "VampPrior", "M2_ELBO", "ShardedSampling", "log_likelihood"):
+    for name in ("IAFGuide", "VampPrior", "M2_ELBO", "ShardedSampling", "log_likelihood", "DiscretizedLogistic",
+                 "load_images", "images_for_model", "bits_per_dim"):
         assert name in api
     assert (site / "javascripts" / "katex" / "katex.min.js").is_file()
     assert 'class="arithmatex"' in (site / "elbo" / "index.html").read_text()

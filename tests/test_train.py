@@ -181,3 +181,12 @@ def test_pyro_elbo_module_with_a_torch_optimizer_trains_every_parameter(mnist5k,
     assert sum(losses[-5:]) < sum(losses[:5])
     names = list(pyro.get_param_store().keys())
     assert names == [] if module_local else all(name.startswith(vae.name + ".") for name in names) and names
+
+
+def test_fit_takes_a_torchvision_data_set_object():
+    from torchvision.datasets import FakeData
+
+    vae = build_vae(Config(likelihood="dlogistic", net="conv", image_shape=(3, 8, 8), latent_dim=2,
+                           hidden_dims=(16,), conv_channels=4))
+    history = fit(vae, FakeData(size=40, image_size=(3, 8, 8)), num_epochs=2, batch_size=12, progress=False)
+    assert len(history) == 2 and all(math.isfinite(m.test_elbo) for m in history)
