@@ -73,7 +73,8 @@ class ImageData:
         or file's name for the user's own images).
     :param str source: where it came from (a folder, a file, a package).
     :param classes: the names of the label values, where known.
-    :param notes: what was done to the images on the way (resized, split), for the user.
+    :param notes: what the user should know: what was done to the images on the way (files
+        skipped, resized, the split) and any attribution the data asks for.
 
     Build one from your own tensors with :meth:`from_tensor`, or from any torchvision data
     set object with :meth:`from_dataset`.
@@ -95,7 +96,9 @@ class ImageData:
     @functools.cached_property
     def levels(self) -> Optional[int]:
         """Distinct pixel values the data can take: 2 (binary), 256 (8-bit) or None (continuous)."""
-        return pixel_levels(torch.cat([self.train_images[:4096], self.test_images[:4096]]))
+        levels = {pixel_levels(chunk) for images in (self.train_images, self.test_images)
+                  for chunk in images.split(4096)}
+        return None if None in levels else max(levels)
 
     def __repr__(self) -> str:
         return (
@@ -556,7 +559,7 @@ def _transform(images: torch.Tensor, image_size: Optional[int], grayscale: bool)
     notes = []
     if image_size is None and not (grayscale and images.shape[1] == 3):
         return images, notes
-    eight_bit = pixel_levels(images[:4096]) is not None
+    eight_bit = all(pixel_levels(chunk) is not None for chunk in images.split(4096))
     if grayscale and images.shape[1] == 3:
         images = to_grayscale(images)
         notes.append("converted to grey")

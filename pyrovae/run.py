@@ -261,10 +261,11 @@ def _absolute_paths(config: Config) -> Config:
     return config.replace(**paths)
 
 
-def default_likelihood(data: ImageData) -> str:
-    """bernoulli for the MNIST family (binarized, as in the literature) and binary images,
-    dlogistic for other 8-bit images, gaussian for continuous pixel values."""
-    if data.name in MNIST_FAMILY or data.levels == 2:
+def default_likelihood(data: ImageData, named: bool = True) -> str:
+    """bernoulli for the MNIST family (binarized, as in the literature; ``named``: the data is
+    a named data set, not the user's folder of the same name) and binary images, dlogistic
+    for other 8-bit images, gaussian for continuous pixel values."""
+    if (named and data.name in MNIST_FAMILY) or data.levels == 2:
         return "bernoulli"
     return "dlogistic" if data.levels == 256 else "gaussian"
 
@@ -278,7 +279,7 @@ def fit_to_data(config: Config, data: ImageData) -> Config:
         changes.update(dataset=data.name, data_dir=None)
     if config.data:
         changes["dataset"] = data.name
-    likelihood = config.likelihood or default_likelihood(data)
+    likelihood = config.likelihood or default_likelihood(data, named=not config.data)
     changes["likelihood"] = likelihood
     alternatives = "choose dlogistic or dlogistic_mix (8-bit pixels), gaussian, gaussian_learned or continuous_bernoulli"
     if likelihood == "bernoulli" and data.image_shape[0] > 1 and data.levels != 2:
