@@ -90,9 +90,12 @@ def _flatten(image, grayscale: bool):
     """An RGB or L (grey) Pillow image; alpha is composited onto white, never cut off."""
     from PIL import Image
 
-    if image.mode == "P" or image.mode.startswith("I") or image.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "F"):
+    if image.mode.startswith("I"):  # 16-bit grey: keep the top 8 bits (Pillow's convert would clip at 255)
+        pixels = np.asarray(image).astype(np.int64)
+        image = Image.fromarray((pixels >> 8 if pixels.max() > 255 else pixels).clip(0, 255).astype(np.uint8), "L")
+    if image.mode == "P" or image.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "F"):
         image = image.convert("RGBA" if "transparency" in image.info or image.mode == "P" else
-                              ("L" if image.mode in ("1", "F") or image.mode.startswith("I") else "RGB"))
+                              ("L" if image.mode in ("1", "F") else "RGB"))
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         background = Image.new("RGBA", image.size, (_WHITE, _WHITE, _WHITE, 255))
         image = Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")

@@ -76,6 +76,13 @@ def test_palette_image_with_transparency(tmp_path):
     assert torch.allclose(read_images([tmp_path / "p.png"]), torch.ones(1, 3, 3, 3))
 
 
+def test_16_bit_grey_keeps_its_levels(tmp_path):
+    Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16)).save(tmp_path / "deep.png")
+    images = read_images([tmp_path / "deep.png"])
+    assert images.shape == (1, 1, 1, 3)
+    assert torch.allclose(images.flatten(), torch.tensor([0, 128, 255]) / 255)
+
+
 def test_grey_among_colour_images_becomes_colour_and_grayscale_converts(tmp_path):
     grey = _save(tmp_path / "g.png", np.full((5, 5), 100), "L")
     colour = _save(tmp_path / "c.png", np.full((5, 5, 3), [255, 0, 0]))

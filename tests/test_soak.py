@@ -29,6 +29,8 @@ def test_many_epochs_keep_memory_and_files_bounded(tmp_path, mnist5k):
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0199.pt", "epoch_0200.pt"]
     assert not list(run.rglob(".*.tmp"))
-    # Only the per-epoch pictures (two small PNGs an epoch, by design) grow with the run.
+    # Only the per-epoch pictures grow with the run, by design: two small PNGs an epoch and
+    # the 16 samples of the evolution figure as 8-bit tensors.
     files = [p for p in run.rglob("*") if p.is_file()]
-    assert len(files) == 3 + 2 + 2 * EPOCHS  # config, metrics, checkpoint.pt; 2 kept; pictures
+    assert len(files) == 3 + 2 + 3 * EPOCHS  # config, metrics, checkpoint.pt; 2 kept; pictures
+    assert sum(p.stat().st_size for p in run.glob("samples/*.pt")) < EPOCHS * 16 * 1024
