@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.options import device_options, progress_enabled
+from pyrovae.cli.options import check_output, device_options, progress_enabled
 
 def _run_and_inputs(default_output: str, output_help: str):
     """RUN, the IMAGE... inputs and -o, shared by both commands."""
@@ -33,15 +33,6 @@ def _load(run, inputs, cuda, device):
     return config, vae, images, names
 
 
-def _check_output(output: Path, suffixes) -> None:
-    from pyrovae.errors import ConfigError
-
-    if output.suffix.lower() not in suffixes:
-        raise ConfigError(f"Cannot tell the format of {output}; use a name ending in {' or '.join(suffixes)}.")
-    if not output.parent.is_dir():
-        raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
-
-
 @click.command()
 @_run_and_inputs("codes.npz", "A .npz file: loc (N, D), scale where q is a diagonal Normal, and files.")
 @device_options
@@ -49,17 +40,16 @@ def encode(run, inputs, output, cuda, device):
     """Encode image files (or folders of them, or .npy/.npz arrays) with RUN's guide:
     the posterior mean E_q[z|x] of each, and q's standard deviations where it has them."""
     import numpy as np
+    import torch
 
     from pyrovae.analysis import encode as encode_images
     from pyrovae.checkpoint import atomic_write
     from pyrovae.errors import ConfigError
 
-    _check_output(output, (".npz",))
+    check_output(output, (".npz",))
     config, vae, images, names = _load(run, inputs, cuda, device)
     if not vae.amortized:
         raise ConfigError(f"The guide of {run} cannot encode new images.")
-    import torch
-
     latents = encode_images(vae, images, torch.zeros(len(images), dtype=torch.long))
     arrays = {"loc": latents.loc.numpy(), "files": np.array(names)}
     if latents.scale is not None:
@@ -79,12 +69,11 @@ def reconstruct(run, inputs, output, cuda, device):
     """Reconstruct image files (or folders of them, or .npy/.npz arrays) through RUN's model:
     each image beside the mean of p(x|z) at its posterior mean, up to 4 pairs a row."""
     import torch
-    from PIL import Image
 
     from pyrovae.errors import ConfigError
     from pyrovae.run import save_grid
 
-    _check_output(output, tuple(Image.registered_extensions()))
+    check_output(output)
     config, vae, images, names = _load(run, inputs, cuda, device)
     if not vae.amortized:
         raise ConfigError(f"The guide of {run} cannot encode new images.")

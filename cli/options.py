@@ -3,6 +3,7 @@
 import sys
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -61,6 +62,23 @@ def data_options(command):
 
 
 dataset_choice = click.Choice(DATASETS)
+
+
+def check_output(output: Path, suffixes=None) -> None:
+    """Refuse, before any work, an output file whose format its name does not tell (an image
+    format Pillow knows, or one of ``suffixes``) or whose folder does not exist."""
+    from pyrovae.errors import ConfigError
+
+    if suffixes is None:
+        from PIL import Image
+
+        known, what, hint = Image.registered_extensions(), "image format", ".png or .jpg"
+    else:
+        known, what, hint = suffixes, "format", " or ".join(suffixes)
+    if output.suffix.lower() not in known:
+        raise ConfigError(f"Cannot tell the {what} of {output}; use a name ending in {hint}.")
+    if not output.parent.is_dir():
+        raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
 
 
 def progress_enabled() -> bool:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.options import device_options
+from pyrovae.cli.options import check_output, device_options
 
 
 @click.command()
@@ -20,17 +20,12 @@ from pyrovae.cli.options import device_options
 @device_options
 def sample(run, num_samples, output, mean, seed, digit, cuda, device):
     """Decode NUM_SAMPLES draws from the prior of RUN's model into one image grid."""
-    from PIL import Image
-
     import torch
 
     from pyrovae.errors import ConfigError
     from pyrovae.run import load_run, resolve_device, save_grid
 
-    if output.suffix.lower() not in Image.registered_extensions():
-        raise ConfigError(f"Cannot tell the image format of {output}; use a name ending in .png or .jpg.")
-    if not output.parent.is_dir():
-        raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
+    check_output(output)
     device = resolve_device(device, cuda)
     config, vae, _ = load_run(run, device)
     if digit is not None and not hasattr(vae, "num_classes"):

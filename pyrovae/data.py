@@ -10,7 +10,9 @@ reader so that a truncated or foreign file is reported by name instead of being 
 import functools
 import gzip
 import io
+import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -18,7 +20,7 @@ import tarfile
 import tempfile
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
@@ -452,9 +454,6 @@ def _npm_pack(destination: Path) -> Path:
 
 def _extract_emoji(tarball: Path, folder: Path) -> None:
     """Write the package's 64x64 images into one folder per category of its ``emoji.json``."""
-    import json
-    import re
-
     try:
         with tarfile.open(tarball, "r:gz") as archive:
             index = json.load(archive.extractfile("package/emoji.json"))
@@ -580,11 +579,10 @@ def load_data(config, fallback: bool = True, progress: bool = False) -> ImageDat
     data = load_dataset(config.dataset, config.data_dir, fallback=fallback, test_fraction=config.test_fraction,
                         progress=progress)
     both, notes = _transform(torch.cat([data.train_images, data.test_images]), config.image_size, config.grayscale)
-    if notes:
+    if notes:  # a new ImageData, so its pixel levels are worked out afresh
         count = len(data.train_images)
-        data.train_images, data.test_images = both[:count], both[count:]
-        data.notes += notes
-        data.__dict__.pop("levels", None)
+        data = replace(data, train_images=both[:count], test_images=both[count:],
+                                   notes=data.notes + notes)
     return data
 
 

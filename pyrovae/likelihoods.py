@@ -9,8 +9,6 @@ several numbers per pixel (``outputs_per_pixel``) asks the decoder for that many
 per image channel: :meth:`Likelihood.decoder_shape`.
 """
 
-import math
-
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
@@ -134,22 +132,15 @@ class DiscretizedLogistic(dist.TorchDistribution):
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
         super().__init__(self.loc.shape, validate_args=validate_args)
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(DiscretizedLogistic, _instance)
-        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
-        super(DiscretizedLogistic, new).__init__(torch.Size(batch_shape), validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
         upper = (value - self.loc + _HALF_BIN) / self.scale
         lower = (value - self.loc - _HALF_BIN) / self.scale
+        below = F.logsigmoid(upper)  # log P(X < the bin's top): all of value 0's mass
+        above = F.logsigmoid(-lower)  # log P(X > the bin's bottom): all of value 1's mass
         # The bin's width in standard units, a - b = 1 / (255 scale), is never negative.
-        inner = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-(upper - lower)))
-        below = F.logsigmoid(upper)  # value 0: everything up to its bin's top
-        above = F.logsigmoid(-lower)  # value 1: everything from its bin's bottom
+        inner = below + above + torch.log(-torch.expm1(-(upper - lower)))
         return torch.where(value < _HALF_BIN, below, torch.where(value > 1 - _HALF_BIN, above, inner))
 
     def sample(self, sample_shape=torch.Size()):
@@ -164,10 +155,6 @@ class DiscretizedLogistic(dist.TorchDistribution):
         """The mean of the logistic clamped to [0, 1], s (softplus(mu/s) - softplus((mu-1)/s)),
         within half a grey level of the discretized mean."""
         return self.scale * (F.softplus(self.loc / self.scale) - F.softplus((self.loc - 1) / self.scale))
-
-    @property
-    def variance(self):
-        return (self.scale * math.pi) ** 2 / 3
 
 
 def _logistic_parameters(loc, log_scale):

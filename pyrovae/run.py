@@ -199,7 +199,7 @@ def train_run(
     distributed = distributed or Distributed()
     device = torch.device(device) if distributed.active else resolve_device(str(device))
     config = _absolute_paths(config)
-    config.replace(likelihood=config.likelihood or "bernoulli").validate()
+    config.validate()
     data = _main_first(distributed, device, lambda: load_data(config, fallback=fallback, progress=progress))
     config = fit_to_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)

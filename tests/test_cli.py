@@ -252,3 +252,13 @@ def test_bad_image_folders_get_one_sentence(tmp_path):
     assert_one_sentence(invoke("train", "--data", tmp_path / "bad"), "pass --image-size N")
     result = invoke("train", "--data", tmp_path / "missing")
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_encode_and_reconstruct_refuse_unknown_output_formats_first(tmp_path, trained_run):
+    Image.new("L", (28, 28)).save(tmp_path / "a.png")
+    result = invoke("reconstruct", trained_run, tmp_path / "a.png", "-o", tmp_path / "r.unknown")
+    assert_one_sentence(result, "Cannot tell the image format of")
+    assert "use a name ending in .png or .jpg." in result.output
+    result = invoke("encode", trained_run, tmp_path / "a.png", "-o", tmp_path / "codes.csv")
+    assert_one_sentence(result, "use a name ending in .npz.")
+    assert not (tmp_path / "codes.csv").exists() and not (tmp_path / "r.unknown").exists()

@@ -133,6 +133,11 @@ def test_mixture_of_one_is_the_single_logistic_and_every_mixture_sums_to_one():
     q = five(torch.randn(1, 15, 1, 1) * 2)
     total = sum(q.log_prob(v.float().view(1, 1, 1, 1)).exp() for v in LEVELS)
     assert abs(total.item() - 1) < 1e-4
+    # Broadcasting by Pyro's plates expands a distribution (Pyro's ExpandedDistribution).
+    one = DiscretizedLogistic(torch.tensor(0.3), torch.tensor(0.1))
+    expanded = one.expand((4,))
+    assert expanded.log_prob(LEVELS[:4].float()).shape == (4,)
+    assert torch.allclose(expanded.mean, one.mean.expand(4))
 
 
 def test_decoder_shape_asks_for_parameters_per_pixel_value():
