@@ -2,13 +2,26 @@
 
 Commands only parse options, call :mod:`pyrovae` and print. Heavy imports happen inside
 the commands, so ``pyrovae --help`` answers at once. Errors the user can fix are printed as
-one sentence with exit status 2, never as a traceback.
+one sentence with the error's exit status (:data:`EXIT_STATUSES`), never as a traceback.
 """
 
 import click
 
 from pyrovae import __version__
-from pyrovae.errors import PyroVAEError
+from pyrovae.cli.options import plain_warnings
+from pyrovae.errors import ConfigError, PyroVAEError, StorageError, describe_os_error
+
+# What scripts can rely on; the README's table says the same.
+EXIT_STATUSES = {
+    0: "done",
+    1: "an unexpected error (a bug: please report the traceback)",
+    2: "a problem you can fix: a bad option, path, data file or checkpoint (one sentence on stderr)",
+    3: "training diverged (NaN or infinite loss); the last good checkpoint is kept",
+    4: "a file could not be written (no space, read-only, permission); what was written before is intact",
+    5: "the run directory is being written by another process",
+    130: "train was interrupted with Ctrl-C after saving a checkpoint; --resume continues it",
+    143: "train was stopped with SIGTERM after saving a checkpoint; --resume continues it",
+}
 
 
 class _UserError(click.ClickException):
@@ -22,9 +35,23 @@ class PyroVAEGroup(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with plain_warnings():
+                return super().invoke(ctx)
         except PyroVAEError as error:
             raise _UserError(error) from None
+        except KeyboardInterrupt:  # a second Ctrl-C while training, or one anywhere else
+            click.echo("\nAborted; files already written are intact.", err=True)
+            ctx.exit(130)
+        except OSError as error:  # a file operation the library did not expect to fail
+            if error.errno is None:
+                raise
+            raise _UserError(StorageError(f"{error.filename or 'A file operation'}: {describe_os_error(error)}.")) from None
+        except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+                    or "can't allocate memory" in str(error)):
+                raise
+            raise _UserError(ConfigError("Ran out of memory; lower --batch-size (or --particles, or -k for "
+                                         "evaluate).")) from None
 
 
 @click.group(cls=PyroVAEGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.options import check_output, device_options, progress_enabled
+from pyrovae.cli.options import check_output, checkpoint_option, device_options, progress_enabled
 
 def _run_and_inputs(default_output: str, output_help: str):
     """RUN, the IMAGE... inputs and -o, shared by both commands."""
@@ -14,18 +14,19 @@ def _run_and_inputs(default_output: str, output_help: str):
                                default=default_output, show_default=True, help=output_help)(command)
         command = click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...",
                                  type=click.Path(exists=True, path_type=Path))(command)
-        return click.argument("run", type=click.Path(file_okay=False))(command)
+        command = click.argument("run", type=click.Path(file_okay=False))(command)
+        return device_options(checkpoint_option(command))
     return decorate
 
 
-def _load(run, inputs, cuda, device):
+def _load(run, inputs, epoch, cuda, device):
     """The run's model and the inputs prepared as its images, with notes printed on stderr."""
     from tqdm.auto import tqdm
 
     from pyrovae.images import images_for_model
     from pyrovae.run import load_run, resolve_device
 
-    config, vae, _ = load_run(run, resolve_device(device, cuda))
+    config, vae, _ = load_run(run, resolve_device(device, cuda), epoch)
     with tqdm(desc="reading images", unit="image", leave=False, disable=not progress_enabled()) as bar:
         images, names, notes = images_for_model(inputs, config.image_shape, progress=bar.update)
     for note in notes:
@@ -35,8 +36,7 @@ def _load(run, inputs, cuda, device):
 
 @click.command()
 @_run_and_inputs("codes.npz", "A .npz file: loc (N, D), scale where q is a diagonal Normal, and files.")
-@device_options
-def encode(run, inputs, output, cuda, device):
+def encode(run, inputs, output, epoch, cuda, device):
     """Encode image files (or folders of them, or .npy/.npz arrays) with RUN's guide:
     the posterior mean E_q[z|x] of each, and q's standard deviations where it has them."""
     import numpy as np
@@ -47,25 +47,21 @@ def encode(run, inputs, output, cuda, device):
     from pyrovae.errors import ConfigError
 
     check_output(output, (".npz",))
-    config, vae, images, names = _load(run, inputs, cuda, device)
+    config, vae, images, names = _load(run, inputs, epoch, cuda, device)
     if not vae.amortized:
         raise ConfigError(f"The guide of {run} cannot encode new images.")
     latents = encode_images(vae, images, torch.zeros(len(images), dtype=torch.long))
     arrays = {"loc": latents.loc.numpy(), "files": np.array(names)}
     if latents.scale is not None:
         arrays["scale"] = latents.scale.numpy()
-    try:
-        atomic_write(output, lambda f: np.savez(f, **arrays))
-    except OSError as e:
-        raise ConfigError(f"Cannot write {output}: {e.strerror or e}.") from None
+    atomic_write(output, lambda f: np.savez(f, **arrays))
     click.echo(f"Wrote the codes of {len(names)} image(s) ({latents.loc.shape[1]} dimensions) to {output}: "
                f"{', '.join(arrays)}")
 
 
 @click.command()
 @_run_and_inputs("reconstructions.png", "Image file to write (.png, .jpg, ...).")
-@device_options
-def reconstruct(run, inputs, output, cuda, device):
+def reconstruct(run, inputs, output, epoch, cuda, device):
     """Reconstruct image files (or folders of them, or .npy/.npz arrays) through RUN's model:
     each image beside the mean of p(x|z) at its posterior mean, up to 4 pairs a row."""
     import torch
@@ -74,14 +70,11 @@ def reconstruct(run, inputs, output, cuda, device):
     from pyrovae.run import save_grid
 
     check_output(output)
-    config, vae, images, names = _load(run, inputs, cuda, device)
+    config, vae, images, names = _load(run, inputs, epoch, cuda, device)
     if not vae.amortized:
         raise ConfigError(f"The guide of {run} cannot encode new images.")
     reconstructions = torch.cat([vae.reconstruct(x.to(vae.device)).cpu() for x in images.split(256)])
     pairs = torch.stack([images, reconstructions], dim=1).flatten(0, 1)
-    try:
-        save_grid(pairs, output, nrow=2 * min(4, len(images)))
-    except OSError as e:
-        raise ConfigError(f"Cannot write {output}: {e.strerror or e}.") from None
+    save_grid(pairs, output, nrow=2 * min(4, len(images)))
     rows = math.ceil(len(images) / 4)
     click.echo(f"Wrote {len(images)} image(s) and their reconstructions to {output} ({rows} row(s) of pairs)")

@@ -5,7 +5,7 @@ import math
 
 import click
 
-from pyrovae.cli.options import data_options, dataset_choice, device_options, plain_warnings, progress_enabled
+from pyrovae.cli.options import checkpoint_option, data_options, dataset_choice, device_options, progress_enabled
 
 
 @click.command()
@@ -19,27 +19,25 @@ from pyrovae.cli.options import data_options, dataset_choice, device_options, pl
 @data_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation's own noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@checkpoint_option
 @device_options
-def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cuda, device):
+def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epoch, cuda, device):
     """Score RUN on test images: the ELBO with its reconstruction and KL terms, and
     log p(x) estimated with k importance samples (in nats per image; higher is better)."""
     from tqdm.auto import tqdm
 
     from pyrovae.data import load_data, load_dataset, spread_subset
-    from pyrovae.errors import ConfigError, DataError
+    from pyrovae.errors import DataError
     from pyrovae.evaluation import evaluate as score
-    from pyrovae.run import load_run, resolve_device
+    from pyrovae.run import load_run, resolve_device, with_data_dir
     from pyrovae.train import prepare_test_images
 
     device = resolve_device(device, cuda)
-    config, vae, _ = load_run(run, device)
-    with plain_warnings():
-        if data_dir and not dataset and config.data:
-            raise ConfigError(f"--data-dir finds the named data sets; {run} was trained on images from {config.data}.")
-        if dataset or data_dir:
-            data = load_dataset(dataset or config.dataset, data_dir, fallback=False, progress=progress_enabled())
-        else:
-            data = load_data(config, fallback=False, progress=progress_enabled())
+    config, vae, state = load_run(run, device, epoch)
+    if dataset:
+        data = load_dataset(dataset, data_dir, fallback=False, progress=progress_enabled())
+    else:
+        data = load_data(with_data_dir(config, data_dir, run), fallback=False, progress=progress_enabled())
     if data.image_shape != config.image_shape:
         raise DataError(f"{data.name} holds images of shape {data.image_shape} but the run's model "
                         f"expects {config.image_shape}.")
@@ -51,10 +49,11 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, cud
         result = score(vae.to(device), images, num_samples=num_samples, seed=seed, dataset=data.name,
                        progress=bar.update, labels=labels)
     if as_json:
-        click.echo(json.dumps({"run": str(run), **result.to_dict()}))
+        click.echo(json.dumps({"run": str(run), "epoch": state["epoch"], **result.to_dict()}))
         return
     binarized = " (binarized with a fixed seed)" if vae.likelihood.binary_data else ""
-    click.echo(f"{run}: {data.name} test set, {result.num_images} images{binarized}, nats per image")
+    trained = f"epoch {state['epoch']}" + (f" and {state['step']} steps" if state["step"] else "")
+    click.echo(f"{run} after {trained}: {data.name} test set, {result.num_images} images{binarized}, nats per image")
     click.echo(f"  ELBO                 {result.elbo:10.2f}")
     click.echo(f"    reconstruction     {result.reconstruction:10.2f}")
     click.echo(f"    KL                 {result.kl:10.2f}")

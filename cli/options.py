@@ -1,6 +1,6 @@
 """Parameter types and options shared by several commands."""
 
-import sys
+import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,6 +8,17 @@ from pathlib import Path
 import click
 
 from pyrovae.registry import DATASETS
+
+
+class Choice(click.Choice):
+    """click's Choice that takes ``-`` and ``_`` alike: ``continuous-bernoulli`` and
+    ``continuous_bernoulli`` (or ``fashion_mnist``) name the same choice."""
+
+    def normalize_choice(self, choice, ctx):
+        return super().normalize_choice(choice, ctx).replace("-", "_")
+
+    def get_invalid_choice_message(self, value, ctx):
+        return f"{value!r} is not one of {', '.join(map(repr, self.choices))}."
 
 
 class HiddenDims(click.ParamType):
@@ -55,35 +66,47 @@ def device_options(command):
 
 
 def data_options(command):
-    command = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                           help="Folder holding the IDX files (or torchvision's <dir>/MNIST/raw layout); "
-                                "downloads (and the emoji images) go here.")(command)
-    return command
+    """``--data-dir``: where the named data sets are found (and downloaded to)."""
+    return click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                        help="Folder holding the IDX files (or torchvision's <dir>/MNIST/raw layout); "
+                             "downloads (and the emoji images) go here.")(command)
 
 
-dataset_choice = click.Choice(DATASETS)
+def checkpoint_option(command):
+    """``--checkpoint N``: one of the end-of-epoch checkpoints kept by ``--keep-checkpoints``."""
+    return click.option("--checkpoint", "epoch", type=click.IntRange(min=1), default=None, metavar="EPOCH",
+                        help="Use the checkpoint kept at the end of this epoch (train --keep-checkpoints) "
+                             "[default: the newest].")(command)
+
+
+dataset_choice = Choice(DATASETS)
 
 
 def check_output(output: Path, suffixes=None) -> None:
     """Refuse, before any work, an output file whose format its name does not tell (an image
     format Pillow knows, or one of ``suffixes``) or whose folder does not exist."""
-    from pyrovae.errors import ConfigError
+    from pyrovae.errors import ConfigError, StorageError
 
     if suffixes is None:
         from PIL import Image
 
         known, what, hint = Image.registered_extensions(), "image format", ".png or .jpg"
     else:
-        known, what, hint = suffixes, "format", " or ".join(suffixes)
+        names = sorted(suffixes)
+        known, what, hint = suffixes, "format", " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     if output.suffix.lower() not in known:
         raise ConfigError(f"Cannot tell the {what} of {output}; use a name ending in {hint}.")
     if not output.parent.is_dir():
         raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
+    if not os.access(output.parent, os.W_OK):
+        raise StorageError(f"Cannot write {output}: its folder is read-only or not writable by you.")
 
 
 def progress_enabled() -> bool:
     """Progress bars only where a person is watching."""
-    return sys.stderr.isatty()
+    from pyrovae.train import watching
+
+    return watching()
 
 
 @contextmanager

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.options import device_options, progress_enabled
+from pyrovae.cli.options import Choice, check_output, checkpoint_option, data_options, device_options, progress_enabled
 
 KINDS = ("curves", "reconstructions", "samples", "evolution", "latent", "manifold", "interpolate", "kl", "styles")
 
 
-def _view(run, num_images, cuda, device):
+def _view(run, num_images, epoch, data_dir, cuda, device):
     from tqdm.auto import tqdm
 
     from pyrovae.analysis import RunView
@@ -18,21 +18,27 @@ def _view(run, num_images, cuda, device):
     def progress(total, description):
         return tqdm(total=total, desc=description, unit="image", leave=False, disable=not progress_enabled())
 
-    return RunView(run, resolve_device(device, cuda), num_images=num_images, progress=progress)
+    return RunView(run, resolve_device(device, cuda), num_images=num_images, progress=progress, epoch=epoch,
+                   data_dir=data_dir)
 
 
-num_images_option = click.option("--num-images", type=click.IntRange(min=2), default=None,
-                                  help="Use only N test images, spread evenly over the test set [default: all].")
+def view_options(command):
+    """What every figure command shares: which test images, which checkpoint, where the data is."""
+    command = device_options(command)
+    command = data_options(command)
+    command = checkpoint_option(command)
+    return click.option("--num-images", type=click.IntRange(min=2), default=None,
+                        help="Use only N test images, spread evenly over the test set [default: all].")(command)
 
 
 @click.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("kind", type=Choice(KINDS))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG file to write [default: RUN/plots/KIND.png].")
-@num_images_option
-@device_options
-def plot(run, kind, output, num_images, cuda, device):
+              help="File to write, in the format its suffix names (.png, .pdf, .svg, .jpg, ...) "
+                   "[default: RUN/plots/KIND.png].")
+@view_options
+def plot(run, kind, output, num_images, epoch, data_dir, cuda, device):
     """Draw one figure of RUN.
 
     \b
@@ -46,15 +52,19 @@ def plot(run, kind, output, num_images, cuda, device):
     kl               KL per latent dimension, active units marked
     styles           M2 only: one style z per row, one class per column
     """
-    from pyrovae.errors import ConfigError
-    from pyrovae.plots import PLOTS, save_figure
+    from pyrovae.errors import StorageError, describe_os_error
+    from pyrovae.plots import PLOTS, figure_formats, save_figure
 
-    view = _view(run, num_images, cuda, device)
-    output = output or view.run_dir / "plots" / f"{kind}.png"
-    if not output.parent.exists():
-        if output.parent != view.run_dir / "plots":
-            raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
-        output.parent.mkdir()
+    if output is not None:
+        check_output(output, figure_formats())
+    view = _view(run, num_images, epoch, data_dir, cuda, device)
+    if output is None:
+        output = view.run_dir / "plots" / f"{kind}.png"
+        try:
+            output.parent.mkdir(exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"Cannot create {output.parent}: {describe_os_error(e)}; pass -o FILE to write "
+                               "the figure elsewhere.") from None
     save_figure(PLOTS[kind](view), output)
     click.echo(f"Wrote {output}")
     if kind == "kl":
@@ -68,19 +78,17 @@ def plot(run, kind, output, num_images, cuda, device):
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: RUN/report.html].")
-@num_images_option
-@device_options
-def report(run, output, num_images, cuda, device):
+@view_options
+def report(run, output, num_images, epoch, data_dir, cuda, device):
     """Write one self-contained HTML page with RUN's configuration, metrics and every figure."""
     from tqdm.auto import tqdm
 
-    from pyrovae.errors import ConfigError
     from pyrovae.plots import kinds_for
     from pyrovae.report import write_report
 
-    if output is not None and not output.parent.is_dir():
-        raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
-    view = _view(run, num_images, cuda, device)
+    if output is not None:
+        check_output(output, (".html", ".htm"))
+    view = _view(run, num_images, epoch, data_dir, cuda, device)
     with tqdm(total=len(kinds_for(view.config)), desc="figures", unit="figure", leave=False, disable=not progress_enabled()) as bar:
         path = write_report(view, output, on_figure=lambda kind: bar.update())
     click.echo(f"Wrote {path}")

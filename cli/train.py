@@ -1,5 +1,6 @@
 """``pyrovae train``: train a new run, or resume one."""
 
+import shlex
 import signal
 from contextlib import contextmanager
 
@@ -7,7 +8,8 @@ import click
 from click.core import ParameterSource
 
 from pyrovae.config import Config
-from pyrovae.cli.options import HiddenDims, LabelCount, data_options, dataset_choice, device_options, plain_warnings, progress_enabled
+from pyrovae.cli.options import (Choice, HiddenDims, LabelCount, data_options, dataset_choice, device_options,
+                                 progress_enabled)
 from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, MODELS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
@@ -20,10 +22,11 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
 @click.command()
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Number of epochs (the new total when resuming) [default: 10].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Images per optimizer step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam's learning rate.")
-@click.option("--model", type=click.Choice(list(MODELS)), default="vae", show_default=True,
+@click.option("--model", type=Choice(list(MODELS)), default="vae", show_default=True,
               help="vae; or m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014).")
 @click.option("--labels", type=LabelCount(), default="all", show_default=True,
               help="--model m2: how many training labels it sees, balanced over classes, or 'all'.")
@@ -33,7 +36,7 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
               help="Size of the latent code (categorical variables with --guide categorical).")
 @click.option("--hidden", type=HiddenDims(), default="400", show_default=True,
               help="Encoder layer widths, comma-separated; the decoder mirrors them.")
-@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default=None,
+@click.option("--likelihood", type=Choice(list(LIKELIHOODS)), default=None,
               help="p(x|z): bernoulli binarizes grey pixels; dlogistic(_mix): 8-bit pixel values, in colour too; "
                    "gaussian(_learned), continuous_bernoulli: densities on [0, 1] [default: bernoulli for the "
                    "MNIST family, dlogistic for other 8-bit images, gaussian for other pixel values].")
@@ -41,19 +44,20 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
               help="Logistics per pixel of --likelihood dlogistic_mix.")
 @click.option("--likelihood-scale", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="Pixel standard deviation of the gaussian likelihood (initial value for gaussian_learned).")
-@click.option("--net", type=click.Choice(list(NETS)), default="mlp", show_default=True,
+@click.option("--net", type=Choice(list(NETS)), default="mlp", show_default=True,
               help="Encoder and decoder networks; conv: two stride-2 convolutions each way.")
-@click.option("--activation", type=click.Choice(ACTIVATION_NAMES), default="relu", show_default=True)
+@click.option("--activation", type=Choice(ACTIVATION_NAMES), default="relu", show_default=True,
+              help="Nonlinearity between the layers of the encoder and decoder.")
 @click.option("--conv-channels", type=click.IntRange(min=1), default=32, show_default=True,
               help="Channels of the first convolution with --net conv.")
-@click.option("--guide", type=click.Choice(list(GUIDES)), default="diag_normal", show_default=True,
+@click.option("--guide", type=Choice(list(GUIDES)), default="diag_normal", show_default=True,
               help="q(z|x): diagonal Normal, low-rank-plus-diagonal Normal, inverse autoregressive flows, "
                    "or relaxed categoricals (with --prior categorical).")
 @click.option("--rank", type=click.IntRange(min=1), default=2, show_default=True,
               help="Covariance rank of the lowrank guide.")
 @click.option("--flows", type=click.IntRange(min=1), default=2, show_default=True,
               help="Number of flows of the iaf guide.")
-@click.option("--prior", type=click.Choice(list(PRIORS)), default="standard_normal", show_default=True,
+@click.option("--prior", type=Choice(list(PRIORS)), default="standard_normal", show_default=True,
               help="p(z): N(0, I), the VampPrior (a mixture of q at learned pseudo-inputs), "
                    "or uniform categoricals.")
 @click.option("--pseudo-inputs", type=click.IntRange(min=1), default=500, show_default=True,
@@ -64,7 +68,7 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
               help="Gumbel-softmax temperature of the first epoch (categorical code).")
 @click.option("--min-temperature", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="The temperature falls by a factor exp(-0.2) each epoch down to this.")
-@click.option("--elbo", type=click.Choice(list(ELBOS)), default="trace", show_default=True,
+@click.option("--elbo", type=Choice(list(ELBOS)), default="trace", show_default=True,
               help="trace: Pyro's Trace_ELBO; meanfield: TraceMeanField_ELBO with the analytic KL; "
                    "iwae: the importance-weighted bound with --particles samples.")
 @click.option("--particles", type=click.IntRange(min=1), default=5, show_default=True,
@@ -94,9 +98,11 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
 @click.option("--overwrite", is_flag=True, help="Replace a run that already exists in --run-dir.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False), default=None, metavar="RUN",
               help="Continue the run in RUN from its last checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the initial weights, data order and noise: the same seed gives the same run.")
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
-              help="End-of-epoch checkpoints to keep (the newest is always checkpoint.pt).")
+              help="Keep the last N end-of-epoch checkpoints in RUN/checkpoints (evaluate --checkpoint EPOCH "
+                   "reads them); the newest is also checkpoint.pt.")
 @device_options
 @click.pass_context
 def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
@@ -105,8 +111,10 @@ def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categor
           test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
-    Ctrl-C stops at the next step and saves a checkpoint; --resume RUN continues it exactly.
-    Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the N processes train
+    Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
+    SIGTERM); --resume RUN continues it exactly. Another status than 0 means the run is not
+    finished: 2 a bad option or file, 3 a NaN loss, 4 a file that could not be written, 5 the
+    run directory in use by another process. Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the N processes train
     one model with DistributedDataParallel; --batch-size is the global batch.
     """
     from pyrovae.distributed import Distributed, launched_by_torchrun
@@ -146,7 +154,8 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
     main = distributed.is_main
     callbacks = dict(progress=progress_enabled() and main, on_start=_announce if main else None,
                      on_epoch_end=_report if main else None, device=device, distributed=distributed)
-    with _stop_on_interrupt(quiet=not main) as should_stop, plain_warnings():
+    with _stop_on_interrupt(quiet=not main) as requested:
+        should_stop = lambda: bool(requested)  # noqa: E731
         if resume:
             fixed = [f"--{name.replace('_', '-')}" for name in FIXED_ON_RESUME
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
@@ -156,13 +165,14 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
         else:
             result = train_run(config, run_dir, overwrite=overwrite, fallback=fallback, should_stop=should_stop,
                                **callbacks)
-    if not main:
-        return
-    if result.finished:
+    run = shlex.quote(str(result.run_dir))
+    if main and result.finished:
         click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
-                   f"next: pyrovae evaluate {result.run_dir}")
-    else:
-        click.echo(f"Interrupted; checkpoint saved. Resume with: pyrovae train --resume {result.run_dir}")
+                   f"next: pyrovae evaluate {run}")
+    elif main:
+        click.echo(f"Interrupted; checkpoint saved. Resume with: pyrovae train --resume {run}")
+    if not result.finished:  # as a shell reports a process stopped by that signal
+        ctx.exit(128 + requested[0])
 
 
 def _announce(run_dir, config, data, first_epoch):
@@ -184,7 +194,7 @@ def _report(m):
 @contextmanager
 def _stop_on_interrupt(quiet: bool = False):
     """The first Ctrl-C (or SIGTERM) asks training to stop after the current step; a second
-    Ctrl-C aborts at once."""
+    Ctrl-C aborts at once. Yields the list of the signals received."""
     requested = []
 
     def handler(signum, frame):
@@ -196,7 +206,7 @@ def _stop_on_interrupt(quiet: bool = False):
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: bool(requested)
+        yield requested
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -106,17 +106,21 @@ class RunView:
         done once, lazily).
     :param progress: a factory ``progress(total, description)`` returning an object with
         ``update(n)`` and ``close()``, used while encoding the test set.
+    :param epoch: show the checkpoint kept at the end of this epoch instead of the newest.
+    :param data_dir: where the run's named data set is now, when it has moved.
     """
 
-    def __init__(self, run_dir, device="cpu", num_images: Optional[int] = None, progress=None):
+    def __init__(self, run_dir, device="cpu", num_images: Optional[int] = None, progress=None,
+                 epoch: Optional[int] = None, data_dir=None):
         from pyrovae.data import load_data, spread_subset
-        from pyrovae.run import load_run
+        from pyrovae.run import load_run, with_data_dir
         from pyrovae.train import EpochMetrics, prepare_test_images
 
         self.run_dir = Path(run_dir)
         self.config: Config
-        self.config, self.vae, state = load_run(self.run_dir, device)
+        self.config, self.vae, state = load_run(self.run_dir, device, epoch)
         self.history: List[EpochMetrics] = [EpochMetrics(**m) for m in state["history"]]
+        self.config = with_data_dir(self.config, data_dir, self.run_dir)
         data = load_data(self.config, fallback=False)
         if data.image_shape != self.config.image_shape:
             raise ConfigError(f"The images of {data.name} now have shape {data.image_shape}, but run {self.run_dir} "

@@ -5,6 +5,7 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts saved with
 any other object, so a file crafted to run code on load is rejected instead of run.
 """
 
+import io
 import os
 import pickle
 import random
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyrovae.errors import CheckpointError
+from pyrovae.errors import CheckpointError, StorageError, describe_os_error
 
 __all__ = ["FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
 
@@ -23,23 +24,47 @@ FORMAT = "pyrovae-checkpoint-v1"
 
 
 def atomic_write(path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path``: a crash at any moment leaves either the old file or the new one, never half."""
+    """Call ``write(file)`` on an in-memory buffer, then write the bytes to a temporary file
+    beside ``path``, fsync it and rename it over ``path``: a crash at any moment leaves either
+    the old file or the new one, never half.
+
+    Serializing first keeps a library's own failure modes out of the file write (torch.save
+    on a full disk raises ``RuntimeError: ... unexpected pos`` and loses the cause).
+
+    :raises StorageError: naming ``path`` and the cause (no space, read-only, permission);
+        the old file is left as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    buffer = io.BytesIO()
+    write(buffer)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give them the usual mode
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as e:
+        raise StorageError(f"Cannot write {path}: {describe_os_error(e)}.") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (where the platform lets a folder be opened)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(dir_fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the rename itself has happened
     finally:
         os.close(dir_fd)
 

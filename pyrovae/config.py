@@ -53,7 +53,7 @@ class Config:
     grayscale: bool = False  # convert colour images to grey
     image_shape: Tuple[int, ...] = (1, 28, 28)
     seed: int = 0
-    keep_checkpoints: int = 1  # end-of-epoch checkpoints kept: checkpoint.pt plus N-1 in checkpoints/
+    keep_checkpoints: int = 1  # > 1: the last N end-of-epoch checkpoints kept in checkpoints/
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)

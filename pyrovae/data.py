@@ -382,6 +382,10 @@ def load_dataset(
     root = Path(data_dir).expanduser() if explicit else default_data_dir()
     if explicit and not root.is_dir():
         raise DataError(f"Data directory {root} does not exist.")
+    if not explicit and os.environ.get("PYROVAE_DATA_DIR") and not root.is_dir():
+        # Only pyrovae's own cache is created on demand; a folder the user names must exist.
+        raise DataError(f"PYROVAE_DATA_DIR names {root}, which does not exist; create that folder or correct the "
+                        "variable.")
     if name == "emoji":
         data = load_images(_emoji_folder(root, download), test_fraction=test_fraction, progress=progress,
                            name="emoji")
@@ -574,8 +578,13 @@ def load_data(config, fallback: bool = True, progress: bool = False) -> ImageDat
     """The data a :class:`~pyrovae.config.Config` names: its own images (``config.data``)
     or a named data set, resized and converted as it says."""
     if config.data:
+        for path in filter(None, (config.data, config.test_data)):
+            if not Path(path).exists():
+                raise DataError(f"The images {path} do not exist (moved or deleted?).")
         return load_images(config.data, config.test_data, test_fraction=config.test_fraction,
                            image_size=config.image_size, grayscale=config.grayscale, progress=progress)
+    if config.data_dir and not Path(config.data_dir).is_dir():
+        raise DataError(f"Data directory {config.data_dir} does not exist (moved?); pass --data-dir with its new place.")
     data = load_dataset(config.dataset, config.data_dir, fallback=fallback, test_fraction=config.test_fraction,
                         progress=progress)
     both, notes = _transform(torch.cat([data.train_images, data.test_images]), config.image_size, config.grayscale)

@@ -1,10 +1,14 @@
-"""The errors pyrovae raises for problems a user can fix: bad data, bad checkpoints, bad options.
+"""The errors pyrovae raises for problems a user can fix: bad data, bad checkpoints, bad options,
+a full or read-only disk, a run directory in use.
 
-Each carries one sentence meant for a person; the command line prints it and exits with
-status 2 instead of showing a traceback.
+Each carries one sentence meant for a person; the command line prints it and exits with the
+error's ``exit_code`` instead of showing a traceback (the table in the README).
 """
 
-__all__ = ["PyroVAEError", "DataError", "CheckpointError", "ConfigError", "NumericalError"]
+import errno
+
+__all__ = ["PyroVAEError", "DataError", "CheckpointError", "ConfigError", "NumericalError", "StorageError",
+           "RunInUseError", "describe_os_error"]
 
 
 class PyroVAEError(Exception):
@@ -22,10 +26,41 @@ class CheckpointError(PyroVAEError):
 
 
 class ConfigError(PyroVAEError):
-    """An option or combination of options cannot work."""
+    """An option or combination of options cannot work (with this data, on this machine)."""
 
 
 class NumericalError(PyroVAEError):
     """Training produced a NaN or infinite loss."""
 
     exit_code = 3
+
+
+class StorageError(PyroVAEError):
+    """A file could not be written: no space left, a read-only file system, no permission.
+    What was written before is intact (every write is atomic)."""
+
+    exit_code = 4
+
+
+class RunInUseError(PyroVAEError):
+    """Another process is writing the run directory."""
+
+    exit_code = 5
+
+
+_CAUSES = {
+    getattr(errno, "EDQUOT", errno.ENOSPC): "the disk quota is exceeded",  # (Windows has no EDQUOT)
+    errno.ENOSPC: "no space left on the device",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EFBIG: "the file would be too large",
+    errno.ENOENT: "its folder does not exist",
+    errno.ENOTDIR: "a part of its path is not a folder",
+    errno.EISDIR: "it is a folder",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """The cause of a failed file operation in a few plain words."""
+    return _CAUSES.get(error.errno, (error.strerror or str(error) or type(error).__name__).rstrip(".").lower())

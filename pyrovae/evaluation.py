@@ -14,7 +14,7 @@ import torch
 
 from pyrovae.vae import VAE, analytic_kl
 
-__all__ = ["ELBOTerms", "EvalResult", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim", "analytic_kl"]
+__all__ = ["ELBOTerms", "EvalResult", "check_images", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim", "analytic_kl"]
 
 # Rows (images x importance samples) decoded at once: bounds memory to about
 # MAX_ROWS x (hidden + pixels) floats, some 80 MB for the default MLP. A prior whose density
@@ -73,11 +73,24 @@ def _eval_mode(vae: VAE):
         vae.train(was_training)
 
 
+def check_images(vae: VAE, images: torch.Tensor) -> None:
+    """:raises DataError: in one sentence, when ``images`` leave the support of the model's
+    likelihood (grey pixels for a Bernoulli, values off the 8-bit grid for a discretized
+    logistic, NaN anywhere)."""
+    likelihood = getattr(vae, "likelihood", None)
+    if hasattr(likelihood, "check_images"):
+        likelihood.check_images(images)
+
+
 @torch.no_grad()
 def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Optional[int] = 0) -> ELBOTerms:
     """The ELBO on ``images`` with one sample per image for the reconstruction term, and the
     KL term in closed form when it exists (a one-sample estimate otherwise): see
-    :meth:`VAE.elbo_parts <pyrovae.vae.VAE.elbo_parts>`. The model is scored in eval mode."""
+    :meth:`VAE.elbo_parts <pyrovae.vae.VAE.elbo_parts>`. The model is scored in eval mode.
+
+    :raises DataError: when the images leave the likelihood's support (:func:`check_images`).
+    """
+    check_images(vae, images)
     device = vae.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     with _seeded(seed, device), _eval_mode(vae):
@@ -105,9 +118,11 @@ def log_likelihood(
     the log-mean-exp is accumulated across chunks, so memory does not grow with k.
 
     :param progress: optional callable receiving the number of images finished after each chunk.
+    :raises DataError: when the images leave the likelihood's support (:func:`check_images`).
     """
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
+    check_images(vae, images)
     device = vae.device
     # A mixture prior scores every row against each component, M2 decodes every class: fewer rows per chunk.
     max_rows = max(1, MAX_ROWS // _row_cost(vae))

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from pyrovae.errors import DataError
+
 __all__ = [
     "Likelihood",
     "BernoulliLikelihood",
@@ -30,12 +32,45 @@ __all__ = [
 IMAGE_EVENT_DIM = 3
 
 
+class _EightBit(constraints.Constraint):
+    """The 256 pixel values k/255 of 8-bit images (up to float32 rounding)."""
+
+    is_discrete = True
+
+    def check(self, value):
+        steps = value * 255
+        return (value >= 0) & (value <= 1) & ((steps - steps.round()).abs() < 1e-3)
+
+
+eight_bit = _EightBit()
+
+
 class Likelihood(PyroModule):
-    """Base class: ``forward(decoder_output)`` returns p(x|z) with the image as one event."""
+    """Base class: ``forward(decoder_output)`` returns p(x|z) with the image as one event.
+
+    ``support`` is the set of pixel values p(x|z) is a distribution over; :meth:`check_images`
+    refuses images that leave it, with ``support_hint`` saying what to do instead.
+    """
 
     binary_data = False
     discrete = False  # probabilities of the exact pixel values (binary or 8-bit), not densities
     outputs_per_pixel = 1  # decoder channels per image channel
+    support = constraints.real
+    support_words = "real pixel values"
+    support_hint = ""
+
+    def check_images(self, images: torch.Tensor, name: str = "The images") -> None:
+        """:raises DataError: in one sentence, when ``images`` hold values p(x|z) cannot score."""
+        if not torch.is_tensor(images) or not images.is_floating_point():
+            raise DataError(f"{name} must be a float tensor of pixels, not {type(images).__name__}"
+                            f"{' of ' + str(images.dtype) if torch.is_tensor(images) else ''}.")
+        if not torch.isfinite(images).all():
+            raise DataError(f"{name} hold NaN or infinite pixel values.")
+        outside = ~self.support.check(images)
+        if outside.any():
+            value = images[outside].flatten()[0].item()
+            raise DataError(f"{name} hold pixel values outside what {type(self).__name__} models ({self.support_words}"
+                            f"; {outside.sum().item()} values such as {value:.4g} are not); {self.support_hint}")
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
@@ -59,6 +94,9 @@ class BernoulliLikelihood(Likelihood):
 
     binary_data = True
     discrete = True
+    support = constraints.boolean
+    support_words = "pixels that are exactly 0 or 1"
+    support_hint = "binarize the images first (pyrovae.binarize)."
 
     def forward(self, out):
         return dist.Bernoulli(logits=out).to_event(IMAGE_EVENT_DIM)
@@ -106,6 +144,10 @@ class ContinuousBernoulliLikelihood(Likelihood):
     """The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a proper density on [0, 1]
     for grey pixels, with logits from the decoder."""
 
+    support = constraints.unit_interval
+    support_words = "pixels in [0, 1]"
+    support_hint = "scale the images to [0, 1] (8-bit values divided by 255)."
+
     def forward(self, out):
         return dist.ContinuousBernoulli(logits=out).to_event(IMAGE_EVENT_DIM)
 
@@ -126,7 +168,7 @@ class DiscretizedLogistic(dist.TorchDistribution):
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.unit_interval
+    support = eight_bit
 
     def __init__(self, loc, scale, validate_args=None):
         self.loc, self.scale = torch.broadcast_tensors(loc, scale)
@@ -168,6 +210,9 @@ class DiscretizedLogisticLikelihood(Likelihood):
     probability of the image, so its log-likelihood converts to bits per dimension."""
 
     discrete = True
+    support = eight_bit
+    support_words = "the 256 values k/255 of 8-bit pixels"
+    support_hint = "pass 8-bit images divided by 255, or use a density (GaussianLikelihood, ContinuousBernoulliLikelihood)."
     outputs_per_pixel = 2
 
     def forward(self, out):
@@ -182,6 +227,9 @@ class DiscretizedLogisticMixtureLikelihood(Likelihood):
     them linearly; docs/likelihoods.md)."""
 
     discrete = True
+    support = eight_bit
+    support_words = "the 256 values k/255 of 8-bit pixels"
+    support_hint = "pass 8-bit images divided by 255, or use a density (GaussianLikelihood, ContinuousBernoulliLikelihood)."
 
     def __init__(self, num_components: int = 10):
         super().__init__()

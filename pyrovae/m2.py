@@ -36,6 +36,8 @@ from pyrovae.plates import data_plate, guide_plate
 from pyrovae.priors import StandardNormalPrior
 from pyrovae.vae import VAE, _claim_name, analytic_kl
 
+NUM_CLASSES = 10  # what the command line builds; M2VAE itself takes any number
+
 __all__ = ["TwoInputMLP", "M2Model", "M2Guide", "M2VAE", "M2_ELBO", "balanced_labels", "CLASSIFIER_SITE"]
 
 # The guide's auxiliary site for the classifier's verdict on a known label.
@@ -205,7 +207,7 @@ class M2VAE(VAE):
     skipped_figures = frozenset({"manifold", "interpolate"})  # they decode z without a class
 
     @classmethod
-    def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU, num_classes: int = 10) -> "M2VAE":
+    def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU, num_classes: int = NUM_CLASSES) -> "M2VAE":
         """The M2 model a :class:`~pyrovae.config.Config` describes: MLPs of ``hidden_dims``."""
         decoder = TwoInputMLP(config.latent_dim, num_classes, tuple(reversed(config.hidden_dims)),
                               math.prod(likelihood.decoder_shape(config.image_shape)), activation)
@@ -219,7 +221,14 @@ class M2VAE(VAE):
     @classmethod
     def training_labels(cls, config, data) -> torch.Tensor:
         """``--labels`` of the training labels, balanced over the classes (:func:`balanced_labels`)."""
-        return balanced_labels(data.train_labels, config.num_labels, 10, config.seed)
+        labels = data.train_labels
+        if not len(labels) or int(labels.max()) == 0:
+            raise ConfigError(f"--model m2 learns from class labels, but the images of {data.name} have none; put "
+                              "them in one folder per class, or pass labels with the array.")
+        if int(labels.max()) >= NUM_CLASSES:
+            raise ConfigError(f"--model m2 has {NUM_CLASSES} classes, but {data.name} has labels up to "
+                              f"{int(labels.max())}.")
+        return balanced_labels(labels, config.num_labels, NUM_CLASSES, config.seed)
 
     def __init__(self, model: M2Model, guide: M2Guide, name: Optional[str] = None):
         PyroModule.__init__(self, _claim_name(self, name, self.name_prefix))

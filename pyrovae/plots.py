@@ -7,6 +7,7 @@ rises monotonically, and classes also differ by marker, so every figure reads in
 """
 
 import math
+from pathlib import Path
 from typing import Callable, Dict
 
 import numpy as np
@@ -20,7 +21,7 @@ from pyrovae.data import spread_subset
 from pyrovae.errors import ConfigError
 from pyrovae.run import GRID_PADDING
 
-__all__ = ["PLOTS", "kinds_for", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples", "plot_evolution",
+__all__ = ["PLOTS", "kinds_for", "figure_formats", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples", "plot_evolution",
            "plot_latent", "plot_manifold", "plot_interpolate", "plot_kl", "plot_styles"]
 
 DPI = 100
@@ -54,9 +55,24 @@ def _show(ax, array: np.ndarray, title: str) -> None:
     ax.set_yticks([])
 
 
+def figure_formats() -> Dict[str, str]:
+    """The file name suffixes matplotlib can write (``.png``, ``.pdf``, ``.svg``, ``.jpg``, ...),
+    each with its description."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return {f".{suffix}": name for suffix, name in FigureCanvasBase.get_supported_filetypes().items()}
+
+
 def save_figure(figure: Figure, path) -> None:
-    """Write a figure as a PNG, atomically."""
-    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
+    """Write a figure, atomically, in the format its suffix names (``.png``, ``.pdf``, ``.svg``, ...).
+
+    :raises ConfigError: for a suffix matplotlib cannot write.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in figure_formats():
+        raise ConfigError(f"Cannot write a figure as {path}; use a name ending in one of "
+                          f"{', '.join(sorted(figure_formats()))}.")
+    atomic_write(path, lambda f: figure.savefig(f, format=suffix[1:], dpi=DPI))
 
 
 def plot_curves(view: RunView) -> Figure:

@@ -5,16 +5,18 @@ A run directory holds::
     config.json                     the Config, including the data set actually used
     metrics.jsonl                   one EpochMetrics per line
     checkpoint.pt                   model, guide, optimizer, epoch, step, data order, RNG states
-    checkpoints/epoch_0001.pt       older end-of-epoch checkpoints, with --keep-checkpoints N > 1
+    checkpoints/epoch_0001.pt       the last N end-of-epoch checkpoints, with --keep-checkpoints N > 1
     samples/epoch_0001.png          decoded prior samples (the same z every epoch)
     samples/epoch_0001.pt           the first 16 of them as 8-bit tensors (the evolution figure)
     reconstructions/epoch_0001.png  rows of test images, each followed by its reconstruction
+    .lock                           held by the process writing the run (pyrovae.lock)
 """
 
 import json
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,12 +30,15 @@ from pyrovae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from pyrovae.config import Config
 from pyrovae.data import MNIST_FAMILY, ImageData, load_data, spread_subset
 from pyrovae.distributed import Distributed
-from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError
+from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageError, describe_os_error
+from pyrovae.lock import RunLock
+from pyrovae.memory import check_step_memory
 from pyrovae.registry import build_elbo, build_vae, model_family
-from pyrovae.train import EpochMetrics, Trainer
+from pyrovae.train import EpochMetrics, Trainer, watching
 from pyrovae.vae import VAE
 
-__all__ = ["RunResult", "train_run", "resume_run", "load_run", "resolve_device", "default_run_dir", "save_grid"]
+__all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "checkpoint_path", "kept_epochs",
+           "check_against_data", "with_data_dir", "resolve_device", "default_run_dir", "save_grid"]
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -46,6 +51,10 @@ RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, SAMPLES, RECONSTRUCTIONS)
 NUM_PICTURES = 64
 EVOLUTION_IMAGES = 16  # of each epoch's samples, kept as tensors for the evolution figure
 GRID_PADDING = 2  # pixels between the images of a saved grid
+
+
+class RunRecoveryWarning(UserWarning):
+    """A run's files were incomplete or damaged, and pyrovae carried on from what is intact."""
 
 
 @dataclass
@@ -109,30 +118,82 @@ def _write_metrics(run_dir: Path, history: List[EpochMetrics]) -> None:
     atomic_write(run_dir / METRICS, lambda f: f.write(lines.encode()))
 
 
-def _prepare_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+def _claim_new_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
+    """Create ``run_dir``, take its lock, and with ``overwrite`` remove the run it holds.
+
+    :returns: the lock, held; the caller releases it when the run is written.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"Run directory {run_dir} exists and is not a directory.")
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"Run directory {run_dir} already holds a run; pass --resume {run_dir} to continue it "
-            "or --overwrite to replace it."
-        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".pyrovae-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
-        raise ConfigError(f"Run directory {run_dir} is not writable: {e.strerror or e}.") from None
-    for name in existing:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise StorageError(f"Cannot create the run directory {run_dir}: {describe_os_error(e)}.") from None
+    lock = RunLock(run_dir).acquire()
+    try:
+        existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if existing and not overwrite:
+            raise ConfigError(
+                f"Run directory {run_dir} already holds a run; pass --resume {run_dir} to continue it "
+                "or --overwrite to replace it."
+            )
+        _remove_run_files(run_dir, existing)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
-def load_run(run_dir, device="cpu") -> Tuple[Config, VAE, dict]:
+def _remove_run_files(run_dir: Path, names) -> None:
+    try:
+        for name in names:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    except OSError as e:
+        raise StorageError(f"Cannot replace the run in {run_dir}: {describe_os_error(e)}.") from None
+
+
+def checkpoint_path(run_dir, epoch: Optional[int] = None) -> Path:
+    """The checkpoint to load: the newest (``checkpoint.pt``), or the one kept at the end of
+    ``epoch`` (``--keep-checkpoints``).
+
+    :raises CheckpointError: naming the epochs that are kept, when ``epoch`` is not one of them.
+    """
+    run_dir = Path(run_dir)
+    if epoch is None:
+        return run_dir / CHECKPOINT
+    kept = run_dir / CHECKPOINTS / f"epoch_{epoch:04d}.pt"
+    if kept.is_file():
+        return kept
+    try:  # with --keep-checkpoints 1 the last epoch lives on only as checkpoint.pt
+        newest = load_checkpoint(run_dir / CHECKPOINT)
+        if newest.get("epoch") == epoch and not newest.get("step"):
+            return run_dir / CHECKPOINT
+    except CheckpointError:  # a missing or damaged newest checkpoint is no epoch's
+        pass
+    epochs = kept_epochs(run_dir)
+    have = (f"the kept ones are of epochs {', '.join(map(str, epochs))}" if epochs else
+            "it keeps only its newest (train with --keep-checkpoints N to keep more)")
+    raise CheckpointError(f"Run {run_dir} has no checkpoint of epoch {epoch}; {have}.")
+
+
+def kept_epochs(run_dir) -> List[int]:
+    """The epochs whose end-of-epoch checkpoints ``run_dir`` keeps in ``checkpoints/``."""
+    folder = Path(run_dir) / CHECKPOINTS
+    epochs = []
+    for path in folder.glob("epoch_*.pt") if folder.is_dir() else ():
+        try:
+            epochs.append(int(path.stem.split("_")[1]))
+        except (IndexError, ValueError):
+            continue
+    return sorted(epochs)
+
+
+def load_run(run_dir, device="cpu", epoch: Optional[int] = None) -> Tuple[Config, VAE, dict]:
     """Rebuild a run's model from its checkpoint, on ``device``.
 
+    :param epoch: load the checkpoint kept at the end of this epoch (``--keep-checkpoints``)
+        instead of the newest.
     :returns: the config, the VAE (in eval mode) and the raw checkpoint state.
     :raises CheckpointError: if the directory, its config or its checkpoint is missing,
         unsafe, corrupt, or describes a different model.
@@ -140,23 +201,31 @@ def load_run(run_dir, device="cpu") -> Tuple[Config, VAE, dict]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"Run directory {run_dir} does not exist.")
-    state = load_checkpoint(run_dir / CHECKPOINT)
+    path = checkpoint_path(run_dir, epoch)
+    if not path.is_file() and epoch is None and (run_dir / CONFIG).is_file():
+        raise CheckpointError(f"Run {run_dir} has no checkpoint ({CHECKPOINT}): it stopped before saving one, or "
+                              f"the file was removed; pyrovae train --resume {run_dir} starts it again.")
+    state = load_checkpoint(path)
     try:
         config = Config.from_dict(state["config"])
     except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"Checkpoint {run_dir / CHECKPOINT} holds no valid configuration ({e}).") from None
+        raise CheckpointError(f"Checkpoint {path} holds no valid configuration ({e}).") from None
     config_path = run_dir / CONFIG
     if config_path.is_file():
         try:
             on_disk = Config.from_dict(json.loads(config_path.read_text()))
-        except (ValueError, TypeError, ConfigError) as e:
-            raise CheckpointError(f"{config_path} is not a valid pyrovae configuration ({e}).") from None
+        except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
+            # The checkpoint holds the whole configuration; resuming writes config.json again.
+            warnings.warn(RunRecoveryWarning(f"{config_path} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
+                                             f"using the configuration saved in {path}."))
+            on_disk = config
         if on_disk.model_signature() != config.model_signature():
             diff = [f"{k} {v} vs {config.model_signature()[k]}"
                     for k, v in on_disk.model_signature().items() if v != config.model_signature()[k]]
             raise CheckpointError(
-                f"Checkpoint {run_dir / CHECKPOINT} is from another model than {config_path} describes "
-                f"({'; '.join(diff)})."
+                f"Checkpoint {path} is from another model than {config_path} describes "
+                f"({'; '.join(diff)}); if {CONFIG} was edited, delete it: the checkpoint holds the run's "
+                "configuration, and resuming writes it again."
             )
     vae = build_vae(config)
     try:
@@ -164,7 +233,7 @@ def load_run(run_dir, device="cpu") -> Tuple[Config, VAE, dict]:
     except (RuntimeError, KeyError) as e:
         detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line
                        or "Missing" in line or "Unexpected" in line), str(e).splitlines()[0])
-        raise CheckpointError(f"Checkpoint {run_dir / CHECKPOINT} does not fit the model of its config: {detail}") from None
+        raise CheckpointError(f"Checkpoint {path} does not fit the model of its config: {detail}") from None
     return config, vae.to(device).eval(), state
 
 
@@ -175,7 +244,7 @@ def train_run(
     overwrite: bool = False,
     device="cpu",
     fallback: bool = True,
-    progress: bool = True,
+    progress: Optional[bool] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
@@ -183,41 +252,62 @@ def train_run(
 ) -> RunResult:
     """Train a new run, writing its directory as it goes.
 
-    All inputs (options, data, the run directory) are checked before anything is written.
-    ``config.dataset`` in the saved config is the data set actually used.
+    All inputs (options, data, the run directory, the memory one step needs) are checked
+    before anything is written. ``config.dataset`` in the saved config is the data set
+    actually used. The run directory is locked while it is written (:class:`~pyrovae.lock.RunLock`).
 
     :param run_dir: default ``runs/<dataset>-z<latent_dim>-<likelihood>-<time>``.
     :param bool overwrite: replace the files of a run already in ``run_dir``.
     :param bool fallback: see :func:`~pyrovae.data.load_dataset`.
+    :param progress: draw progress bars; default only where a person watches (a terminal).
     :param should_stop: polled before every step; when it returns True a checkpoint of the
         current step is saved and the run returns unfinished, ready for :func:`resume_run`.
     :param on_start: called with the run directory, config, data and first epoch before training.
     :param on_epoch_end: called with each epoch's metrics after its checkpoint is saved.
     :param distributed: this process's rank in a ``torchrun`` job (:mod:`pyrovae.distributed`);
         only rank 0 writes the run directory.
+    :raises RunInUseError: when another process is writing ``run_dir``.
+    :raises StorageError: when a file cannot be written; the last checkpoint is intact.
     """
     distributed = distributed or Distributed()
     device = torch.device(device) if distributed.active else resolve_device(str(device))
+    progress = watching() if progress is None else progress
     config = _absolute_paths(config)
     config.validate()
     data = _main_first(distributed, device, lambda: load_data(config, fallback=fallback, progress=progress))
     config = fit_to_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
-    if config.batch_size > len(data.train_images):
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the {len(data.train_images)} "
-            f"training images of {data.name}."
-        )
-    if config.batch_size % distributed.world_size:
-        raise ConfigError(f"--batch-size {config.batch_size} must be a multiple of the {distributed.world_size} "
-                          "processes, so that every rank gets the same share of each batch.")
-    model_family(config).training_labels(config, data)  # labels must fit before anything is written
-    _main_first(distributed, device, lambda: _prepare_new_run_dir(run_dir, overwrite), others=False)
+    claim = lambda: _claim_new_run_dir(run_dir, overwrite)  # noqa: E731
+    return _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end, distributed)
+
+
+def _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end,
+           distributed) -> RunResult:
+    """Build a fresh model for ``config``, check that it fits the data and the memory, then
+    ``claim()`` the run directory (returning its held lock) and train."""
+    check_against_data(config, data)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
     vae = build_vae(config, init_images=data.train_images).to(device)
-    return _train(run_dir, config, vae, data, None, progress, should_stop, on_start, on_epoch_end, distributed)
+    trainer = _trainer(config, vae, data, distributed)
+    check_step_memory(trainer, config.batch_size // distributed.world_size)
+    lock = _main_first(distributed, device, claim, others=False)
+    try:
+        return _train(run_dir, config, trainer, None, progress, should_stop, on_start, on_epoch_end, distributed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_against_data(config: Config, data: ImageData) -> None:
+    """Options that are impossible only with this data set: one sentence each, before anything
+    is written."""
+    count = len(data.train_images)  # (the Trainer checks --batch-size against it)
+    if config.prior == "vamp" and config.num_pseudo_inputs > count:
+        raise ConfigError(f"--pseudo-inputs {config.num_pseudo_inputs} is more than the {count} training images of "
+                          f"{data.name} they start from; use at most {count}.")
+    model_family(config).training_labels(config, data)
 
 
 def resume_run(
@@ -225,7 +315,7 @@ def resume_run(
     num_epochs: Optional[int] = None,
     *,
     device="cpu",
-    progress: bool = True,
+    progress: Optional[bool] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
@@ -234,24 +324,83 @@ def resume_run(
     """Continue a run from its checkpoint exactly where it stopped (with any number of
     processes: a step means the same global batch whatever the number of ranks).
 
+    A run that stopped before its first checkpoint starts again from its ``config.json``
+    (the same seed gives the same run); one whose ``checkpoint.pt`` is gone continues from
+    the newest checkpoint it keeps (``--keep-checkpoints``).
+
     :param num_epochs: a new total number of epochs; default the run's own.
+    :raises RunInUseError: when another process is writing ``run_dir``.
     """
     distributed = distributed or Distributed()
     device = torch.device(device) if distributed.active else resolve_device(str(device))
+    progress = watching() if progress is None else progress
     run_dir = Path(run_dir)
-    config, vae, state = load_run(run_dir, device)
-    if num_epochs is not None:
-        config = config.replace(num_epochs=num_epochs).validate()
-    if state["epoch"] >= config.num_epochs and not state["step"]:
-        raise ConfigError(
-            f"Run {run_dir} has already trained for {state['epoch']} epochs; "
-            "pass --epochs with a larger total to train longer."
-        )
-    data = _main_first(distributed, device, lambda: load_data(config, fallback=False, progress=progress))
-    if data.image_shape != config.image_shape:
-        raise ConfigError(f"The images of {data.name} now have shape {data.image_shape}, but run {run_dir} was "
-                          f"trained on {config.image_shape}; have the files changed?")
-    return _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end, distributed)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"Run directory {run_dir} does not exist.")
+    lock = _main_first(distributed, device, lambda: RunLock(run_dir).acquire(), others=False)
+    try:
+        if not (run_dir / CHECKPOINT).is_file():
+            restart = _main_first(distributed, device, lambda: _recover_checkpoint(run_dir, num_epochs))
+            if restart is not None:  # nothing saved yet: start again, with the lock already held
+                data = _main_first(distributed, device, lambda: load_data(restart, fallback=False, progress=progress))
+                claim = lambda: _remove_run_files(run_dir, [n for n in RUN_FILES if (run_dir / n).exists()])  # noqa: E731
+                return _start(restart, data, run_dir, claim, device, progress, should_stop, on_start,
+                              on_epoch_end, distributed)
+        config, vae, state = load_run(run_dir, device)
+        if num_epochs is not None:
+            config = config.replace(num_epochs=num_epochs).validate()
+        if state["epoch"] >= config.num_epochs and not state["step"]:
+            raise ConfigError(
+                f"Run {run_dir} has already trained for {state['epoch']} epochs; "
+                "pass --epochs with a larger total to train longer."
+            )
+        data = _main_first(distributed, device, lambda: load_data(config, fallback=False, progress=progress))
+        if data.image_shape != config.image_shape:
+            raise ConfigError(f"The images of {data.name} now have shape {data.image_shape}, but run {run_dir} was "
+                              f"trained on {config.image_shape}; have the files changed?")
+        trainer = _trainer(config, vae, data, distributed)
+        check_step_memory(trainer, config.batch_size // distributed.world_size)
+        return _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end, distributed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Config]:
+    """For a run without ``checkpoint.pt``: put the newest kept checkpoint in its place and
+    return None, or, when the run never saved one, return the config to start it again with.
+
+    :raises CheckpointError: when there is neither a kept checkpoint nor a valid config.json.
+    """
+    epochs = kept_epochs(run_dir)
+    if epochs:
+        kept = checkpoint_path(run_dir, epochs[-1])
+        warnings.warn(RunRecoveryWarning(f"{run_dir / CHECKPOINT} is missing; continuing from the checkpoint kept "
+                                         f"at the end of epoch {epochs[-1]}."))
+        atomic_write(run_dir / CHECKPOINT, lambda f: f.write(kept.read_bytes()))
+        return None
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} holds no run to resume (no {CHECKPOINT}, no {CONFIG}); start one with "
+                              f"pyrovae train --run-dir {run_dir}.")
+    try:
+        config = Config.from_dict(json.loads(config_path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
+        raise CheckpointError(f"Run {run_dir} has no checkpoint and its {CONFIG} is damaged ({e}); start it again "
+                              f"with pyrovae train --run-dir {run_dir} --overwrite and its options.") from None
+    warnings.warn(RunRecoveryWarning(f"Run {run_dir} stopped before its first checkpoint; starting it again from "
+                                     f"its {CONFIG}."))
+    return config.replace(num_epochs=num_epochs).validate() if num_epochs is not None else config
+
+
+def with_data_dir(config: Config, data_dir, run_dir) -> Config:
+    """A run's config with its named data set looked for in ``data_dir`` (where it has moved);
+    the config itself when ``data_dir`` is None."""
+    if data_dir is None:
+        return config
+    if config.data:
+        raise ConfigError(f"--data-dir finds the named data sets; {run_dir} was trained on images from {config.data}.")
+    return config.replace(data_dir=str(Path(data_dir).expanduser().resolve()))
 
 
 def _absolute_paths(config: Config) -> Config:
@@ -292,28 +441,35 @@ def fit_to_data(config: Config, data: ImageData) -> Config:
 
 
 def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:
-    """Keep the newest ``keep - 1`` end-of-epoch checkpoints besides ``checkpoint.pt``."""
+    """With ``keep`` > 1, keep the last ``keep`` end-of-epoch checkpoints in ``checkpoints/``
+    (the newest is also ``checkpoint.pt``)."""
     folder = run_dir / CHECKPOINTS
-    if keep > 1:
-        folder.mkdir(exist_ok=True)
-        target = folder / f"epoch_{epoch:04d}.pt"
-        target.unlink(missing_ok=True)
-        # A hard link costs no space: the next atomic save of checkpoint.pt replaces the
-        # name, not the file this link points to.
-        try:
-            os.link(run_dir / CHECKPOINT, target)
-        except OSError:
-            shutil.copyfile(run_dir / CHECKPOINT, target)
-    if folder.is_dir():
-        saved = sorted(folder.glob("epoch_*.pt"))
-        for old in saved[: max(0, len(saved) - (keep - 1))]:
-            old.unlink()
+    try:
+        if keep > 1:
+            folder.mkdir(exist_ok=True)
+            target = folder / f"epoch_{epoch:04d}.pt"
+            target.unlink(missing_ok=True)
+            # A hard link costs no space: the next atomic save of checkpoint.pt replaces the
+            # name, not the file this link points to.
+            try:
+                os.link(run_dir / CHECKPOINT, target)
+            except OSError:
+                shutil.copyfile(run_dir / CHECKPOINT, target)
+        if folder.is_dir():
+            saved = sorted(folder.glob("epoch_*.pt"))
+            for old in saved[: max(0, len(saved) - (keep if keep > 1 else 0))]:
+                old.unlink()
+    except OSError as e:
+        raise StorageError(f"Cannot keep the checkpoint of epoch {epoch} in {folder}: {describe_os_error(e)}.") from None
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Temporary files left by a process killed in the middle of an atomic write."""
-    for path in run_dir.rglob(".*.tmp"):
-        path.unlink(missing_ok=True)
+    try:
+        for path in run_dir.rglob(".*.tmp"):
+            path.unlink(missing_ok=True)
+    except OSError as e:
+        raise StorageError(f"Cannot clean up {run_dir}: {describe_os_error(e)}.") from None
 
 
 def _main_first(distributed: Distributed, device, task: Callable, others: bool = True):
@@ -337,15 +493,18 @@ def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed
                    warmup_epochs=config.warmup_epochs, beta=config.beta, distributed=distributed, labels=labels)
 
 
-def _train(run_dir, config, vae, data, state, progress, should_stop, on_start, on_epoch_end,
+def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end,
            distributed) -> RunResult:
     writes = distributed.is_main  # with torchrun, rank 0 alone writes the run directory
+    vae, data = trainer.vae, trainer.data
     if writes:
         _remove_stale_temporaries(run_dir)
         for name in (SAMPLES, RECONSTRUCTIONS):
-            (run_dir / name).mkdir(exist_ok=True)
+            try:
+                (run_dir / name).mkdir(exist_ok=True)
+            except OSError as e:
+                raise StorageError(f"Cannot create {run_dir / name}: {describe_os_error(e)}.") from None
     vae.train()
-    trainer = _trainer(config, vae, data, distributed)
     if state is not None:
         trainer.load_state_dict(state)
     if writes:

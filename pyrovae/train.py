@@ -33,7 +33,7 @@ from pyrovae.objectives import LatentScale, kl_weight
 from pyrovae.vae import VAE
 
 __all__ = ["EpochMetrics", "Trainer", "Callback", "ProgressBar", "KLWeight", "Annealing", "FiniteCheck",
-           "StopRequest", "adam", "fit", "direct_call", "TEST_BINARIZATION_SEED"]
+           "StopRequest", "adam", "fit", "direct_call", "watching", "TEST_BINARIZATION_SEED"]
 
 # The binary test set is drawn once with this seed, so that every model, whatever its own
 # training seed, is scored on the same images (shared/BENCHMARKS.md).
@@ -172,6 +172,11 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(parameters, lr=lr, fused=fused or None)
 
 
+def watching() -> bool:
+    """Whether a person watches this process's output: stderr is a terminal, or a notebook runs it."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 def prepare_test_images(images: torch.Tensor, binary: bool) -> torch.Tensor:
     """The test images a model is scored on: binarized once, reproducibly, for binary likelihoods."""
     return binarize(images, seed=TEST_BINARIZATION_SEED) if binary else images
@@ -222,12 +227,15 @@ class Trainer:
                 f"--batch-size {batch_size} is larger than the {len(data.train_images)} training images of {data.name}."
             )
         self.vae = vae
+        self.data = data
         self.batch_size = batch_size
         self.binary = vae.likelihood.binary_data
         device = vae.device
         for split, images in (("training", data.train_images), ("test", data.test_images)):
             if images.min() < 0 or images.max() > 1:
                 raise DataError(f"The {split} images of {data.name} are not scaled to [0, 1].")
+            if not self.binary:  # a binary likelihood sees binarized images, whatever the grey levels
+                vae.likelihood.check_images(images, f"The {split} images of {data.name}")
         self.train_images = data.train_images.to(device)
         self.test_images = prepare_test_images(data.test_images, self.binary).to(device)
         self.labels = self.labelled = None
@@ -280,10 +288,12 @@ class Trainer:
         return n - (n % self.batch_size) % self.distributed.world_size
 
     def run_epoch(
-        self, num_epochs: Optional[int] = None, should_stop: Callable[[], bool] = None, progress: bool = True
+        self, num_epochs: Optional[int] = None, should_stop: Callable[[], bool] = None,
+        progress: Optional[bool] = None,
     ) -> Optional[EpochMetrics]:
         """Train until the end of the current epoch, then score the test set.
 
+        :param progress: draw a progress bar; default only where a person watches (:func:`watching`).
         :param should_stop: polled before every step (with torchrun, at every progress
             refresh); when it returns True the epoch is left unfinished (resumable from
             :meth:`state_dict`) and None is returned.
@@ -296,7 +306,7 @@ class Trainer:
             self.step_losses = torch.zeros(self.num_batches, device=device)
             self.step, self.seconds = 0, 0.0
         callbacks = list(self.callbacks)
-        if progress:
+        if watching() if progress is None else progress:
             callbacks.insert(0, ProgressBar(num_epochs))
         if should_stop is not None:
             callbacks.append(StopRequest(should_stop))
@@ -472,7 +482,7 @@ def fit(
         history[-1].test_elbo
     """
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = watching()
     trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo, warmup_epochs=warmup_epochs, beta=beta,
                       labels=labels, callbacks=callbacks)
     while trainer.epoch < num_epochs:

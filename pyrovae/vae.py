@@ -11,6 +11,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import kl_divergence
 
+from pyrovae.errors import ConfigError
 from pyrovae.likelihoods import Likelihood
 from pyrovae.plates import data_plate
 
@@ -45,6 +46,25 @@ def analytic_kl(q, p) -> Optional[torch.Tensor]:
         return kl_divergence(q, p)
     except NotImplementedError:
         return None
+
+
+def _check_latent_sizes(prior, decoder, guide) -> None:
+    """Parts that declare their code size (``latent_dim``) must agree, so that a mismatch is
+    one sentence here and not a shape error deep inside the first training step."""
+    sizes = {}
+    for part, value in (("prior", prior), ("guide", guide)):
+        if isinstance(getattr(value, "latent_dim", None), int):
+            sizes[part] = value.latent_dim
+    if len(set(sizes.values())) > 1:
+        raise ConfigError(f"The prior draws codes of {sizes['prior']} dimensions but the guide gives "
+                          f"{sizes['guide']}; build both with the same latent_dim.")
+    # A categorical code reaches the decoder one-hot: latent_dim * num_categories numbers.
+    code = getattr(prior, "latent_dim", None)
+    if isinstance(code, int) and isinstance(getattr(decoder, "latent_dim", None), int):
+        code *= getattr(prior, "num_categories", 1)
+        if decoder.latent_dim != code:
+            raise ConfigError(f"The decoder takes codes of {decoder.latent_dim} numbers but the prior draws {code}; "
+                              "build the decoder with the prior's latent_dim.")
 
 
 class VAEModel(PyroModule):
@@ -106,6 +126,7 @@ class VAE(PyroModule):
 
     def __init__(self, prior: nn.Module, decoder: nn.Module, likelihood: Likelihood, guide,
                  name: Optional[str] = None):
+        _check_latent_sizes(prior, decoder, guide)
         super().__init__(_claim_name(self, name, self.name_prefix))
         self.model = VAEModel(prior, decoder, likelihood)
         self.guide = guide

@@ -77,6 +77,7 @@ def offline(monkeypatch, tmp_path):
     def no_network(name, root):
         raise DataError(f"Found no {name} files in {root} and could not download them (no network).")
 
+    (tmp_path / "cache").mkdir()
     monkeypatch.setenv("PYROVAE_DATA_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(data_module, "_download", no_network)
 

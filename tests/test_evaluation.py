@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 from hypothesis import given, settings
@@ -77,3 +78,34 @@ def test_evaluation_is_seeded_and_leaves_the_global_rng_alone(tiny_vae):
     assert torch.equal(state, torch.get_rng_state())
     assert first == elbo_terms(tiny_vae, images)
     assert first != elbo_terms(tiny_vae, images, seed=1)
+
+
+@pytest.mark.parametrize("likelihood, images, hint", [
+    ("bernoulli", lambda: torch.rand(6, 1, 28, 28), "binarize the images first (pyrovae.binarize)"),
+    ("dlogistic", lambda: torch.rand(6, 1, 28, 28), "pass 8-bit images divided by 255"),
+    ("continuous_bernoulli", lambda: torch.rand(6, 1, 28, 28) * 2, "scale the images to [0, 1]"),
+    ("gaussian", lambda: torch.full((6, 1, 28, 28), float("nan")), "NaN or infinite"),
+])
+def test_images_outside_the_likelihoods_support_get_one_sentence(likelihood, images, hint):
+    from pyrovae.config import Config
+    from pyrovae.errors import DataError
+    from pyrovae.registry import build_vae
+
+    vae = build_vae(Config(latent_dim=3, hidden_dims=(16,), likelihood=likelihood))
+    for score in (lambda x: evaluate(vae, x, num_samples=2), lambda x: elbo_terms(vae, x),
+                  lambda x: log_likelihood(vae, x, 2)):
+        with pytest.raises(DataError, match=hint.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as error:
+            score(images())
+        assert "\n" not in str(error.value) and len(str(error.value)) < 300  # a sentence, not a tensor dump
+
+
+def test_binarized_and_8_bit_images_are_scored():
+    from pyrovae.config import Config
+    from pyrovae.data import binarize
+    from pyrovae.registry import build_vae
+
+    x = torch.randint(0, 256, (4, 1, 28, 28)) / 255
+    assert math.isfinite(evaluate(build_vae(Config(latent_dim=3, hidden_dims=(16,), likelihood="dlogistic")), x,
+                                  num_samples=2).log_likelihood)
+    assert math.isfinite(evaluate(build_vae(Config(latent_dim=3, hidden_dims=(16,))), binarize(x, seed=0),
+                                  num_samples=2).log_likelihood)

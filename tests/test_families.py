@@ -36,7 +36,7 @@ COMBINATIONS = [c for c in itertools.product(GUIDES, PRIORS, LIKELIHOODS, ELBOS)
 
 
 def _batch(likelihood, n=5):
-    x = torch.rand(n, 1, 28, 28)
+    x = torch.randint(0, 256, (n, 1, 28, 28)) / 255  # 8-bit grey levels, which every likelihood can score
     return torch.bernoulli(x) if likelihood == "bernoulli" else x
 
 

@@ -263,3 +263,18 @@ def test_a_weight_on_z_kl_trains_and_scores_the_true_elbo(mnist5k):
     metrics = trainer.run_epoch(progress=False)
     assert math.isfinite(metrics.train_elbo)
     assert metrics.test_elbo == pytest.approx(elbo_terms(vae, trainer.test_images).elbo)
+
+
+def test_m2_refuses_data_without_classes_or_with_more_than_ten(mnist5k):
+    from pyrovae.data import ImageData
+    from pyrovae.errors import ConfigError
+    from pyrovae.m2 import M2VAE
+
+    config = Config(model="m2")
+    flat = ImageData.from_tensor(mnist5k.train_images[:100], mnist5k.test_images[:20])
+    with pytest.raises(ConfigError, match="learns from class labels, but the images of tensor have none"):
+        M2VAE.training_labels(config, flat)
+    many = ImageData.from_tensor(mnist5k.train_images[:100], mnist5k.test_images[:20],
+                                 train_labels=torch.arange(100) % 12, test_labels=torch.arange(20) % 12)
+    with pytest.raises(ConfigError, match="has 10 classes, but tensor has labels up to 11"):
+        M2VAE.training_labels(config, many)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from pyrovae.config import Config
 from pyrovae.data import load_dataset
-from pyrovae.errors import CheckpointError, ConfigError
+from pyrovae.errors import CheckpointError, ConfigError, StorageError
 from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import build_vae
 from pyrovae.run import load_run, resolve_device, resume_run, train_run
@@ -52,7 +52,7 @@ def test_existing_run_is_refused_and_overwrite_keeps_other_files(trained_run, tm
 def test_unwritable_run_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(ConfigError, match="is not writable"):
+    with pytest.raises(StorageError, match="Cannot create the run directory .*: a part of its path is not a folder"):
         train_run(Config(**SMALL), blocker / "run", progress=False)
 
 
@@ -132,15 +132,23 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert resume_run(run_dir, progress=False).finished  # the good checkpoint trains on
 
 
-def test_keep_checkpoints_bounds_the_files(tmp_path):
+def test_keep_checkpoints_keeps_that_many_distinct_epochs(tmp_path):
     run_dir = tmp_path / "run"
     train_run(Config(**{**SMALL, "num_epochs": 5, "keep_checkpoints": 3}), run_dir, progress=False)
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert kept == ["epoch_0004.pt", "epoch_0005.pt"]
+    assert kept == ["epoch_0003.pt", "epoch_0004.pt", "epoch_0005.pt"]
     assert load_run(run_dir)[2]["epoch"] == 5
-    from pyrovae.checkpoint import load_checkpoint
+    for epoch in (3, 4, 5):
+        assert load_run(run_dir, epoch=epoch)[2]["epoch"] == epoch
+    with pytest.raises(CheckpointError, match="no checkpoint of epoch 2; the kept ones are of epochs 3, 4, 5"):
+        load_run(run_dir, epoch=2)
 
-    assert load_checkpoint(run_dir / "checkpoints" / "epoch_0004.pt")["epoch"] == 4
+
+def test_keep_one_keeps_no_folder_but_its_last_epoch_loads_by_number(trained_run):
+    assert not (trained_run / "checkpoints").exists()
+    assert load_run(trained_run, epoch=2)[2]["epoch"] == 2
+    with pytest.raises(CheckpointError, match="it keeps only its newest"):
+        load_run(trained_run, epoch=1)
 
 
 def test_stale_temporaries_are_removed_and_deleted_folders_remade_on_resume(trained_run, tmp_path):

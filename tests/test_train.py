@@ -190,3 +190,21 @@ def test_fit_takes_a_torchvision_data_set_object():
                            hidden_dims=(16,), conv_channels=4))
     history = fit(vae, FakeData(size=40, image_size=(3, 8, 8)), num_epochs=2, batch_size=12, progress=False)
     assert len(history) == 2 and all(math.isfinite(m.test_elbo) for m in history)
+
+
+def test_fit_draws_no_progress_bar_when_nobody_watches(mnist5k, capsys):
+    vae = build_vae(Config(latent_dim=2, hidden_dims=(16,)))
+    small = mnist5k.from_tensor(mnist5k.train_images[:200], mnist5k.test_images[:50])
+    fit(vae, small, num_epochs=1)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""  # pytest's stderr is not a terminal
+
+
+def test_a_discrete_likelihood_refuses_pixels_off_the_8_bit_grid_before_training(mnist5k):
+    from pyrovae.errors import DataError
+
+    vae = build_vae(Config(latent_dim=2, hidden_dims=(16,), likelihood="dlogistic"))
+    blurred = mnist5k.from_tensor(mnist5k.train_images[:200] * 0.999, mnist5k.test_images[:50])
+    with pytest.raises(DataError, match="The training images of .* hold pixel values outside what "
+                                        "DiscretizedLogisticLikelihood models"):
+        Trainer(vae, blurred)

@@ -3,6 +3,7 @@ import torch
 
 from pyrovae import (
     VAE,
+    BernoulliLikelihood,
     DiagonalNormalGuide,
     GaussianLikelihood,
     MLPDecoder,
@@ -68,3 +69,16 @@ def test_every_public_name_imports_from_the_package():
 
     for name in pyrovae.__all__:
         assert getattr(pyrovae, name) is not None, name
+
+
+def test_parts_of_different_latent_sizes_are_refused_when_the_vae_is_built():
+    import pytest
+
+    from pyrovae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="prior draws codes of 10 dimensions but the guide gives 20"):
+        VAE(StandardNormalPrior(10), MLPDecoder(10), BernoulliLikelihood(),
+            DiagonalNormalGuide(MLPEncoder(), latent_dim=20))
+    with pytest.raises(ConfigError, match="decoder takes codes of 8 numbers but the prior draws 20"):
+        VAE(StandardNormalPrior(20), MLPDecoder(8), BernoulliLikelihood(),
+            DiagonalNormalGuide(MLPEncoder(), latent_dim=20))
