@@ -19,6 +19,7 @@ EXIT_STATUSES = {
     3: "training diverged (NaN or infinite loss); the last good checkpoint is kept",
     4: "a file could not be written (no space, read-only, permission); what was written before is intact",
     5: "the run directory is being written by another process",
+    129: "train was stopped by SIGHUP (its terminal or ssh session closed) after saving a checkpoint",
     130: "train was interrupted with Ctrl-C after saving a checkpoint; --resume continues it",
     143: "train was stopped with SIGTERM after saving a checkpoint; --resume continues it",
 }

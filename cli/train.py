@@ -112,7 +112,7 @@ def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categor
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
-    SIGTERM); --resume RUN continues it exactly. Another status than 0 means the run is not
+    SIGTERM, 129 after SIGHUP); --resume RUN continues it exactly. Another status than 0 means the run is not
     finished: 2 a bad option or file, 3 a NaN loss, 4 a file that could not be written, 5 the
     run directory in use by another process. Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the N processes train
     one model with DistributedDataParallel; --batch-size is the global batch.
@@ -193,7 +193,8 @@ def _report(m):
 
 @contextmanager
 def _stop_on_interrupt(quiet: bool = False):
-    """The first Ctrl-C (or SIGTERM) asks training to stop after the current step; a second
+    """The first Ctrl-C (or SIGTERM, or SIGHUP: the terminal or ssh session closed) asks
+    training to stop after the current step; a second
     Ctrl-C aborts at once. Yields the list of the signals received."""
     requested = []
 
@@ -204,7 +205,10 @@ def _stop_on_interrupt(quiet: bool = False):
         if not quiet:
             click.echo("\nStopping after this step (Ctrl-C again to abort without saving)...", err=True)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    # A SIGHUP that was ignored (nohup) stays ignored.
+    signals = [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield requested
     finally:

@@ -30,7 +30,7 @@ def test_every_exit_status_the_code_uses_is_documented():
     from pyrovae import errors
 
     codes = {cls.exit_code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, Exception)}
-    assert codes | {0, 1, 130, 143} == set(EXIT_STATUSES)
+    assert codes | {0, 1, 129, 130, 143} == set(EXIT_STATUSES)
 
 
 def interrupt_after_first_epoch(args, sig=signal.SIGINT, before=lambda process: None):
@@ -226,10 +226,12 @@ def test_ctrl_c_exits_130_and_prints_a_resume_command_the_shell_can_run(tmp_path
     assert load_run(run)[2]["epoch"] == epoch + 1
 
 
-def test_sigterm_exits_143(tmp_path):
-    process, _, err = interrupt_after_first_epoch([*SMALL, "--epochs", 500, "--run-dir", tmp_path / "run"],
-                                                  signal.SIGTERM)
-    assert process.returncode == 143, err
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_save_a_checkpoint_and_exit_like_a_shell_says(tmp_path, sig, status):
+    run = tmp_path / "run"
+    process, out, err = interrupt_after_first_epoch([*SMALL, "--epochs", 500, "--run-dir", run], sig)
+    assert process.returncode == status, err
+    assert "Interrupted; checkpoint saved" in out and load_run(run)[2]["epoch"] >= 1
 
 
 # 9. Kept checkpoints, from the command line.

@@ -27,10 +27,11 @@ def test_many_epochs_keep_memory_and_files_bounded(tmp_path, mnist5k):
     # After warm-up, resident memory must not creep: 190 further epochs add under 25 MiB.
     assert max(rss[10:]) - rss[10] < 25, f"RSS grew from {rss[10]:.0f} to {max(rss[10:]):.0f} MiB"
     run = tmp_path / "run"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0199.pt", "epoch_0200.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0198.pt", "epoch_0199.pt",
+                                                                       "epoch_0200.pt"]
     assert not list(run.rglob(".*.tmp"))
     # Only the per-epoch pictures grow with the run, by design: two small PNGs an epoch and
     # the 16 samples of the evolution figure as 8-bit tensors.
     files = [p for p in run.rglob("*") if p.is_file()]
-    assert len(files) == 3 + 2 + 3 * EPOCHS  # config, metrics, checkpoint.pt; 2 kept; pictures
+    assert len(files) == 4 + 3 + 3 * EPOCHS  # config, metrics, checkpoint.pt, .lock; 3 kept; pictures
     assert sum(p.stat().st_size for p in run.glob("samples/*.pt")) < EPOCHS * 16 * 1024
