@@ -82,6 +82,67 @@ def checkpoint_option(command):
 dataset_choice = Choice(DATASETS)
 
 
+# Fields of a run's config.json that the data decides, not an option.
+DERIVED_FIELDS = {"image_shape"}
+
+
+def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict:
+    """The options a recipe file sets, keyed by the command's parameter names.
+
+    A ``.toml`` file names options as on the command line, with ``-`` or ``_`` (``z-dim = 40``,
+    ``hidden = [300, 300]`` or ``"300,300"``); a run's ``config.json`` names the fields of
+    :class:`~pyrovae.config.Config`, which ``renamed`` maps to options (fields no option sets,
+    such as the image shape, are skipped).
+
+    :raises click.BadParameter: for a file that cannot be read or a key no option has.
+    """
+    valid = {p.name for p in command.params if isinstance(p, click.Option) and p.name not in ("config", "resume")}
+    try:
+        if path.suffix.lower() == ".json":
+            import json
+
+            fields = json.loads(path.read_text())
+            if not isinstance(fields, dict):
+                raise ValueError("not a JSON object")
+            if fields.get("data"):  # the user's own images: the data set is named after them
+                fields = {k: v for k, v in fields.items() if k not in ("dataset", "data_dir")}
+            values, unknown = {}, []
+            for field, value in fields.items():
+                if renamed.get(field, field) in valid:
+                    values[renamed.get(field, field)] = value
+                elif field not in DERIVED_FIELDS:
+                    unknown.append(field)
+        else:
+            try:
+                import tomllib
+            except ImportError:  # Python < 3.11
+                import tomli as tomllib
+
+            values = {k.replace("-", "_"): v for k, v in tomllib.loads(path.read_text()).items()}
+            unknown = [k for k in values if k not in valid]
+    except (OSError, ValueError) as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--config") from None
+    if unknown:
+        raise click.BadParameter(f"{path} sets {', '.join(sorted(unknown))}, which no option of this command is; valid keys: "
+                                 f"{', '.join(sorted(n.replace('_', '-') for n in valid))}.", param_hint="--config")
+    # As a person would type them: lists of widths as "300,300"; null means the default.
+    return {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in values.items() if v is not None}
+
+
+def config_file_option(renamed: dict):
+    """``--config FILE``: option values from a TOML recipe or a run's config.json; options on
+    the command line override them (:func:`read_options_file`)."""
+    def load(ctx, param, value):
+        if value is not None:
+            ctx.default_map = {**(ctx.default_map or {}), **read_options_file(value, ctx.command, renamed)}
+        return value
+
+    return click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                        is_eager=True, callback=load, metavar="FILE",
+                        help="Read options from a TOML recipe (keys as the options' names, e.g. z-dim = 40) or a "
+                             "run's config.json, to repeat it; options given here override the file.")
+
+
 def check_output(output: Path, suffixes=None) -> None:
     """Refuse, before any work, an output file whose format its name does not tell (an image
     format Pillow knows, or one of ``suffixes``) or whose folder does not exist."""

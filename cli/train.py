@@ -8,8 +8,8 @@ import click
 from click.core import ParameterSource
 
 from pyrovae.config import Config
-from pyrovae.cli.options import (Choice, HiddenDims, LabelCount, data_options, dataset_choice, device_options,
-                                 progress_enabled)
+from pyrovae.cli.options import (Choice, HiddenDims, LabelCount, config_file_option, data_options, dataset_choice,
+                                 device_options, progress_enabled)
 from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, MODELS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
@@ -18,8 +18,14 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
                    "batch_size", "lr", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
                    "keep_checkpoints")
 
+# Config fields whose option has another name; every other field is its option's name.
+OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels": "labels", "num_categories": "categories",
+                   "num_flows": "flows", "num_pseudo_inputs": "pseudo_inputs", "num_particles": "particles",
+                   "warmup_epochs": "warmup", "num_epochs": "epochs", "mixture_components": "mixtures"}
+
 
 @click.command()
+@config_file_option(OPTION_OF_FIELD)
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Number of epochs (the new total when resuming) [default: 10].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
@@ -45,7 +51,8 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
 @click.option("--likelihood-scale", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="Pixel standard deviation of the gaussian likelihood (initial value for gaussian_learned).")
 @click.option("--net", type=Choice(list(NETS)), default="mlp", show_default=True,
-              help="Encoder and decoder networks; conv: two stride-2 convolutions each way.")
+              help="Encoder and decoder networks: dense layers; gated: gated dense layers (Tomczak & Welling's "
+                   "VampPrior setup, --activation unused); conv: stride-2 convolutions each way.")
 @click.option("--activation", type=Choice(ACTIVATION_NAMES), default="relu", show_default=True,
               help="Nonlinearity between the layers of the encoder and decoder.")
 @click.option("--conv-channels", type=click.IntRange(min=1), default=32, show_default=True,
@@ -105,16 +112,21 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
                    "reads them); the newest is also checkpoint.pt.")
 @device_options
 @click.pass_context
-def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
+def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
           min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
           mixtures, guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir, data,
           test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
-    SIGTERM, 129 after SIGHUP); --resume RUN continues it exactly. Another status than 0 means the run is not
-    finished: 2 a bad option or file, 3 a NaN loss, 4 a file that could not be written, 5 the
-    run directory in use by another process. Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the N processes train
+    SIGTERM, 129 after SIGHUP); --resume RUN continues it exactly. Another status than 0
+    means the run is not finished: 2 a bad option or file, 3 a NaN loss, 4 a file that could
+    not be written, 5 the run directory in use by another process.
+
+    --config FILE reads options from a TOML recipe (recipes/ holds some that follow published
+    setups) or from a run's config.json, to repeat it; options given here override the file.
+
+    Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the N processes train
     one model with DistributedDataParallel; --batch-size is the global batch.
     """
     from pyrovae.distributed import Distributed, launched_by_torchrun
@@ -124,6 +136,8 @@ def train(ctx, epochs, batch_size, lr, model, labels, classifier_weight, categor
     for name in ("dataset", "data_dir", "fallback"):
         if data and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             raise click.UsageError(f"--data trains on your own images; leave out --{name.replace('_', '-')}.")
+    if config and resume:
+        raise click.UsageError("--resume continues a run with its own options; leave out --config.")
     if test_data and not data:
         raise click.UsageError("--test-data goes with --data (your own training images).")
     device = resolve_device(device, cuda)

@@ -21,7 +21,7 @@ class Config:
     model: str = "vae"  # "m2": Kingma et al.'s semi-supervised VAE with the class as a discrete latent
     latent_dim: int = 20  # size of z (categorical variables with --guide categorical); 2 lets you plot it directly
     hidden_dims: Tuple[int, ...] = (400,)  # encoder widths (the decoder mirrors them), as in PyTorch's VAE example
-    net: str = "mlp"  # "conv": two stride-2 convolutions each way, for 28x28 images
+    net: str = "mlp"  # "gated": gated dense layers (VampPrior code); "conv": stride-2 convolutions each way
     activation: str = "relu"
     conv_channels: int = 32  # channels of the first convolution with --net conv
     likelihood: str = "bernoulli"  # binarized pixels give a true likelihood comparable with the literature

@@ -6,15 +6,30 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "ACTIVATIONS", "conv_sides"]
+__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "GatedDense", "ACTIVATIONS", "conv_sides"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
-def _mlp(sizes: Sequence[int], activation) -> nn.Sequential:
+class GatedDense(nn.Module):
+    """A gated dense layer (Dauphin et al. 2017), as in Tomczak & Welling's VampPrior code:
+    ``(W x + b) * sigmoid(V x + c)``, the sigmoid deciding how much of each unit passes."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.h = nn.Linear(in_features, out_features)
+        self.g = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+def _mlp(sizes: Sequence[int], activation, gated: bool = False) -> nn.Sequential:
+    """Dense layers of these widths, each followed by ``activation``, or gated layers (no
+    activation of their own, as in the VampPrior code)."""
     layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(n_in, n_out), activation()]
+        layers += [GatedDense(n_in, n_out)] if gated else [nn.Linear(n_in, n_out), activation()]
     return nn.Sequential(*layers)
 
 
@@ -25,16 +40,17 @@ class MLPEncoder(nn.Module):
 
     :param tuple image_shape: ``(channels, height, width)`` of the input.
     :param tuple hidden_dims: widths of the hidden layers; the last one is :attr:`out_features`.
+    :param bool gated: :class:`GatedDense` layers instead of dense layers and ``activation``.
     """
 
-    def __init__(self, image_shape=(1, 28, 28), hidden_dims=(400,), activation=nn.ReLU):
+    def __init__(self, image_shape=(1, 28, 28), hidden_dims=(400,), activation=nn.ReLU, gated: bool = False):
         super().__init__()
         if not hidden_dims:
             raise ValueError("MLPEncoder needs at least one hidden layer.")
         self.image_shape = tuple(image_shape)
         self.hidden_dims = tuple(hidden_dims)
         self.out_features = self.hidden_dims[-1]
-        self.net = _mlp((math.prod(self.image_shape),) + self.hidden_dims, activation)
+        self.net = _mlp((math.prod(self.image_shape),) + self.hidden_dims, activation, gated)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(-len(self.image_shape)))
@@ -48,14 +64,16 @@ class MLPDecoder(nn.Module):
 
     :param int latent_dim: size of z.
     :param tuple hidden_dims: widths of the hidden layers, from z outwards.
+    :param bool gated: :class:`GatedDense` layers instead of dense layers and ``activation``.
     """
 
-    def __init__(self, latent_dim: int, image_shape=(1, 28, 28), hidden_dims=(400,), activation=nn.ReLU):
+    def __init__(self, latent_dim: int, image_shape=(1, 28, 28), hidden_dims=(400,), activation=nn.ReLU,
+                 gated: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
         self.image_shape: Tuple[int, ...] = tuple(image_shape)
         self.hidden_dims = tuple(hidden_dims)
-        self.hidden = _mlp((latent_dim,) + self.hidden_dims, activation)
+        self.hidden = _mlp((latent_dim,) + self.hidden_dims, activation, gated)
         self.out = nn.Linear(self.hidden_dims[-1] if self.hidden_dims else latent_dim, math.prod(self.image_shape))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -54,12 +54,16 @@ def _activation(c: Config):
     return lookup(ACTIVATIONS, "activation", c.activation)
 
 
-def _mlp(c: Config, output_shape):
+def _mlp(c: Config, output_shape, gated: bool = False):
     from pyrovae.networks import MLPDecoder, MLPEncoder
 
     act = _activation(c)
-    return (MLPEncoder(c.image_shape, c.hidden_dims, act),
-            MLPDecoder(c.latent_dim, output_shape, tuple(reversed(c.hidden_dims)), act))
+    return (MLPEncoder(c.image_shape, c.hidden_dims, act, gated=gated),
+            MLPDecoder(c.latent_dim, output_shape, tuple(reversed(c.hidden_dims)), act, gated=gated))
+
+
+def _gated(c: Config, output_shape):
+    return _mlp(c, output_shape, gated=True)
 
 
 def _conv(c: Config, output_shape):
@@ -130,7 +134,7 @@ def _iwae(c: Config):
     return IWAE_ELBO(num_particles=c.num_particles)
 
 
-NETS = {"mlp": _mlp, "conv": _conv}
+NETS = {"mlp": _mlp, "gated": _gated, "conv": _conv}
 LIKELIHOODS = {
     "bernoulli": _bernoulli,
     "gaussian": _gaussian,

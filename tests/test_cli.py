@@ -262,3 +262,53 @@ def test_encode_and_reconstruct_refuse_unknown_output_formats_first(tmp_path, tr
     result = invoke("encode", trained_run, tmp_path / "a.png", "-o", tmp_path / "codes.csv")
     assert_one_sentence(result, "use a name ending in .npz.")
     assert not (tmp_path / "codes.csv").exists() and not (tmp_path / "r.unknown").exists()
+
+
+def test_config_file_sets_options_that_the_command_line_overrides(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('# a comment\ndataset = "mnist5k"\nz-dim = 3\nhidden = [32, 16]\nnet = "gated"\n'
+                      'batch_size = 200\nepochs = 5\n')
+    run = tmp_path / "run"
+    result = invoke("train", "--config", recipe, "--epochs", 1, "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert (config["latent_dim"], config["hidden_dims"], config["net"], config["batch_size"], config["num_epochs"]) \
+        == (3, [32, 16], "gated", 200, 1)
+
+    again = tmp_path / "again"  # a run's own config.json repeats it
+    assert invoke("train", "--config", run / "config.json", "--run-dir", again).exit_code == 0
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in rows.splitlines()]  # noqa: E731
+    assert strip((again / "metrics.jsonl").read_text()) == strip((run / "metrics.jsonl").read_text())
+    assert json.loads((again / "config.json").read_text()) == config
+
+
+@pytest.mark.parametrize("text, message", [
+    ("zdim = 4\n", "sets zdim, which no option of this command is; valid keys: activation, batch-size"),
+    ("z-dim = \n", "cannot read"),
+    ("z-dim = 0\n", "Invalid value for '--z-dim'"),
+])
+def test_a_bad_config_file_is_one_sentence_and_writes_nothing(tmp_path, text, message):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    result = invoke("train", "--config", recipe, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_and_resume_do_not_mix(trained_run, tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("epochs = 3\n")
+    result = invoke("train", "--resume", trained_run, "--config", recipe)
+    assert result.exit_code == 2 and "leave out --config" in result.output
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_recipe_reads_and_cites_the_number_it_follows(recipe):
+    from pyrovae.cli.options import read_options_file
+    from pyrovae.cli.train import OPTION_OF_FIELD, train
+
+    values = read_options_file(recipe, train, OPTION_OF_FIELD)
+    assert values["dataset"] == "fashion-mnist" and values["net"] == "gated" and values["hidden"] == "300,300"
+    text = recipe.read_text()
+    assert re.search(r"-22\d\.\d\d nats \(k = 5,000\)", text) and "Table 1" in text

@@ -213,6 +213,7 @@ def test_activation_names_match_the_networks():
 @pytest.mark.parametrize("extra", [
     dict(guide="iaf", num_flows=2), dict(prior="vamp"), dict(elbo="iwae"), dict(net="conv", conv_channels=4),
     dict(guide="lowrank", warmup_epochs=1.0, beta=2.0), dict(activation="elu", hidden_dims=(24, 12)),
+    dict(net="gated", hidden_dims=(24, 12), prior="vamp"),
 ])
 def test_checkpoints_rebuild_every_family(tmp_path, extra):
     config = Config(**{**dict(dataset="mnist5k", latent_dim=4, hidden_dims=(24,), num_epochs=1, batch_size=500,
@@ -243,3 +244,15 @@ def test_evaluation_builds_a_mixture_prior_once_and_shrinks_its_chunks(monkeypat
     images = torch.bernoulli(torch.rand(6, 1, 28, 28))
     assert math.isfinite(evaluation.log_likelihood(vae, images, num_samples=30))
     assert len(calls) == 1
+
+
+def test_gated_layers_gate_each_unit_with_its_own_sigmoid():
+    from pyrovae.networks import GatedDense, MLPEncoder
+
+    torch.manual_seed(0)
+    layer = GatedDense(5, 3)
+    x = torch.randn(4, 5)
+    assert torch.allclose(layer(x), layer.h(x) * torch.sigmoid(layer.g(x)))
+    encoder = MLPEncoder((1, 4, 4), hidden_dims=(8, 6), gated=True)
+    assert [type(m) for m in encoder.net] == [GatedDense, GatedDense]  # no activation between gated layers
+    assert encoder(torch.rand(2, 1, 4, 4)).shape == (2, 6)
