@@ -64,13 +64,17 @@ class Likelihood(PyroModule):
         if not torch.is_tensor(images) or not images.is_floating_point():
             raise DataError(f"{name} must be a float tensor of pixels, not {type(images).__name__}"
                             f"{' of ' + str(images.dtype) if torch.is_tensor(images) else ''}.")
-        if not torch.isfinite(images).all():
-            raise DataError(f"{name} hold NaN or infinite pixel values.")
-        outside = ~self.support.check(images)
-        if outside.any():
-            value = images[outside].flatten()[0].item()
+        count, example = 0, None
+        for chunk in images.split(4096):  # bounded temporaries, whatever the size of the data
+            if not torch.isfinite(chunk).all():
+                raise DataError(f"{name} hold NaN or infinite pixel values.")
+            outside = ~self.support.check(chunk)
+            if outside.any():
+                count += int(outside.sum())
+                example = chunk[outside][0].item() if example is None else example
+        if count:
             raise DataError(f"{name} hold pixel values outside what {type(self).__name__} models ({self.support_words}"
-                            f"; {outside.sum().item()} values such as {value:.4g} are not); {self.support_hint}")
+                            f"; {count} values such as {example:.4g} are not); {self.support_hint}")
 
     def forward(self, out: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
