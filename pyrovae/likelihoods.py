@@ -208,15 +208,20 @@ def _logistic_parameters(loc, log_scale):
     return 0.5 + loc, log_scale.clamp(min=_MIN_LOG_SCALE).exp()
 
 
-class DiscretizedLogisticLikelihood(Likelihood):
-    """Each 8-bit pixel value (each colour channel separately) from a discretized logistic
-    whose location and log-scale the decoder gives (two outputs per pixel): a true
-    probability of the image, so its log-likelihood converts to bits per dimension."""
+class _EightBitLikelihood(Likelihood):
+    """A likelihood over the 256 values of 8-bit pixels: probabilities, not densities."""
 
     discrete = True
     support = eight_bit
     support_words = "the 256 values k/255 of 8-bit pixels"
     support_hint = "pass 8-bit images divided by 255, or use a density (GaussianLikelihood, ContinuousBernoulliLikelihood)."
+
+
+class DiscretizedLogisticLikelihood(_EightBitLikelihood):
+    """Each 8-bit pixel value (each colour channel separately) from a discretized logistic
+    whose location and log-scale the decoder gives (two outputs per pixel): a true
+    probability of the image, so its log-likelihood converts to bits per dimension."""
+
     outputs_per_pixel = 2
 
     def forward(self, out):
@@ -224,16 +229,11 @@ class DiscretizedLogisticLikelihood(Likelihood):
         return DiscretizedLogistic(*_logistic_parameters(loc, log_scale)).to_event(IMAGE_EVENT_DIM)
 
 
-class DiscretizedLogisticMixtureLikelihood(Likelihood):
+class DiscretizedLogisticMixtureLikelihood(_EightBitLikelihood):
     """Each 8-bit pixel value from a mixture of ``num_components`` discretized logistics
     (PixelCNN++, NVAE), with weights, locations and log-scales from the decoder (3K outputs
     per pixel). Colour channels are modelled independently given z (PixelCNN++ also couples
     them linearly; docs/likelihoods.md)."""
-
-    discrete = True
-    support = eight_bit
-    support_words = "the 256 values k/255 of 8-bit pixels"
-    support_hint = "pass 8-bit images divided by 255, or use a density (GaussianLikelihood, ContinuousBernoulliLikelihood)."
 
     def __init__(self, num_components: int = 10):
         super().__init__()

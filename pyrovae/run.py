@@ -37,7 +37,7 @@ from pyrovae.registry import build_elbo, build_vae, model_family
 from pyrovae.train import EpochMetrics, Trainer, watching
 from pyrovae.vae import VAE
 
-__all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "checkpoint_path", "kept_epochs",
+__all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "kept_epochs",
            "check_against_data", "with_data_dir", "resolve_device", "default_run_dir", "save_grid"]
 
 CONFIG = "config.json"
@@ -153,22 +153,28 @@ def _remove_run_files(run_dir: Path, names) -> None:
         raise StorageError(f"Cannot replace the run in {run_dir}: {describe_os_error(e)}.") from None
 
 
-def checkpoint_path(run_dir, epoch: Optional[int] = None) -> Path:
-    """The checkpoint to load: the newest (``checkpoint.pt``), or the one kept at the end of
-    ``epoch`` (``--keep-checkpoints``).
+def _kept_path(run_dir: Path, epoch: int) -> Path:
+    return run_dir / CHECKPOINTS / f"epoch_{epoch:04d}.pt"
+
+
+def _load_state(run_dir: Path, epoch: Optional[int]) -> Tuple[Path, dict]:
+    """The checkpoint to load and its state: the newest (``checkpoint.pt``), or the one kept at
+    the end of ``epoch`` (``--keep-checkpoints``).
 
     :raises CheckpointError: naming the epochs that are kept, when ``epoch`` is not one of them.
     """
-    run_dir = Path(run_dir)
+    newest = run_dir / CHECKPOINT
     if epoch is None:
-        return run_dir / CHECKPOINT
-    kept = run_dir / CHECKPOINTS / f"epoch_{epoch:04d}.pt"
-    if kept.is_file():
-        return kept
+        if not newest.is_file() and (run_dir / CONFIG).is_file():
+            raise CheckpointError(f"Run {run_dir} has no checkpoint ({CHECKPOINT}): it stopped before saving one, or "
+                                  f"the file was removed; pyrovae train --resume {run_dir} starts it again.")
+        return newest, load_checkpoint(newest)
+    if _kept_path(run_dir, epoch).is_file():
+        return _kept_path(run_dir, epoch), load_checkpoint(_kept_path(run_dir, epoch))
     try:  # with --keep-checkpoints 1 the last epoch lives on only as checkpoint.pt
-        newest = load_checkpoint(run_dir / CHECKPOINT)
-        if newest.get("epoch") == epoch and not newest.get("step"):
-            return run_dir / CHECKPOINT
+        state = load_checkpoint(newest)
+        if state.get("epoch") == epoch and not state.get("step"):
+            return newest, state
     except CheckpointError:  # a missing or damaged newest checkpoint is no epoch's
         pass
     epochs = kept_epochs(run_dir)
@@ -201,11 +207,7 @@ def load_run(run_dir, device="cpu", epoch: Optional[int] = None) -> Tuple[Config
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"Run directory {run_dir} does not exist.")
-    path = checkpoint_path(run_dir, epoch)
-    if not path.is_file() and epoch is None and (run_dir / CONFIG).is_file():
-        raise CheckpointError(f"Run {run_dir} has no checkpoint ({CHECKPOINT}): it stopped before saving one, or "
-                              f"the file was removed; pyrovae train --resume {run_dir} starts it again.")
-    state = load_checkpoint(path)
+    path, state = _load_state(run_dir, epoch)
     try:
         config = Config.from_dict(state["config"])
     except (KeyError, TypeError, ConfigError) as e:
@@ -374,7 +376,7 @@ def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Co
     """
     epochs = kept_epochs(run_dir)
     if epochs:
-        kept = checkpoint_path(run_dir, epochs[-1])
+        kept = _kept_path(run_dir, epochs[-1])
         warnings.warn(RunRecoveryWarning(f"{run_dir / CHECKPOINT} is missing; continuing from the checkpoint kept "
                                          f"at the end of epoch {epochs[-1]}."))
         atomic_write(run_dir / CHECKPOINT, lambda f: f.write(kept.read_bytes()))
@@ -400,7 +402,7 @@ def with_data_dir(config: Config, data_dir, run_dir) -> Config:
         return config
     if config.data:
         raise ConfigError(f"--data-dir finds the named data sets; {run_dir} was trained on images from {config.data}.")
-    return config.replace(data_dir=str(Path(data_dir).expanduser().resolve()))
+    return _absolute_paths(config.replace(data_dir=data_dir))
 
 
 def _absolute_paths(config: Config) -> Config:
