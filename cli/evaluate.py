@@ -29,11 +29,12 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epo
     from pyrovae.data import load_data, load_dataset, spread_subset
     from pyrovae.errors import DataError
     from pyrovae.evaluation import evaluate as score
-    from pyrovae.run import load_run, resolve_device, with_data_dir
-    from pyrovae.train import prepare_test_images
+    from pyrovae.run import best_epoch, load_run, resolve_device, with_data_dir
+    from pyrovae.train import EpochMetrics, prepare_test_images
 
     device = resolve_device(device, cuda)
     config, vae, state = load_run(run, device, epoch)
+    best = best_epoch([EpochMetrics(**m) for m in state["history"]])
     if dataset:
         data = load_dataset(dataset, data_dir, fallback=False, progress=progress_enabled())
     else:
@@ -49,10 +50,12 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epo
         result = score(vae.to(device), images, num_samples=num_samples, seed=seed, dataset=data.name,
                        progress=bar.update, labels=labels)
     if as_json:
-        click.echo(json.dumps({"run": str(run), "epoch": state["epoch"], **result.to_dict()}))
+        click.echo(json.dumps({"run": str(run), "epoch": state["epoch"], "best_epoch": best, **result.to_dict()}))
         return
     binarized = " (binarized with a fixed seed)" if vae.likelihood.binary_data else ""
     trained = f"epoch {state['epoch']}" + (f" and {state['step']} steps" if state["step"] else "")
+    if best == state["epoch"] and not state["step"]:
+        trained += " (its best validation ELBO)"
     click.echo(f"{run} after {trained}: {data.name} test set, {result.num_images} images{binarized}, nats per image")
     click.echo(f"  ELBO                 {result.elbo:10.2f}")
     click.echo(f"    reconstruction     {result.reconstruction:10.2f}")

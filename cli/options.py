@@ -72,11 +72,28 @@ def data_options(command):
                              "downloads (and the emoji images) go here.")(command)
 
 
+class CheckpointName(click.ParamType):
+    """``best``, ``last`` or an epoch number (:func:`~pyrovae.run.load_run`)."""
+
+    name = "checkpoint"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value in ("best", "last"):
+            return value
+        text = str(value).strip().lower()
+        if text in ("best", "last"):
+            return text
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is not best, last or an epoch number of 1 or more.", param, ctx)
+
+
 def checkpoint_option(command):
-    """``--checkpoint N``: one of the end-of-epoch checkpoints kept by ``--keep-checkpoints``."""
-    return click.option("--checkpoint", "epoch", type=click.IntRange(min=1), default=None, metavar="EPOCH",
-                        help="Use the checkpoint kept at the end of this epoch (train --keep-checkpoints) "
-                             "[default: the newest].")(command)
+    """``--checkpoint best|last|EPOCH``: which of a run's checkpoints to use."""
+    return click.option("--checkpoint", "epoch", type=CheckpointName(), default="best", metavar="best|last|EPOCH",
+                        help="best: the epoch with the best validation ELBO (train --validation-size), else the "
+                             "newest; last: the newest; EPOCH: one kept by train --keep-checkpoints "
+                             "[default: best].")(command)
 
 
 dataset_choice = Choice(DATASETS)

@@ -16,7 +16,7 @@ from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, MODEL
 FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model", "labels", "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
                    "guide", "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta",
                    "batch_size", "lr", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
-                   "keep_checkpoints")
+                   "keep_checkpoints", "validation_size", "patience")
 
 # Config fields whose option has another name; every other field is its option's name.
 OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels": "labels", "num_categories": "categories",
@@ -110,12 +110,19 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
               help="Keep the last N end-of-epoch checkpoints in RUN/checkpoints (evaluate --checkpoint EPOCH "
                    "reads them); the newest is also checkpoint.pt.")
+@click.option("--validation-size", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Hold out N training images (a fixed seed) as a validation set, scored every epoch; the epoch "
+                   "with the best validation ELBO is kept as RUN/best.pt, which evaluate, sample and plot use.")
+@click.option("--patience", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
+              help="Early stopping: end the run when the validation ELBO has not improved for this many epochs "
+                   "(not counting the --warmup epochs) [default: train all --epochs].")
 @device_options
 @click.pass_context
 def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
           min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
           mixtures, guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir, data,
-          test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints, cuda, device):
+          test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints,
+          validation_size, patience, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
@@ -153,7 +160,8 @@ def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight,
             test_fraction=test_fraction, image_size=image_size, grayscale=grayscale, guide=guide, rank=rank, num_flows=flows, prior=prior,
             num_pseudo_inputs=pseudo_inputs, elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
             num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, dataset=dataset,
-            data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints))
+            data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints, validation_size=validation_size,
+            patience=patience))
     except PyroVAEError as error:
         if not distributed.is_main:
             error.args = (f"[rank {distributed.rank}] {error}",)
@@ -180,6 +188,9 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
             result = train_run(config, run_dir, overwrite=overwrite, fallback=fallback, should_stop=should_stop,
                                **callbacks)
     run = shlex.quote(str(result.run_dir))
+    if main and result.stopped_early:
+        click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved for "
+                   f"{result.config.patience} epochs since epoch {result.best_epoch}.")
     if main and result.finished:
         click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
                    f"next: pyrovae evaluate {run}")
@@ -201,7 +212,8 @@ def _announce(run_dir, config, data, first_epoch):
 
 
 def _report(m):
-    click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}  test ELBO {m.test_elbo:9.2f} "
+    validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
+    click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
                f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
 
 

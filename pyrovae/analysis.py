@@ -4,7 +4,7 @@ KL, principal axes of the latent means, and interpolation paths."""
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
@@ -106,20 +106,22 @@ class RunView:
         done once, lazily).
     :param progress: a factory ``progress(total, description)`` returning an object with
         ``update(n)`` and ``close()``, used while encoding the test set.
-    :param epoch: show the checkpoint kept at the end of this epoch instead of the newest.
+    :param epoch: the checkpoint to show (:func:`~pyrovae.run.load_run`): ``"best"`` (the
+        default, the best-validation epoch where the run has one, else the newest), ``"last"``
+        or an epoch number. The training curves always cover the whole run.
     :param data_dir: where the run's named data set is now, when it has moved.
     """
 
     def __init__(self, run_dir, device="cpu", num_images: Optional[int] = None, progress=None,
-                 epoch: Optional[int] = None, data_dir=None):
+                 epoch: Union[int, str] = "best", data_dir=None):
         from pyrovae.data import load_data, spread_subset
-        from pyrovae.run import load_run, with_data_dir
+        from pyrovae.run import full_history, load_run, with_data_dir
         from pyrovae.train import EpochMetrics, prepare_test_images
 
         self.run_dir = Path(run_dir)
         self.config: Config
         self.config, self.vae, state = load_run(self.run_dir, device, epoch)
-        self.history: List[EpochMetrics] = [EpochMetrics(**m) for m in state["history"]]
+        self.history: List[EpochMetrics] = full_history(self.run_dir, state)
         self.config = with_data_dir(self.config, data_dir, self.run_dir)
         data = load_data(self.config, fallback=False)
         if data.image_shape != self.config.image_shape:

@@ -54,6 +54,8 @@ class Config:
     image_shape: Tuple[int, ...] = (1, 28, 28)
     seed: int = 0
     keep_checkpoints: int = 1  # > 1: the last N end-of-epoch checkpoints kept in checkpoints/
+    validation_size: int = 0  # training images held out (seeded) to pick the best epoch; 0: none
+    patience: Optional[int] = None  # stop after this many epochs past warm-up without a better validation ELBO
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -71,6 +73,10 @@ class Config:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}."),
             (self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}."),
+            (self.validation_size >= 0, f"--validation-size must be zero or more, got {self.validation_size}."),
+            (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}."),
+            (self.patience is None or self.validation_size > 0,
+             "--patience stops on the validation ELBO; hold out images for it with --validation-size N."),
             (self.rank >= 1, f"--rank must be at least 1, got {self.rank}."),
             (self.num_flows >= 1, f"--flows must be at least 1, got {self.num_flows}."),
             (self.num_pseudo_inputs >= 1, f"--pseudo-inputs must be at least 1, got {self.num_pseudo_inputs}."),

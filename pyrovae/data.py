@@ -90,6 +90,8 @@ class ImageData:
     test_labels: torch.Tensor
     classes: Optional[List[str]] = None
     notes: List[str] = field(default_factory=list)
+    validation_images: Optional[torch.Tensor] = None  # held out of the training images (with_validation)
+    validation_labels: Optional[torch.Tensor] = None
 
     @property
     def image_shape(self) -> Tuple[int, ...]:
@@ -103,10 +105,29 @@ class ImageData:
         return None if None in levels else max(levels)
 
     def __repr__(self) -> str:
+        validation = f"validation={len(self.validation_images)}, " if self.validation_images is not None else ""
         return (
-            f"ImageData(name={self.name!r}, train={len(self.train_images)}, "
+            f"ImageData(name={self.name!r}, train={len(self.train_images)}, {validation}"
             f"test={len(self.test_images)}, image_shape={self.image_shape}, source={self.source!r})"
         )
+
+    def with_validation(self, count: int) -> "ImageData":
+        """The same data with ``count`` training images, drawn with a fixed seed (the same ones
+        on every call), moved to a validation set: the images that pick a run's best epoch
+        and stop it early (``--validation-size``), so that the test set stays unseen.
+
+        :raises DataError: when ``count`` would leave no training images.
+        """
+        total = len(self.train_images)
+        if count >= total:
+            raise DataError(f"--validation-size {count} leaves none of the {total} training images of {self.name} "
+                            "to train on; hold out fewer.")
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+        held, kept = order[:count].sort().values, order[count:].sort().values
+        note = f"held out {count} of the {total} training images (seed {VALIDATION_SEED}) as the validation set"
+        return replace(self, train_images=self.train_images[kept], train_labels=self.train_labels[kept],
+                       validation_images=self.train_images[held], validation_labels=self.train_labels[held],
+                       notes=self.notes + [note])
 
     @classmethod
     def from_tensor(cls, train, test=None, *, train_labels=None, test_labels=None, test_fraction: float = 0.1,
@@ -176,6 +197,7 @@ def _as_labels(labels, count: int, what: str) -> torch.Tensor:
 # Held-out images are drawn with this seed, whatever the training seed, so that runs of one
 # data set with different seeds are scored on the same test images.
 SPLIT_SEED = 0
+VALIDATION_SEED = 1  # of the validation images drawn from the training images
 
 
 def _split(name, source, images, labels, test_fraction: float, classes, notes) -> ImageData:
@@ -576,7 +598,13 @@ def _transform(images: torch.Tensor, image_size: Optional[int], grayscale: bool)
 
 def load_data(config, fallback: bool = True, progress: bool = False) -> ImageData:
     """The data a :class:`~pyrovae.config.Config` names: its own images (``config.data``)
-    or a named data set, resized and converted as it says."""
+    or a named data set, resized and converted as it says, with ``config.validation_size``
+    training images held out for validation."""
+    data = _load_data(config, fallback, progress)
+    return data.with_validation(config.validation_size) if config.validation_size else data
+
+
+def _load_data(config, fallback: bool, progress: bool) -> ImageData:
     if config.data:
         for path in filter(None, (config.data, config.test_data)):
             if not Path(path).exists():

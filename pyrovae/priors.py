@@ -1,10 +1,12 @@
 """Priors p(z) over the latent code."""
 
+import math
+
 import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["StandardNormalPrior", "VampPrior"]
+__all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture"]
 
 
 class StandardNormalPrior(nn.Module):
@@ -59,4 +61,50 @@ class VampPrior(nn.Module):
 
     def forward(self) -> dist.TorchDistribution:
         components = self._guide.distribution(torch.sigmoid(self.pseudo_inputs))
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.mixture_logits), components)
+        mixture = DiagonalNormalMixture if _is_diagonal_normal(components) else dist.MixtureSameFamily
+        return mixture(dist.Categorical(logits=self.mixture_logits), components)
+
+
+def _is_diagonal_normal(d) -> bool:
+    return (isinstance(d, dist.Independent) and isinstance(d.base_dist, dist.Normal)
+            and d.reinterpreted_batch_ndims == 1)
+
+
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    """Pyro's ``MixtureSameFamily`` of diagonal Normals (``Normal(loc, scale).to_event(1)``
+    components), with the same distribution and methods but a faster ``log_prob``.
+
+    The stock ``log_prob`` builds a tensor of every (z, component, dimension) triple, ten or
+    so passes over S x K x D values; with the VampPrior's 500 components that was half of a
+    training step's time. Here the quadratic form is expanded,
+    sum_d (z_d - m_kd)^2 / s_kd^2 = z^2 . (1/s_k^2) - 2 z . (m_k / s_k^2) + sum_d m_kd^2 / s_kd^2,
+    which is two matrix products, in float64 so that the expansion's cancellation costs no
+    precision (its terms reach 1e4 or more for narrow components). Components that differ
+    along a batch dimension (not the VampPrior's) use the stock computation.
+    """
+
+    def log_prob(self, x):
+        if self._validate_args:
+            self._validate_sample(x)
+        normal = self.component_distribution.base_dist
+        loc, scale = _shared(normal.loc, 2), _shared(normal.scale, 2)
+        logits = _shared(self.mixture_distribution.logits, 1)
+        if loc is None or scale is None or logits is None:
+            return super().log_prob(x)
+        precision = scale.double().pow(-2)  # (K, D)
+        z = x.double()
+        quadratic = ((z * z) @ precision.T - 2 * z @ (loc.double() * precision).T
+                     + (loc.double().pow(2) * precision).sum(-1))
+        log_components = (-0.5 * quadratic - scale.double().log().sum(-1)
+                          - 0.5 * loc.shape[-1] * math.log(2 * math.pi))
+        log_weights = torch.log_softmax(logits.double(), dim=-1)
+        return torch.logsumexp(log_components + log_weights, dim=-1).to(x.dtype)
+
+
+def _shared(t: torch.Tensor, keep: int):
+    """``t`` without its batch dimensions (all but the last ``keep``) when they only repeat it,
+    as after ``expand``; None when the batch entries differ."""
+    lead = t.dim() - keep
+    if any(size > 1 and stride != 0 for size, stride in zip(t.shape[:lead], t.stride()[:lead])):
+        return None
+    return t[(0,) * lead]

@@ -6,6 +6,7 @@ A run directory holds::
     metrics.jsonl                   one EpochMetrics per line
     checkpoint.pt                   model, guide, optimizer, epoch, step, data order, RNG states
     checkpoints/epoch_0001.pt       the last N end-of-epoch checkpoints, with --keep-checkpoints N > 1
+    best.pt                         the checkpoint of the epoch with the best validation ELBO (--validation-size)
     samples/epoch_0001.png          decoded prior samples (the same z every epoch)
     samples/epoch_0001.pt           the first 16 of them as 8-bit tensors (the evolution figure)
     reconstructions/epoch_0001.png  rows of test images, each followed by its reconstruction
@@ -13,6 +14,7 @@ A run directory holds::
 """
 
 import json
+import math
 import os
 import random
 import shutil
@@ -20,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,17 +39,19 @@ from pyrovae.registry import build_elbo, build_vae, model_family
 from pyrovae.train import EpochMetrics, Trainer, watching
 from pyrovae.vae import VAE
 
-__all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "kept_epochs",
+__all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "kept_epochs", "best_epoch",
+           "stopped_early", "full_history",
            "check_against_data", "with_data_dir", "resolve_device", "default_run_dir", "save_grid"]
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINTS = "checkpoints"
+BEST = "best.pt"
 SAMPLES = "samples"
 RECONSTRUCTIONS = "reconstructions"
 # Everything a run writes; --overwrite removes exactly these and nothing else.
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, SAMPLES, RECONSTRUCTIONS)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, BEST, SAMPLES, RECONSTRUCTIONS)
 NUM_PICTURES = 64
 EVOLUTION_IMAGES = 16  # of each epoch's samples, kept as tensors for the evolution figure
 GRID_PADDING = 2  # pixels between the images of a saved grid
@@ -62,7 +66,33 @@ class RunResult:
     run_dir: Path
     config: Config
     history: List[EpochMetrics]
-    finished: bool  # False when training was stopped early and can be resumed
+    finished: bool  # False when training was interrupted and can be resumed
+
+    @property
+    def best_epoch(self) -> Optional[int]:
+        """The epoch with the best validation ELBO (kept as ``best.pt``), or None without validation."""
+        return best_epoch(self.history)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether early stopping ended the run before its last epoch (``--patience``)."""
+        return stopped_early(self.history, self.config)
+
+
+def best_epoch(history: List[EpochMetrics]) -> Optional[int]:
+    """The first epoch with the highest validation ELBO, or None when none was measured."""
+    scored = [m for m in history if m.validation_elbo is not None and math.isfinite(m.validation_elbo)]
+    return max(scored, key=lambda m: (m.validation_elbo, -m.epoch)).epoch if scored else None
+
+
+def stopped_early(history: List[EpochMetrics], config: Config) -> bool:
+    """Whether ``config.patience`` epochs have passed, after the warm-up, without a better
+    validation ELBO (Tomczak & Welling's early stopping: epochs of the warm-up do not count,
+    since the objective is still changing)."""
+    best = best_epoch(history)
+    if config.patience is None or best is None:
+        return False
+    return history[-1].epoch - max(best, math.ceil(config.warmup_epochs)) >= config.patience
 
 
 def resolve_device(device: Optional[str] = None, cuda: bool = False) -> torch.device:
@@ -157,30 +187,50 @@ def _kept_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / CHECKPOINTS / f"epoch_{epoch:04d}.pt"
 
 
-def _load_state(run_dir: Path, epoch: Optional[int]) -> Tuple[Path, dict]:
-    """The checkpoint to load and its state: the newest (``checkpoint.pt``), or the one kept at
-    the end of ``epoch`` (``--keep-checkpoints``).
+def _load_state(run_dir: Path, epoch: Union[int, str]) -> Tuple[Path, dict]:
+    """The checkpoint to load and its state: ``"last"`` the newest (``checkpoint.pt``),
+    ``"best"`` the best-validation one (``best.pt``, else the newest), or the one kept at the
+    end of epoch ``epoch`` (``--keep-checkpoints``).
 
     :raises CheckpointError: naming the epochs that are kept, when ``epoch`` is not one of them.
     """
     newest = run_dir / CHECKPOINT
-    if epoch is None:
+    if epoch == "best" and (run_dir / BEST).is_file():
+        return run_dir / BEST, load_checkpoint(run_dir / BEST)
+    if epoch in ("best", "last"):
         if not newest.is_file() and (run_dir / CONFIG).is_file():
             raise CheckpointError(f"Run {run_dir} has no checkpoint ({CHECKPOINT}): it stopped before saving one, or "
                                   f"the file was removed; pyrovae train --resume {run_dir} starts it again.")
         return newest, load_checkpoint(newest)
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise ConfigError(f"Unknown checkpoint {epoch!r}; use 'best', 'last' or an epoch number.")
     if _kept_path(run_dir, epoch).is_file():
         return _kept_path(run_dir, epoch), load_checkpoint(_kept_path(run_dir, epoch))
-    try:  # with --keep-checkpoints 1 the last epoch lives on only as checkpoint.pt
-        state = load_checkpoint(newest)
-        if state.get("epoch") == epoch and not state.get("step"):
-            return newest, state
-    except CheckpointError:  # a missing or damaged newest checkpoint is no epoch's
-        pass
+    for path in (newest, run_dir / BEST):  # with --keep-checkpoints 1 an epoch may live on only here
+        try:
+            state = load_checkpoint(path) if path.is_file() else {}
+            if state.get("epoch") == epoch and not state.get("step"):
+                return path, state
+        except CheckpointError:  # a missing or damaged checkpoint is no epoch's
+            pass
     epochs = kept_epochs(run_dir)
     have = (f"the kept ones are of epochs {', '.join(map(str, epochs))}" if epochs else
             "it keeps only its newest (train with --keep-checkpoints N to keep more)")
     raise CheckpointError(f"Run {run_dir} has no checkpoint of epoch {epoch}; {have}.")
+
+
+def full_history(run_dir, state: dict) -> List[EpochMetrics]:
+    """The metrics of every epoch of the run whose checkpoint ``state`` is: those of its
+    newest checkpoint when ``state`` is an earlier one (``best.pt``, a kept epoch)."""
+    history = state["history"]
+    if (Path(run_dir) / CHECKPOINT).is_file():
+        try:
+            newest = load_checkpoint(Path(run_dir) / CHECKPOINT)["history"]
+            if len(newest) > len(history):
+                history = newest
+        except (CheckpointError, KeyError, TypeError):
+            pass  # the loaded checkpoint's own metrics are still true
+    return [EpochMetrics(**m) for m in history]
 
 
 def kept_epochs(run_dir) -> List[int]:
@@ -195,15 +245,18 @@ def kept_epochs(run_dir) -> List[int]:
     return sorted(epochs)
 
 
-def load_run(run_dir, device="cpu", epoch: Optional[int] = None) -> Tuple[Config, VAE, dict]:
+def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Config, VAE, dict]:
     """Rebuild a run's model from its checkpoint, on ``device``.
 
-    :param epoch: load the checkpoint kept at the end of this epoch (``--keep-checkpoints``)
-        instead of the newest.
+    :param epoch: ``"best"``: the epoch with the best validation ELBO of a run trained with
+        ``--validation-size`` (``best.pt``), else the newest; ``"last"``: the newest
+        (``checkpoint.pt``); a number: the checkpoint kept at the end of that epoch
+        (``--keep-checkpoints``).
     :returns: the config, the VAE (in eval mode) and the raw checkpoint state.
     :raises CheckpointError: if the directory, its config or its checkpoint is missing,
         unsafe, corrupt, or describes a different model.
     """
+    epoch = "best" if epoch is None else epoch
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"Run directory {run_dir} does not exist.")
@@ -348,9 +401,14 @@ def resume_run(
                 claim = lambda: _remove_run_files(run_dir, [n for n in RUN_FILES if (run_dir / n).exists()])  # noqa: E731
                 return _start(restart, data, run_dir, claim, device, progress, should_stop, on_start,
                               on_epoch_end, distributed)
-        config, vae, state = load_run(run_dir, device)
+        config, vae, state = load_run(run_dir, device, "last")
         if num_epochs is not None:
             config = config.replace(num_epochs=num_epochs).validate()
+        history = [EpochMetrics(**m) for m in state["history"]]
+        if not state["step"] and stopped_early(history, config):
+            raise ConfigError(f"Run {run_dir} stopped early at epoch {state['epoch']}: its validation ELBO has not "
+                              f"improved since epoch {best_epoch(history)} (--patience {config.patience}); "
+                              f"its best model is {run_dir / BEST}.")
         if state["epoch"] >= config.num_epochs and not state["step"]:
             raise ConfigError(
                 f"Run {run_dir} has already trained for {state['epoch']} epochs; "
@@ -442,6 +500,23 @@ def fit_to_data(config: Config, data: ImageData) -> Config:
     return config.replace(**changes).validate()
 
 
+def _link_checkpoint(run_dir: Path, target: Path) -> None:
+    """Make ``target`` the checkpoint just saved, atomically: a hard link where the file system
+    has them (it costs no space: the next atomic save of checkpoint.pt replaces the name, not
+    the file the link points to), else a copy."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    try:
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(run_dir / CHECKPOINT, temporary)
+        except OSError:
+            shutil.copyfile(run_dir / CHECKPOINT, temporary)
+        os.replace(temporary, target)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise StorageError(f"Cannot write {target}: {describe_os_error(e)}.") from None
+
+
 def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:
     """With ``keep`` > 1, keep the last ``keep`` end-of-epoch checkpoints in ``checkpoints/``
     (the newest is also ``checkpoint.pt``)."""
@@ -449,14 +524,7 @@ def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:
     try:
         if keep > 1:
             folder.mkdir(exist_ok=True)
-            target = folder / f"epoch_{epoch:04d}.pt"
-            target.unlink(missing_ok=True)
-            # A hard link costs no space: the next atomic save of checkpoint.pt replaces the
-            # name, not the file this link points to.
-            try:
-                os.link(run_dir / CHECKPOINT, target)
-            except OSError:
-                shutil.copyfile(run_dir / CHECKPOINT, target)
+            _link_checkpoint(run_dir, _kept_path(run_dir, epoch))
         if folder.is_dir():
             saved = sorted(folder.glob("epoch_*.pt"))
             for old in saved[: max(0, len(saved) - (keep if keep > 1 else 0))]:
@@ -519,7 +587,7 @@ def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_
         if writes:
             save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
 
-    while trainer.epoch < config.num_epochs:
+    while trainer.epoch < config.num_epochs and not stopped_early(trainer.history, config):
         metrics = trainer.run_epoch(config.num_epochs, should_stop=should_stop, progress=progress and writes)
         if metrics is None:
             checkpoint()
@@ -528,6 +596,8 @@ def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_
             _save_pictures(run_dir, vae, trainer, config, metrics.epoch)
             checkpoint()
             _keep_epoch_checkpoints(run_dir, metrics.epoch, config.keep_checkpoints)
+            if best_epoch(trainer.history) == metrics.epoch:
+                _link_checkpoint(run_dir, run_dir / BEST)
             _write_metrics(run_dir, trainer.history)
         if on_epoch_end is not None:
             on_epoch_end(metrics)

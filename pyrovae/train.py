@@ -48,8 +48,9 @@ class EpochMetrics:
 
     ``train_elbo`` is minus the training objective per image of the epoch: the ELBO itself
     unless a KL weight (warm-up, beta) or extra terms (M2's classifier) are part of the
-    objective. The test figures are always the unweighted ELBO and its two terms; they are
-    NaN for a guide that cannot encode new images (a non-amortized one).
+    objective. The test and validation figures are always the unweighted ELBO (and its two
+    terms); they are NaN for a guide that cannot encode new images (a non-amortized one), and
+    ``validation_elbo`` is None without a validation set.
     """
 
     epoch: int
@@ -58,6 +59,7 @@ class EpochMetrics:
     test_reconstruction: float
     test_kl: float
     seconds: float
+    validation_elbo: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,7 +195,9 @@ class Trainer:
         the batch's positions in the data set (``size``, ``subsample``), and its parameters,
         created on first use, join the optimizer then.
     :param data: train and test images in [0, 1] (an :class:`~pyrovae.data.ImageData`), or a
-        torchvision data set object, of which a seeded 10% is held out for testing.
+        torchvision data set object, of which a seeded 10% is held out for testing. Its
+        validation images (:meth:`~pyrovae.data.ImageData.with_validation`), if any, are
+        scored after every epoch like the test images.
     :param elbo: a Pyro ELBO; default the model family's own (``vae.default_elbo()``).
     :param optimizer: default :func:`adam`, torch's Adam with the fused kernel.
     :param warmup_epochs: the KL term's weight rises linearly from 0 to ``beta`` over this
@@ -231,13 +235,17 @@ class Trainer:
         self.batch_size = batch_size
         self.binary = vae.likelihood.binary_data
         device = vae.device
-        for split, images in (("training", data.train_images), ("test", data.test_images)):
+        splits = (("training", data.train_images), ("test", data.test_images),
+                  ("validation", data.validation_images))
+        for split, images in filter(lambda s: s[1] is not None, splits):
             if images.min() < 0 or images.max() > 1:
                 raise DataError(f"The {split} images of {data.name} are not scaled to [0, 1].")
             if not self.binary:  # a binary likelihood sees binarized images, whatever the grey levels
                 vae.likelihood.check_images(images, f"The {split} images of {data.name}")
         self.train_images = data.train_images.to(device)
         self.test_images = prepare_test_images(data.test_images, self.binary).to(device)
+        self.validation_images = (None if data.validation_images is None else
+                                  prepare_test_images(data.validation_images, self.binary).to(device))
         self.labels = self.labelled = None
         if getattr(vae, "num_classes", None):
             labels = data.train_labels if labels is None else labels
@@ -348,18 +356,21 @@ class Trainer:
                 callback.on_epoch_end(self)
         train_elbo = -self.distributed.all_reduce_sum(self.step_losses).sum().item() / self.images_per_epoch
         test = self.test_terms()
+        validation = None if self.validation_images is None else self.test_terms(self.validation_images).elbo
         self.epoch += 1
-        metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds)
+        metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds,
+                               validation)
         self.history.append(metrics)
         self.permutation = self.step_losses = None
         self.step = 0
         return metrics
 
-    def test_terms(self) -> ELBOTerms:
-        """The test set's ELBO and its terms; NaN when the guide cannot encode new images."""
+    def test_terms(self, images: Optional[torch.Tensor] = None) -> ELBOTerms:
+        """The test set's (or ``images``') ELBO and its terms; NaN when the guide cannot
+        encode new images."""
         if not self.vae.amortized:
             return ELBOTerms(math.nan, math.nan, math.nan, 0)
-        return elbo_terms(self.vae, self.test_images)
+        return elbo_terms(self.vae, self.test_images if images is None else images)
 
     def _stop_requested(self, callbacks, refresh: int, device) -> bool:
         """Poll the callbacks: before every step in one process; with several, only every

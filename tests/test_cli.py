@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import subprocess
@@ -310,5 +311,38 @@ def test_every_recipe_reads_and_cites_the_number_it_follows(recipe):
 
     values = read_options_file(recipe, train, OPTION_OF_FIELD)
     assert values["dataset"] == "fashion-mnist" and values["net"] == "gated" and values["hidden"] == "300,300"
+    assert (values["validation_size"], values["patience"], values["warmup"]) == (10000, 50, 100)
     text = recipe.read_text()
     assert re.search(r"-22\d\.\d\d nats \(k = 5,000\)", text) and "Table 1" in text
+
+
+def test_validation_early_stopping_and_the_best_checkpoint_from_the_command_line(tmp_path, monkeypatch):
+    from pyrovae.train import Trainer
+
+    scores = iter([-300, -200, -250, -260, -100])
+    real = Trainer.test_terms
+    monkeypatch.setattr(Trainer, "test_terms", lambda self, images=None: real(self, images) if images is None
+                        else dataclasses.replace(real(self, images), elbo=next(scores)))
+    run = tmp_path / "run"
+    result = invoke("train", *SMALL, "--epochs", 5, "--validation-size", 500, "--patience", 2, "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    assert "Held out 500 of the 4000 training images (seed 1) as the validation set" in result.output
+    assert "epoch   4  train ELBO" in result.output and "validation ELBO   -260.00" in result.output
+    assert "Stopped early at epoch 4: the validation ELBO has not improved for 2 epochs since epoch 2." \
+        in result.output and "epoch   5" not in result.output
+    best = invoke("evaluate", run, "-k", 2, "--num-images", 10)
+    assert "after epoch 2 (its best validation ELBO)" in best.output
+    last = json.loads(invoke("evaluate", run, "-k", 2, "--num-images", 10, "--json", "--checkpoint", "last").output)
+    assert (last["epoch"], last["best_epoch"]) == (4, 2)
+    assert_one_sentence(invoke("train", "--resume", run, "--epochs", 9),
+                        f"Run {run} stopped early at epoch 4: its validation ELBO has not improved since epoch 2")
+    assert_one_sentence(invoke("evaluate", run, "--checkpoint", "worst"), "'worst' is not best, last or an epoch")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--patience", 3], "--patience stops on the validation ELBO; hold out images for it with --validation-size N."),
+    (["--validation-size", 4000], "--validation-size 4000 leaves none of the 4000 training images of mnist5k"),
+])
+def test_impossible_validation_options_write_nothing(tmp_path, args, message):
+    assert_one_sentence(invoke("train", *SMALL, *args, "--run-dir", tmp_path / "run"), message)
+    assert not (tmp_path / "run").exists()

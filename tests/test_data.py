@@ -239,3 +239,14 @@ def test_real_emoji_data_set(emoji):
     assert "smileys-and-emotion" in emoji.classes
     corners = emoji.train_images[:, :, 0, 0]
     assert (corners == 1).float().mean() > 0.9  # transparent surroundings are composited on white
+
+
+def test_validation_images_are_a_seeded_part_of_the_training_images():
+    data = load_dataset("mnist5k")
+    split, again = data.with_validation(300), data.with_validation(300)
+    assert torch.equal(split.validation_images, again.validation_images)
+    assert len(split.train_images) == len(data.train_images) - 300 and len(split.validation_images) == 300
+    both = torch.cat([split.train_images, split.validation_images]).flatten(1)
+    torch.testing.assert_close(both.sum(0), data.train_images.flatten(1).sum(0))  # nothing lost or repeated
+    assert torch.equal(split.test_images, data.test_images) and "validation set" in split.notes[-1]
+    assert "validation=300" in repr(split)

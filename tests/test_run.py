@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -5,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import SMALL
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from pyrovae.config import Config
@@ -12,8 +15,8 @@ from pyrovae.data import load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, StorageError
 from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import build_vae
-from pyrovae.run import load_run, resolve_device, resume_run, train_run
-from pyrovae.train import prepare_test_images
+from pyrovae.run import best_epoch, load_run, resolve_device, resume_run, stopped_early, train_run
+from pyrovae.train import EpochMetrics, Trainer, prepare_test_images
 
 
 def test_run_directory_holds_everything(trained_run):
@@ -21,7 +24,9 @@ def test_run_directory_holds_everything(trained_run):
     assert config["dataset"] == "mnist5k" and config["latent_dim"] == 4 and config["hidden_dims"] == [64]
     lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
-    assert set(lines[0]) == {"epoch", "train_elbo", "test_elbo", "test_reconstruction", "test_kl", "seconds"}
+    assert set(lines[0]) == {"epoch", "train_elbo", "test_elbo", "test_reconstruction", "test_kl", "seconds",
+                             "validation_elbo"}
+    assert not (trained_run / "best.pt").exists()  # no validation set, no best epoch
     for kind, size in (("samples", 8 * 28 + 9 * 2), ("reconstructions", 8 * 28 + 9 * 2)):
         for epoch in (1, 2):
             image = np.asarray(Image.open(trained_run / kind / f"epoch_{epoch:04d}.png").convert("L"), float)
@@ -158,3 +163,94 @@ def test_stale_temporaries_are_removed_and_deleted_folders_remade_on_resume(trai
     resume_run(tmp_path / "run", num_epochs=3, progress=False)
     assert not list((tmp_path / "run").rglob(".*.tmp"))
     assert (tmp_path / "run" / "samples" / "epoch_0003.png").is_file()
+
+
+def test_validation_set_picks_the_best_epoch_which_loads_by_default(tmp_path):
+    run_dir = tmp_path / "run"
+    result = train_run(Config(**{**SMALL, "num_epochs": 3, "validation_size": 500}), run_dir, progress=False)
+    scores = [m.validation_elbo for m in result.history]
+    assert all(np.isfinite(scores))
+    best = 1 + int(np.argmax(scores))
+    assert result.best_epoch == best and not result.stopped_early
+    config, vae, state = load_run(run_dir)  # the default is the best epoch
+    assert state["epoch"] == best and load_run(run_dir, epoch="last")[2]["epoch"] == 3
+    data = load_dataset("mnist5k").with_validation(500)
+    assert len(data.train_images) == 3500 and len(data.validation_images) == 500
+    assert config.validation_size == 500
+    # The recorded score is the validation set's ELBO under the checkpoint kept as best.
+    assert elbo_terms(vae, prepare_test_images(data.validation_images, binary=True)).elbo == max(scores)
+
+
+def scripted_validation(monkeypatch, scores):
+    """Make the validation ELBO of epoch e be scores[e - 1]; the test set is scored as usual."""
+    real = Trainer.test_terms
+
+    def test_terms(self, images=None):
+        terms = real(self, images)
+        if images is not None:
+            terms = dataclasses.replace(terms, elbo=scores[self.epoch])
+        return terms
+
+    monkeypatch.setattr(Trainer, "test_terms", test_terms)
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [-300, -200, -190, -250, -195, -180, -170, -160])
+    config = Config(**{**SMALL, "num_epochs": 8, "validation_size": 500, "patience": 2, "warmup_epochs": 1})
+    result = train_run(config, tmp_path / "run", progress=False)
+    assert [m.epoch for m in result.history] == [1, 2, 3, 4, 5]  # epochs 4 and 5 did not beat epoch 3
+    assert result.finished and result.stopped_early and result.best_epoch == 3
+    assert load_run(tmp_path / "run")[2]["epoch"] == 3
+    with pytest.raises(ConfigError, match=r"stopped early at epoch 5: its validation ELBO has not improved since "
+                                          r"epoch 3 \(--patience 2\)"):
+        resume_run(tmp_path / "run", progress=False)
+
+
+def test_warmup_epochs_do_not_count_against_patience(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [-100, -200, -300, -400, -500, -600])
+    config = Config(**{**SMALL, "num_epochs": 6, "validation_size": 500, "patience": 2, "warmup_epochs": 3})
+    result = train_run(config, tmp_path / "run", progress=False)
+    assert len(result.history) == 5 and result.best_epoch == 1  # 3 warm-up epochs + 2 of patience
+
+
+def test_resume_with_validation_and_early_stopping_is_exact(tmp_path):
+    config = Config(**{**SMALL, "num_epochs": 3, "validation_size": 500, "patience": 5})
+    straight = train_run(config, tmp_path / "straight", progress=False)
+    calls = []
+    stopped = train_run(config, tmp_path / "stopped", progress=False,
+                        should_stop=lambda: calls.append(1) or len(calls) == 50)
+    assert not stopped.finished
+    resumed = resume_run(tmp_path / "stopped", progress=False)
+    assert [m.validation_elbo for m in resumed.history] == [m.validation_elbo for m in straight.history]
+    for name in ("checkpoint.pt", "best.pt"):
+        a, b = (torch.load(d / name, weights_only=False)["model"] for d in (tmp_path / "straight", tmp_path / "stopped"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def history(scores):
+    return [EpochMetrics(e, 0.0, 0.0, 0.0, 0.0, 0.0, s) for e, s in enumerate(scores, 1)]
+
+
+@given(st.lists(st.one_of(st.floats(-1e3, 0), st.just(float("nan"))), min_size=1, max_size=30),
+       st.integers(1, 10), st.integers(0, 10))
+def test_stopping_rule(scores, patience, warmup):
+    config = Config(validation_size=10, patience=patience, warmup_epochs=warmup)
+    best = best_epoch(history(scores))
+    finite = [s for s in scores if s == s]
+    if not finite:
+        assert best is None and not stopped_early(history(scores), config)
+        return
+    assert scores[best - 1] == max(finite) and all(s < max(finite) for s in scores[: best - 1] if s == s)
+    # Stopped exactly when the last `patience` epochs after the warm-up brought no new best.
+    assert stopped_early(history(scores), config) == (len(scores) - max(best, warmup) >= patience)
+    assert not stopped_early(history(scores), config.replace(patience=None))
+
+
+def test_a_view_of_the_best_epoch_still_plots_the_whole_run(tmp_path, monkeypatch):
+    from pyrovae.analysis import RunView
+
+    scripted_validation(monkeypatch, [-300, -200, -250])
+    train_run(Config(**{**SMALL, "num_epochs": 3, "validation_size": 500}), tmp_path / "run", progress=False)
+    view = RunView(tmp_path / "run", num_images=50)
+    assert [m.epoch for m in view.history] == [1, 2, 3]
+    assert load_run(tmp_path / "run")[2]["epoch"] == 2
