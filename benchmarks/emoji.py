@@ -55,7 +55,7 @@ def main(argv=None):
     result = {"dataset": data.name, "device": str(device), "epochs": args.epochs, "batch_size": args.batch_size,
               "num_samples": args.num_samples, "test_images": len(data.test_images), "runs": runs, **summary,
               "time_ratio": summary["pyrovae"]["seconds_per_epoch"] / summary["reference"]["seconds_per_epoch"]}
-    print(f"\n| seed | pyrovae bits/dim | reference bits/dim |\n| --- | --- | --- |")
+    print("\n| seed | pyrovae bits/dim | reference bits/dim |\n| --- | --- | --- |")
     for seed, run in zip(args.seeds, runs):
         print(f"| {seed} | {run['pyrovae']['bits_per_dim']:.4f} | {run['reference']['bits_per_dim']:.4f} |")
     print(f"| mean (sd) | {summary['pyrovae']['bits_per_dim']:.4f} ({summary['pyrovae']['sd']:.3f}) | "

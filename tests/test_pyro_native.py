@@ -10,7 +10,6 @@ import textwrap
 from dataclasses import replace
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
