@@ -166,6 +166,7 @@ def reference(args):
     recipe = Recipe(args.prior, seed=args.seed)
     model, optimizer = recipe.reference()
     best, best_epoch, started = -math.inf, 0, time.perf_counter()
+    best_state = copy.deepcopy(model.state_dict())  # kept if no epoch scores a finite ELBO
     for epoch in range(args.epochs):
         train = recipe.reference_epoch(model, optimizer, epoch)
         model.eval()

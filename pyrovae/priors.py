@@ -91,12 +91,10 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         logits = _shared(self.mixture_distribution.logits, 1)
         if loc is None or scale is None or logits is None:
             return super().log_prob(x)
-        precision = scale.double().pow(-2)  # (K, D)
-        z = x.double()
-        quadratic = ((z * z) @ precision.T - 2 * z @ (loc.double() * precision).T
-                     + (loc.double().pow(2) * precision).sum(-1))
-        log_components = (-0.5 * quadratic - scale.double().log().sum(-1)
-                          - 0.5 * loc.shape[-1] * math.log(2 * math.pi))
+        z, loc, scale = x.double(), loc.double(), scale.double()
+        precision = scale.pow(-2)  # (K, D)
+        quadratic = (z * z) @ precision.T - 2 * z @ (loc * precision).T + (loc.pow(2) * precision).sum(-1)
+        log_components = -0.5 * quadratic - scale.log().sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
         log_weights = torch.log_softmax(logits.double(), dim=-1)
         return torch.logsumexp(log_components + log_weights, dim=-1).to(x.dtype)
 

@@ -222,10 +222,11 @@ def _load_state(run_dir: Path, epoch: Union[int, str]) -> Tuple[Path, dict]:
 def full_history(run_dir, state: dict) -> List[EpochMetrics]:
     """The metrics of every epoch of the run whose checkpoint ``state`` is: those of its
     newest checkpoint when ``state`` is an earlier one (``best.pt``, a kept epoch)."""
-    history = state["history"]
-    if (Path(run_dir) / CHECKPOINT).is_file():
+    history, run_dir = state["history"], Path(run_dir)
+    earlier_kept = (run_dir / BEST).is_file() or kept_epochs(run_dir)  # else ``state`` is the newest
+    if earlier_kept and (run_dir / CHECKPOINT).is_file():
         try:
-            newest = load_checkpoint(Path(run_dir) / CHECKPOINT)["history"]
+            newest = load_checkpoint(run_dir / CHECKPOINT)["history"]
             if len(newest) > len(history):
                 history = newest
         except (CheckpointError, KeyError, TypeError):
