@@ -8,22 +8,8 @@ one sentence with the error's exit status (:data:`EXIT_STATUSES`), never as a tr
 import click
 
 from pyrovae import __version__
-from pyrovae.cli.options import plain_warnings
+from pyrovae.cli.options import EXIT_STATUSES, exit_statuses, plain_warnings
 from pyrovae.errors import ConfigError, PyroVAEError, StorageError, describe_os_error
-
-# What scripts can rely on; the README's table says the same.
-EXIT_STATUSES = {
-    0: "done",
-    1: "an unexpected error (a bug: please report the traceback)",
-    2: "a problem you can fix: a bad option, path, data file or checkpoint (one sentence on stderr)",
-    3: "training diverged (NaN or infinite loss); the last good checkpoint is kept",
-    4: "a file could not be written (no space, read-only, permission); what was written before is intact",
-    5: "the run directory is being written by another process",
-    129: "train was stopped by SIGHUP (its terminal or ssh session closed) after saving a checkpoint",
-    130: "train was interrupted with Ctrl-C after saving a checkpoint; --resume continues it",
-    143: "train was stopped with SIGTERM after saving a checkpoint; --resume continues it",
-}
-
 
 class _UserError(click.ClickException):
     def __init__(self, error: PyroVAEError):
@@ -55,7 +41,8 @@ class PyroVAEGroup(click.Group):
                                          "evaluate).")) from None
 
 
-@click.group(cls=PyroVAEGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PyroVAEGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=exit_statuses(*EXIT_STATUSES))
 @click.version_option(__version__, prog_name="pyrovae")
 def main():
     """Train, evaluate and sample variational autoencoders built with Pyro.
@@ -71,11 +58,20 @@ def main():
     Your own images (a folder, class subfolders optional, or a .npy/.npz array):
       pyrovae train --data ~/photos --image-size 64 --net conv --run-dir runs/photos
       pyrovae reconstruct runs/photos ~/photos/cat.jpg -o rec.png
+
+    \b
+    Use and share a trained model:
+      pyrovae export runs/demo my-vae      # config.json + model.safetensors
+      python -c 'import pyrovae; vae = pyrovae.load("my-vae")'
+
+    Every command takes --json: one JSON object on stdout (train: one per epoch, then a
+    summary); messages and progress go to stderr.
     """
 
 
 from pyrovae.cli.encode import encode, reconstruct  # noqa: E402
 from pyrovae.cli.evaluate import evaluate  # noqa: E402
+from pyrovae.cli.export import export  # noqa: E402
 from pyrovae.cli.plot import plot, report  # noqa: E402
 from pyrovae.cli.sample import sample  # noqa: E402
 from pyrovae.cli.train import train  # noqa: E402
@@ -87,5 +83,6 @@ main.add_command(encode)
 main.add_command(reconstruct)
 main.add_command(plot)
 main.add_command(report)
+main.add_command(export)
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_STATUSES"]

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.options import check_output, checkpoint_option, device_options, progress_enabled
+from pyrovae.cli.options import (COMMON_STATUSES, check_output, checkpoint_option, device_options, emit,
+                                 exit_statuses, json_option, progress_enabled)
+
 
 def _run_and_inputs(default_output: str, output_help: str):
     """RUN, the IMAGE... inputs and -o, shared by both commands."""
@@ -15,7 +17,7 @@ def _run_and_inputs(default_output: str, output_help: str):
         command = click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...",
                                  type=click.Path(exists=True, path_type=Path))(command)
         command = click.argument("run", type=click.Path(file_okay=False))(command)
-        return device_options(checkpoint_option(command))
+        return device_options(checkpoint_option(json_option(command)))
     return decorate
 
 
@@ -34,9 +36,9 @@ def _load(run, inputs, epoch, cuda, device):
     return config, vae, images, names
 
 
-@click.command()
+@click.command(epilog=exit_statuses(*COMMON_STATUSES))
 @_run_and_inputs("codes.npz", "A .npz file: loc (N, D), scale where q is a diagonal Normal, and files.")
-def encode(run, inputs, output, epoch, cuda, device):
+def encode(run, inputs, output, as_json, epoch, cuda, device):
     """Encode image files (or folders of them, or .npy/.npz arrays) with RUN's guide:
     the posterior mean E_q[z|x] of each, and q's standard deviations where it has them."""
     import numpy as np
@@ -55,13 +57,15 @@ def encode(run, inputs, output, epoch, cuda, device):
     if latents.scale is not None:
         arrays["scale"] = latents.scale.numpy()
     atomic_write(output, lambda f: np.savez(f, **arrays))
-    click.echo(f"Wrote the codes of {len(names)} image(s) ({latents.loc.shape[1]} dimensions) to {output}: "
-               f"{', '.join(arrays)}")
+    emit(as_json, {"output": str(output), "num_images": len(names), "latent_dim": latents.loc.shape[1],
+                   "arrays": list(arrays)},
+         f"Wrote the codes of {len(names)} image(s) ({latents.loc.shape[1]} dimensions) to {output}: "
+         f"{', '.join(arrays)}")
 
 
-@click.command()
+@click.command(epilog=exit_statuses(*COMMON_STATUSES))
 @_run_and_inputs("reconstructions.png", "Image file to write (.png, .jpg, ...).")
-def reconstruct(run, inputs, output, epoch, cuda, device):
+def reconstruct(run, inputs, output, as_json, epoch, cuda, device):
     """Reconstruct image files (or folders of them, or .npy/.npz arrays) through RUN's model:
     each image beside the mean of p(x|z) at its posterior mean, up to 4 pairs a row."""
     import torch
@@ -77,4 +81,5 @@ def reconstruct(run, inputs, output, epoch, cuda, device):
     pairs = torch.stack([images, reconstructions], dim=1).flatten(0, 1)
     save_grid(pairs, output, nrow=2 * min(4, len(images)))
     rows = math.ceil(len(images) / 4)
-    click.echo(f"Wrote {len(images)} image(s) and their reconstructions to {output} ({rows} row(s) of pairs)")
+    emit(as_json, {"output": str(output), "num_images": len(images), "files": names},
+         f"Wrote {len(images)} image(s) and their reconstructions to {output} ({rows} row(s) of pairs)")

@@ -5,10 +5,11 @@ import math
 
 import click
 
-from pyrovae.cli.options import checkpoint_option, data_options, dataset_choice, device_options, progress_enabled
+from pyrovae.cli.options import (COMMON_STATUSES, checkpoint_option, data_options, dataset_choice, device_options,
+                                 exit_statuses, json_option, progress_enabled)
 
 
-@click.command()
+@click.command(epilog=exit_statuses(*COMMON_STATUSES))
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-k", "--num-samples", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Importance samples per image for log p(x).")
@@ -18,7 +19,7 @@ from pyrovae.cli.options import checkpoint_option, data_options, dataset_choice,
               help="Evaluate on this data set's test split instead of the run's own.")
 @data_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation's own noise.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@json_option
 @checkpoint_option
 @device_options
 def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epoch, cuda, device):

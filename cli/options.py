@@ -9,6 +9,43 @@ import click
 
 from pyrovae.registry import DATASETS
 
+# What scripts can rely on; the README's table says the same.
+EXIT_STATUSES = {
+    0: "done",
+    1: "an unexpected error (a bug: please report the traceback)",
+    2: "a problem you can fix: a bad option, path, data file or checkpoint (one sentence on stderr)",
+    3: "training diverged (NaN or infinite loss); the last good checkpoint is kept",
+    4: "a file could not be written (no space, read-only, permission); what was written before is intact",
+    5: "the run directory is being written by another process",
+    129: "train was stopped by SIGHUP (its terminal or ssh session closed) after saving a checkpoint",
+    130: "interrupted with Ctrl-C (train saves a checkpoint first; --resume continues it)",
+    143: "train was stopped with SIGTERM after saving a checkpoint; --resume continues it",
+}
+# The statuses every command can end with.
+COMMON_STATUSES = (0, 1, 2, 4, 130)
+
+
+def exit_statuses(*codes: int) -> str:
+    """A command's help epilog listing the exit statuses it can end with."""
+    lines = "\n".join(f"  {code:<4d}{EXIT_STATUSES[code]}" for code in sorted(codes))
+    return f"\b\nExit statuses:\n{lines}"
+
+
+def json_option(command):
+    """``--json``: the command's result as one JSON object on stdout (messages go to stderr)."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON object on stdout instead of sentences.")(command)
+
+
+def emit(as_json: bool, result: dict, message: str) -> None:
+    """Print ``result`` as one line of JSON with ``--json``, else ``message``."""
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result))
+    else:
+        click.echo(message)
+
 
 class Choice(click.Choice):
     """click's Choice that takes ``-`` and ``_`` alike: ``continuous-bernoulli`` and
@@ -113,7 +150,9 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
 
     :raises click.BadParameter: for a file that cannot be read or a key no option has.
     """
-    valid = {p.name for p in command.params if isinstance(p, click.Option) and p.name not in ("config", "resume")}
+    options = {p.name: p for p in command.params
+               if isinstance(p, click.Option) and p.name not in ("config", "resume", "as_json")}
+    valid = set(options)
     try:
         if path.suffix.lower() == ".json":
             import json
@@ -142,8 +181,14 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
     if unknown:
         raise click.BadParameter(f"{path} sets {', '.join(sorted(unknown))}, which no option of this command is; valid keys: "
                                  f"{', '.join(sorted(n.replace('_', '-') for n in valid))}.", param_hint="--config")
-    # As a person would type them: lists of widths as "300,300"; null means the default.
-    return {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in values.items() if v is not None}
+    # As a person would type them: lists of widths as "300,300" (a repeatable option such as
+    # log takes a list, or one name); null means the default.
+    def typed(name, value):
+        if options[name].multiple:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+    return {k: typed(k, v) for k, v in values.items() if v is not None}
 
 
 def config_file_option(renamed: dict):

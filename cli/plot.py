@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from pyrovae.cli.options import Choice, check_output, checkpoint_option, data_options, device_options, progress_enabled
+from pyrovae.cli.options import (COMMON_STATUSES, Choice, check_output, checkpoint_option, data_options,
+                                 device_options, emit, exit_statuses, json_option, progress_enabled)
 
 KINDS = ("curves", "reconstructions", "samples", "evolution", "latent", "manifold", "interpolate", "kl", "styles")
 
@@ -27,18 +28,19 @@ def view_options(command):
     command = device_options(command)
     command = data_options(command)
     command = checkpoint_option(command)
+    command = json_option(command)
     return click.option("--num-images", type=click.IntRange(min=2), default=None,
                         help="Use only N test images, spread evenly over the test set [default: all].")(command)
 
 
-@click.command()
+@click.command(epilog=exit_statuses(*COMMON_STATUSES))
 @click.argument("run", type=click.Path(file_okay=False))
 @click.argument("kind", type=Choice(KINDS))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File to write, in the format its suffix names (.png, .pdf, .svg, .jpg, ...) "
                    "[default: RUN/plots/KIND.png].")
 @view_options
-def plot(run, kind, output, num_images, epoch, data_dir, cuda, device):
+def plot(run, kind, output, num_images, as_json, epoch, data_dir, cuda, device):
     """Draw one figure of RUN.
 
     \b
@@ -66,20 +68,22 @@ def plot(run, kind, output, num_images, epoch, data_dir, cuda, device):
             raise StorageError(f"Cannot create {output.parent}: {describe_os_error(e)}; pass -o FILE to write "
                                "the figure elsewhere.") from None
     save_figure(PLOTS[kind](view), output)
-    click.echo(f"Wrote {output}")
+    result, message = {"output": str(output), "kind": kind, "epoch": view.epoch}, f"Wrote {output}"
     if kind == "kl":
         from pyrovae.analysis import ACTIVITY_THRESHOLD, active_units
 
         _, active = active_units(view.latents.loc)
-        click.echo(f"Active units (A_u > {ACTIVITY_THRESHOLD}): {int(active.sum())} of {len(active)}")
+        result.update(active_units=int(active.sum()), latent_dim=len(active))
+        message += f"\nActive units (A_u > {ACTIVITY_THRESHOLD}): {int(active.sum())} of {len(active)}"
+    emit(as_json, result, message)
 
 
-@click.command()
+@click.command(epilog=exit_statuses(*COMMON_STATUSES))
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: RUN/report.html].")
 @view_options
-def report(run, output, num_images, epoch, data_dir, cuda, device):
+def report(run, output, num_images, as_json, epoch, data_dir, cuda, device):
     """Write one self-contained HTML page with RUN's configuration, metrics and every figure."""
     from tqdm.auto import tqdm
 
@@ -91,4 +95,4 @@ def report(run, output, num_images, epoch, data_dir, cuda, device):
     view = _view(run, num_images, epoch, data_dir, cuda, device)
     with tqdm(total=len(kinds_for(view.config)), desc="figures", unit="figure", leave=False, disable=not progress_enabled()) as bar:
         path = write_report(view, output, on_figure=lambda kind: bar.update())
-    click.echo(f"Wrote {path}")
+    emit(as_json, {"output": str(path), "epoch": view.epoch}, f"Wrote {path}")

@@ -1,16 +1,18 @@
 """``pyrovae train``: train a new run, or resume one."""
 
+import json
 import shlex
 import signal
 from contextlib import contextmanager
+from functools import partial
 
 import click
 from click.core import ParameterSource
 
 from pyrovae.config import Config
-from pyrovae.cli.options import (Choice, HiddenDims, LabelCount, config_file_option, data_options, dataset_choice,
-                                 device_options, progress_enabled)
-from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, MODELS, NETS, PRIORS
+from pyrovae.cli.options import (EXIT_STATUSES, Choice, HiddenDims, LabelCount, config_file_option, data_options,
+                                 dataset_choice, device_options, exit_statuses, json_option, progress_enabled)
+from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, LOGGERS, MODELS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
 FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model", "labels", "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
@@ -24,7 +26,7 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
                    "warmup_epochs": "warmup", "num_epochs": "epochs", "mixture_components": "mixtures"}
 
 
-@click.command()
+@click.command(epilog=exit_statuses(*EXIT_STATUSES))
 @config_file_option(OPTION_OF_FIELD)
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Number of epochs (the new total when resuming) [default: 10].")
@@ -116,13 +118,17 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
 @click.option("--patience", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
               help="Early stopping: end the run when the validation ELBO has not improved for this many epochs "
                    "(not counting the --warmup epochs) [default: train all --epochs].")
+@click.option("--log", type=Choice(list(LOGGERS)), multiple=True, metavar="tensorboard",
+              help="Also log to TensorBoard, in RUN/tensorboard: the metrics, the running train ELBO, the pictures, "
+                   "the options as hyperparameters and the test set's latent means (tensorboard --logdir runs).")
+@json_option
 @device_options
 @click.pass_context
 def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
           min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
           mixtures, guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir, data,
           test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints,
-          validation_size, patience, cuda, device):
+          validation_size, patience, log, as_json, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
@@ -135,9 +141,13 @@ def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight,
 
     Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the N processes train
     one model with DistributedDataParallel; --batch-size is the global batch.
+
+    --json prints one JSON object per epoch (the fields of metrics.jsonl) and a final summary
+    (run_dir, finished, stopped_early, best_epoch, resume) on stdout; everything else goes to stderr.
     """
     from pyrovae.distributed import Distributed, launched_by_torchrun
     from pyrovae.errors import PyroVAEError
+    from pyrovae.registry import build_loggers
     from pyrovae.run import resolve_device
 
     for name in ("dataset", "data_dir", "fallback"):
@@ -148,11 +158,12 @@ def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight,
     if test_data and not data:
         raise click.UsageError("--test-data goes with --data (your own training images).")
     device = resolve_device(device, cuda)
+    loggers = build_loggers(log)
     distributed = Distributed()
     try:
         if launched_by_torchrun():
             distributed, device = Distributed.from_env(device)
-        _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, Config(
+        _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, loggers, as_json, Config(
             model=model, num_labels=labels, classifier_weight=classifier_weight, num_categories=categories,
             temperature=temperature, min_temperature=min_temperature, latent_dim=z_dim, hidden_dims=hidden, net=net,
             activation=activation, conv_channels=conv_channels, likelihood=likelihood,
@@ -170,12 +181,13 @@ def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight,
         distributed.close()
 
 
-def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, config):
+def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, loggers, as_json, config):
     from pyrovae.run import resume_run, train_run
 
     main = distributed.is_main
-    callbacks = dict(progress=progress_enabled() and main, on_start=_announce if main else None,
-                     on_epoch_end=_report if main else None, device=device, distributed=distributed)
+    report = _report_json if as_json else _report
+    callbacks = dict(progress=progress_enabled() and main, on_start=partial(_announce, err=as_json) if main else None,
+                     on_epoch_end=report if main else None, device=device, distributed=distributed, loggers=loggers)
     with _stop_on_interrupt(quiet=not main) as requested:
         should_stop = lambda: bool(requested)  # noqa: E731
         if resume:
@@ -188,33 +200,46 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
             result = train_run(config, run_dir, overwrite=overwrite, fallback=fallback, should_stop=should_stop,
                                **callbacks)
     run = shlex.quote(str(result.run_dir))
-    if main and result.stopped_early:
-        click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved for "
-                   f"{result.config.patience} epochs since epoch {result.best_epoch}.")
-    if main and result.finished:
-        click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
-                   f"next: pyrovae evaluate {run}")
+    resume_command = f"pyrovae train --resume {run}" + "".join(f" --log {name}" for name in ctx.params["log"])
+    if main and as_json:
+        click.echo(json.dumps({"run_dir": str(result.run_dir), "finished": result.finished,
+                               "stopped_early": result.stopped_early, "epochs": len(result.history),
+                               "best_epoch": result.best_epoch,
+                               "resume": None if result.finished else resume_command}))
     elif main:
-        click.echo(f"Interrupted; checkpoint saved. Resume with: pyrovae train --resume {run}")
+        if result.stopped_early:
+            click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved "
+                       f"for {result.config.patience} epochs since epoch {result.best_epoch}.")
+        if result.finished:
+            click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
+                       f"next: pyrovae evaluate {run}")
+        else:
+            click.echo(f"Interrupted; checkpoint saved. Resume with: {resume_command}")
     if not result.finished:  # as a shell reports a process stopped by that signal
         ctx.exit(128 + requested[0])
 
 
-def _announce(run_dir, config, data, first_epoch):
+def _announce(run_dir, config, data, first_epoch, err=False):
+    """What is trained where (on stderr with ``err``, so that stdout holds only --json's objects)."""
+    echo = partial(click.echo, err=err)
     shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
-    click.echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
+    echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
                f"{shape}, from {data.source}); run directory {run_dir}")
     for note in data.notes:
-        click.echo(f"  {note[0].upper()}{note[1:]}")
-    click.echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
+        echo(f"  {note[0].upper()}{note[1:]}")
+    echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
     if first_epoch > 1:
-        click.echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
+        echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
 
 
 def _report(m):
     validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
     click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
                f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
+
+
+def _report_json(m):
+    click.echo(json.dumps(m.to_dict()))
 
 
 @contextmanager

@@ -5,6 +5,10 @@ load torch until a model is touched::
 
     from pyrovae import VAE, StandardNormalPrior, MLPDecoder, MLPEncoder
     from pyrovae import BernoulliLikelihood, DiagonalNormalGuide, load_dataset, fit
+
+and a trained run (or a folder written by ``pyrovae export``) is one call away::
+
+    vae = pyrovae.load("runs/demo")
 """
 
 import importlib
@@ -56,6 +60,10 @@ _EXPORTS = {
     "train_run": "pyrovae.run",
     "resume_run": "pyrovae.run",
     "load_run": "pyrovae.run",
+    "load": "pyrovae.exported",
+    "export": "pyrovae.exported",
+    "RunLogger": "pyrovae.tracking",
+    "TensorBoardLogger": "pyrovae.tracking",
     "PyroVAEError": "pyrovae.errors",
     "DataError": "pyrovae.errors",
     "CheckpointError": "pyrovae.errors",

@@ -121,6 +121,7 @@ class RunView:
         self.run_dir = Path(run_dir)
         self.config: Config
         self.config, self.vae, state = load_run(self.run_dir, device, epoch)
+        self.epoch: int = state["epoch"]  # the epoch whose model is shown
         self.history: List[EpochMetrics] = full_history(self.run_dir, state)
         self.config = with_data_dir(self.config, data_dir, self.run_dir)
         data = load_data(self.config, fallback=False)

@@ -18,7 +18,8 @@ import torch
 
 from pyrovae.errors import CheckpointError, StorageError, describe_os_error
 
-__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state"]
+__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint", "mismatch_detail", "get_rng_state",
+           "set_rng_state"]
 
 FORMAT = "pyrovae-checkpoint-v1"
 
@@ -105,6 +106,14 @@ def load_checkpoint(path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint.")
     return state
+
+
+def mismatch_detail(error: RuntimeError) -> str:
+    """The line of ``load_state_dict``'s error that names what does not fit (a size, a
+    missing or an unexpected name)."""
+    lines = str(error).splitlines() or [type(error).__name__]
+    return next((line.strip() for line in lines if "size mismatch" in line or "Missing" in line
+                 or "Unexpected" in line), lines[0])
 
 
 def get_rng_state() -> dict:

@@ -50,9 +50,13 @@ class Likelihood(PyroModule):
 
     ``support`` is the set of pixel values p(x|z) is a distribution over; :meth:`check_images`
     refuses images that leave it, with ``support_hint`` saying what to do instead.
+    ``data_range`` is where the images' values lie, which :meth:`VAE.encode
+    <pyrovae.vae.VAE.check_images>` checks: pixels in [0, 1], as every data set pyrovae loads
+    is scaled; a likelihood for other data (standardized values, say) sets None.
     """
 
     binary_data = False
+    data_range = (0.0, 1.0)
     discrete = False  # probabilities of the exact pixel values (binary or 8-bit), not densities
     outputs_per_pixel = 1  # decoder channels per image channel
     support = constraints.real

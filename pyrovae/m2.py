@@ -259,7 +259,7 @@ class M2VAE(VAE):
         """The most likely class of each image under q(y|x)."""
         return self.guide.class_logits(x).argmax(-1)
 
-    def encode(self, x: torch.Tensor):
+    def _encode(self, x: torch.Tensor):
         return self.guide.distribution(x, self.classify(x))
 
     def _cycle(self, z: torch.Tensor) -> torch.Tensor:
@@ -269,22 +269,23 @@ class M2VAE(VAE):
 
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None):
         """p(x|z,y); ``y`` are class indices, the classes in turn when None."""
+        z = self._check_codes(z)
         if y is None:
             y = self._cycle(z)
         return self.likelihood(self.model.decoder_output(z, y))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.check_images(x)
         y = self.classify(x)
         return self.likelihood.mean(self.model.decoder_output(self.guide.distribution(x, y).mean, y))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = False, z: torch.Tensor = None,
+    def sample(self, num_samples: int, mean: bool = True, z: torch.Tensor = None,
                digit: Optional[int] = None) -> torch.Tensor:
-        """Images of class ``digit`` (the classes in turn when None) from prior or given codes."""
-        if z is None:
-            z = self.prior().sample((num_samples,))
-        z = z.to(self.device)
+        """Images of class ``digit`` (the classes in turn when None) from prior or given codes;
+        the likelihood's mean image unless ``mean`` is False (:meth:`VAE.sample`)."""
+        z = self.prior().sample((num_samples,)).to(self.device) if z is None else self._check_codes(z)
         if digit is None:
             classes = self._cycle(z)
         else:

@@ -8,8 +8,8 @@ import nothing heavy, so the command line can list the names without loading tor
 from pyrovae.config import DATASETS, Config
 from pyrovae.errors import ConfigError
 
-__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "lookup",
-           "model_family", "build_vae", "build_elbo"]
+__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "LOGGERS",
+           "lookup", "model_family", "build_vae", "build_elbo", "build_loggers"]
 
 
 def _bernoulli(c: Config):
@@ -165,6 +165,16 @@ ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
 ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 
 
+def _tensorboard():
+    from pyrovae.tracking import TensorBoardLogger
+
+    return TensorBoardLogger()
+
+
+# Where a run's progress is logged besides its own files (pyrovae.tracking).
+LOGGERS = {"tensorboard": _tensorboard}
+
+
 def lookup(table: dict, kind: str, name: str):
     """``table[name]``, or a :class:`ConfigError` listing the valid names."""
     try:
@@ -200,6 +210,12 @@ def build_vae(config: Config, init_images=None):
         likelihood=likelihood,
         guide=guide,
     )
+
+
+def build_loggers(names) -> list:
+    """The :class:`~pyrovae.tracking.RunLogger` of each name (``--log``), each once; a missing
+    package is a :class:`ConfigError` here, before anything is written."""
+    return [lookup(LOGGERS, "logger", name)() for name in dict.fromkeys(names or ())]
 
 
 def model_family(config: Config):

@@ -10,6 +10,7 @@ A run directory holds::
     samples/epoch_0001.png          decoded prior samples (the same z every epoch)
     samples/epoch_0001.pt           the first 16 of them as 8-bit tensors (the evolution figure)
     reconstructions/epoch_0001.png  rows of test images, each followed by its reconstruction
+    tensorboard/                    TensorBoard's event files, with --log tensorboard (pyrovae.tracking)
     .lock                           held by the process writing the run (pyrovae.lock)
 """
 
@@ -22,20 +23,22 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
-from pyrovae.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from pyrovae.checkpoint import atomic_write, load_checkpoint, mismatch_detail, save_checkpoint
 from pyrovae.config import Config
 from pyrovae.data import MNIST_FAMILY, ImageData, load_data, spread_subset
 from pyrovae.distributed import Distributed
 from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageError, describe_os_error
+from pyrovae.exported import is_exported, load_exported
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
 from pyrovae.registry import build_elbo, build_vae, model_family
+from pyrovae.tracking import TENSORBOARD_DIR, RunLogger
 from pyrovae.train import EpochMetrics, Trainer, watching
 from pyrovae.vae import VAE
 
@@ -51,7 +54,7 @@ BEST = "best.pt"
 SAMPLES = "samples"
 RECONSTRUCTIONS = "reconstructions"
 # Everything a run writes; --overwrite removes exactly these and nothing else.
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, BEST, SAMPLES, RECONSTRUCTIONS)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, BEST, SAMPLES, RECONSTRUCTIONS, TENSORBOARD_DIR)
 NUM_PICTURES = 64
 EVOLUTION_IMAGES = 16  # of each epoch's samples, kept as tensors for the evolution figure
 GRID_PADDING = 2  # pixels between the images of a saved grid
@@ -117,19 +120,24 @@ def default_run_dir(config: Config, root="runs") -> Path:
     return Path(root) / f"{config.dataset}-z{config.latent_dim}-{config.likelihood}-{stamp}"
 
 
-def save_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
-    """Save images in [0, 1] as one grid, in the format the file name says (written atomically)."""
+def save_grid(images: torch.Tensor, path, nrow: int = 8) -> torch.Tensor:
+    """Save images in [0, 1] as one grid, in the format the file name says (written atomically).
+
+    :returns: the grid, ``(C, H, W)``.
+    """
     from PIL import Image
 
     grid = make_grid(images.detach().cpu(), nrow=nrow, padding=GRID_PADDING, pad_value=1.0)
     image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     atomic_write(path, lambda f: save_image(grid, f, format=image_format))
+    return grid
 
 
-def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, epoch: int) -> None:
+def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, epoch: int) -> Dict[str, torch.Tensor]:
+    """Write the epoch's sample and reconstruction grids; returns them by name."""
     vae.eval()
     samples = vae.sample(NUM_PICTURES, mean=True, z=vae.fixed_latents(NUM_PICTURES, config.seed))
-    save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
+    samples_grid = save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
     pixels = samples[:EVOLUTION_IMAGES].mul(255).round().to(torch.uint8).cpu()
     atomic_write(run_dir / SAMPLES / f"epoch_{epoch:04d}.pt", lambda f: torch.save(pixels, f))
     per_row = min(8, len(trainer.test_images))
@@ -139,8 +147,9 @@ def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, ep
     # Rows of originals, each followed by the row of their reconstructions.
     pairs = torch.stack([originals.view(rows, per_row, *originals.shape[1:]),
                          reconstructions.view(rows, per_row, *originals.shape[1:])], dim=1)
-    save_grid(pairs.flatten(0, 2), run_dir / RECONSTRUCTIONS / f"epoch_{epoch:04d}.png", nrow=per_row)
+    pairs_grid = save_grid(pairs.flatten(0, 2), run_dir / RECONSTRUCTIONS / f"epoch_{epoch:04d}.png", nrow=per_row)
     vae.train()
+    return {"samples": samples_grid, "reconstructions": pairs_grid}
 
 
 def _write_metrics(run_dir: Path, history: List[EpochMetrics]) -> None:
@@ -247,7 +256,8 @@ def kept_epochs(run_dir) -> List[int]:
 
 
 def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Config, VAE, dict]:
-    """Rebuild a run's model from its checkpoint, on ``device``.
+    """Rebuild a run's model from its checkpoint (or a model written by ``pyrovae export``),
+    on ``device``.
 
     :param epoch: ``"best"``: the epoch with the best validation ELBO of a run trained with
         ``--validation-size`` (``best.pt``), else the newest; ``"last"``: the newest
@@ -261,6 +271,8 @@ def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Co
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"Run directory {run_dir} does not exist.")
+    if is_exported(run_dir):
+        return load_exported(run_dir, device, epoch)
     path, state = _load_state(run_dir, epoch)
     try:
         config = Config.from_dict(state["config"])
@@ -287,9 +299,7 @@ def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Co
     try:
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
-        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line
-                       or "Missing" in line or "Unexpected" in line), str(e).splitlines()[0])
-        raise CheckpointError(f"Checkpoint {path} does not fit the model of its config: {detail}") from None
+        raise CheckpointError(f"Checkpoint {path} does not fit the model of its config: {mismatch_detail(e)}") from None
     return config, vae.to(device).eval(), state
 
 
@@ -305,6 +315,7 @@ def train_run(
     on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
     distributed: Optional[Distributed] = None,
+    loggers: Sequence[RunLogger] = (),
 ) -> RunResult:
     """Train a new run, writing its directory as it goes.
 
@@ -322,6 +333,8 @@ def train_run(
     :param on_epoch_end: called with each epoch's metrics after its checkpoint is saved.
     :param distributed: this process's rank in a ``torchrun`` job (:mod:`pyrovae.distributed`);
         only rank 0 writes the run directory.
+    :param loggers: :class:`~pyrovae.tracking.RunLogger` objects told of every epoch, such as
+        :class:`~pyrovae.tracking.TensorBoardLogger` (rank 0 only).
     :raises RunInUseError: when another process is writing ``run_dir``.
     :raises StorageError: when a file cannot be written; the last checkpoint is intact.
     """
@@ -334,11 +347,12 @@ def train_run(
     config = fit_to_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     claim = lambda: _claim_new_run_dir(run_dir, overwrite)  # noqa: E731
-    return _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end, distributed)
+    return _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end, distributed,
+                  loggers)
 
 
 def _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end,
-           distributed) -> RunResult:
+           distributed, loggers) -> RunResult:
     """Build a fresh model for ``config``, check that it fits the data and the memory, then
     ``claim()`` the run directory (returning its held lock) and train."""
     check_against_data(config, data)
@@ -350,7 +364,8 @@ def _start(config, data, run_dir, claim, device, progress, should_stop, on_start
     check_step_memory(trainer, config.batch_size // distributed.world_size)
     lock = _main_first(distributed, device, claim, others=False)
     try:
-        return _train(run_dir, config, trainer, None, progress, should_stop, on_start, on_epoch_end, distributed)
+        return _train(run_dir, config, trainer, None, progress, should_stop, on_start, on_epoch_end, distributed,
+                      loggers)
     finally:
         if lock is not None:
             lock.release()
@@ -376,6 +391,7 @@ def resume_run(
     on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
     distributed: Optional[Distributed] = None,
+    loggers: Sequence[RunLogger] = (),
 ) -> RunResult:
     """Continue a run from its checkpoint exactly where it stopped (with any number of
     processes: a step means the same global batch whatever the number of ranks).
@@ -385,6 +401,7 @@ def resume_run(
     the newest checkpoint it keeps (``--keep-checkpoints``).
 
     :param num_epochs: a new total number of epochs; default the run's own.
+    :param loggers: as for :func:`train_run`; a TensorBoard log continues where it stopped.
     :raises RunInUseError: when another process is writing ``run_dir``.
     """
     distributed = distributed or Distributed()
@@ -393,6 +410,9 @@ def resume_run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"Run directory {run_dir} does not exist.")
+    if is_exported(run_dir):
+        raise ConfigError(f"{run_dir} holds an exported model (weights only, no training state), which cannot be "
+                          "resumed; resume the run it was exported from.")
     lock = _main_first(distributed, device, lambda: RunLock(run_dir).acquire(), others=False)
     try:
         if not (run_dir / CHECKPOINT).is_file():
@@ -401,7 +421,7 @@ def resume_run(
                 data = _main_first(distributed, device, lambda: load_data(restart, fallback=False, progress=progress))
                 claim = lambda: _remove_run_files(run_dir, [n for n in RUN_FILES if (run_dir / n).exists()])  # noqa: E731
                 return _start(restart, data, run_dir, claim, device, progress, should_stop, on_start,
-                              on_epoch_end, distributed)
+                              on_epoch_end, distributed, loggers)
         config, vae, state = load_run(run_dir, device, "last")
         if num_epochs is not None:
             config = config.replace(num_epochs=num_epochs).validate()
@@ -421,7 +441,8 @@ def resume_run(
                               f"trained on {config.image_shape}; have the files changed?")
         trainer = _trainer(config, vae, data, distributed)
         check_step_memory(trainer, config.batch_size // distributed.world_size)
-        return _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end, distributed)
+        return _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end, distributed,
+                      loggers)
     finally:
         if lock is not None:
             lock.release()
@@ -565,7 +586,7 @@ def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed
 
 
 def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end,
-           distributed) -> RunResult:
+           distributed, loggers) -> RunResult:
     writes = distributed.is_main  # with torchrun, rank 0 alone writes the run directory
     vae, data = trainer.vae, trainer.data
     if writes:
@@ -583,7 +604,22 @@ def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_
         _write_metrics(run_dir, trainer.history)
     if on_start is not None:
         on_start(run_dir, config, data, trainer.epoch + 1)
+    loggers = list(loggers) if writes else []
+    try:
+        for logger in loggers:
+            logger.start(run_dir, config, trainer)
+        result = _epochs(run_dir, config, trainer, should_stop, progress, on_epoch_end, writes, loggers)
+    except BaseException:
+        for logger in loggers:
+            logger.close()
+        raise
+    for logger in loggers:
+        logger.finish(trainer)
+    return result
 
+
+def _epochs(run_dir, config, trainer, should_stop, progress, on_epoch_end, writes, loggers) -> RunResult:
+    """Train epoch after epoch until the last, early stopping, or a stop request."""
     def checkpoint():
         if writes:
             save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
@@ -594,12 +630,14 @@ def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_
             checkpoint()
             return RunResult(run_dir, config, trainer.history, finished=False)
         if writes:
-            _save_pictures(run_dir, vae, trainer, config, metrics.epoch)
+            pictures = _save_pictures(run_dir, trainer.vae, trainer, config, metrics.epoch)
             checkpoint()
             _keep_epoch_checkpoints(run_dir, metrics.epoch, config.keep_checkpoints)
             if best_epoch(trainer.history) == metrics.epoch:
                 _link_checkpoint(run_dir, run_dir / BEST)
             _write_metrics(run_dir, trainer.history)
+            for logger in loggers:
+                logger.log_epoch(trainer, metrics, pictures)
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     return RunResult(run_dir, config, trainer.history, finished=True)

@@ -79,7 +79,8 @@ class Callback:
         """Before each step (``trainer.step`` steps of the epoch are done)."""
 
     def on_refresh(self, trainer: "Trainer", losses: torch.Tensor) -> None:
-        """About 50 times an epoch, with the summed negative ELBO of each step so far."""
+        """About 50 times an epoch, with the summed objective of each step so far (on the
+        device); ``trainer.running_elbo`` is minus their sum per image, already on the host."""
 
     def stop_requested(self, trainer: "Trainer") -> bool:
         """Polled before each step (with torchrun, at each refresh): True stops the epoch early."""
@@ -102,8 +103,7 @@ class ProgressBar(Callback):
                         dynamic_ncols=True)
 
     def on_refresh(self, trainer, losses):
-        done = min(trainer.step * trainer.batch_size, trainer.images_per_epoch)
-        self.bar.set_postfix(elbo=f"{-losses.sum().item() / done:.2f}")
+        self.bar.set_postfix(elbo=f"{trainer.running_elbo:.2f}")
         self.bar.update(trainer.step - self.bar.n)
 
     def on_epoch_end(self, trainer):
@@ -142,7 +142,7 @@ class FiniteCheck(Callback):
     or infinite, with a hint."""
 
     def on_refresh(self, trainer, losses):
-        if torch.isfinite(losses.sum()):
+        if math.isfinite(trainer.running_elbo):
             return
         bad = int(torch.nonzero(~torch.isfinite(losses))[0])
         hint = f"try a lower learning rate (now {trainer.optimizer.param_groups[0]['lr']:g})"
@@ -269,6 +269,7 @@ class Trainer:
         self.seconds = 0.0  # training time spent in the current epoch
         self.permutation: Optional[torch.Tensor] = None
         self.step_losses: Optional[torch.Tensor] = None  # summed objective of each step, on the device
+        self.running_elbo = math.nan  # minus the objective per image of the epoch so far, at the last refresh
         self.history: List[EpochMetrics] = []
         self.distributed = distributed or Distributed()
         self._loss = _StepLoss(self)
@@ -283,6 +284,11 @@ class Trainer:
     def weighted(self) -> bool:
         """Whether the KL term is weighted (warm-up or beta), which the plain ELBO is not."""
         return any(isinstance(c, KLWeight) for c in self.callbacks)
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken since the run began."""
+        return self.epoch * self.num_batches + self.step
 
     @property
     def num_batches(self) -> int:
@@ -344,6 +350,9 @@ class Trainer:
                     self.step += 1
                     if self.step % refresh == 0 or self.step == self.num_batches:
                         losses = self.distributed.all_reduce_sum(self.step_losses[: self.step])
+                        # The refresh's one host sync; every callback reads this number.
+                        done = min(self.step * self.batch_size, self.images_per_epoch)
+                        self.running_elbo = -losses.sum().item() / done
                         for callback in callbacks:
                             callback.on_refresh(self, losses)
         except RuntimeError as error:  # DDP's gradient all-reduce runs inside backward()

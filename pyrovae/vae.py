@@ -11,7 +11,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import kl_divergence
 
-from pyrovae.errors import ConfigError
+from pyrovae.errors import ConfigError, DataError
 from pyrovae.likelihoods import Likelihood
 from pyrovae.plates import data_plate
 
@@ -176,15 +176,78 @@ class VAE(PyroModule):
         a Pyro autoguide or a per-image ``pyro.param`` guide knows only its training images."""
         return hasattr(self.guide, "distribution")
 
+    @property
+    def image_shape(self) -> Optional[tuple]:
+        """``(channels, height, width)`` of the images this VAE takes, where its guide's encoder
+        says (pyrovae's encoders do); None otherwise."""
+        shape = getattr(getattr(self.guide, "encoder", None), "image_shape", None)
+        return tuple(shape) if shape is not None else None
+
+    def check_images(self, x, name: str = "The images") -> torch.Tensor:
+        """``x`` as a batch this VAE can encode: a float tensor ``(N, C, H, W)`` of pixels in
+        [0, 1] (the likelihood's ``data_range``), moved to the VAE's device and dtype.
+
+        :raises DataError: in one sentence saying what is wrong and how to fix it.
+        """
+        shape = self.image_shape
+        wanted = f"(N, {', '.join(map(str, shape))})" if shape else "(N, C, H, W)"
+        if not torch.is_tensor(x):
+            raise DataError(f"{name} must be a torch tensor {wanted} of pixels in [0, 1], not {type(x).__name__}; "
+                            "torch.from_numpy(array) converts a numpy array (then .permute(0, 3, 1, 2) if it is "
+                            "channels last).")
+        if not x.is_floating_point():
+            hint = " divide 8-bit pixels by 255" if x.dtype == torch.uint8 else " convert them with .float()"
+            raise DataError(f"{name} are a tensor of {x.dtype}; this model takes float pixels in [0, 1]:{hint}.")
+        if x.dim() < 2 or (shape is not None and tuple(x.shape[1:]) != shape):
+            got, hint = tuple(x.shape), ""
+            if shape is not None and got == shape:
+                hint = "; for one image pass x.unsqueeze(0)"
+            elif shape is not None and x.dim() == 4 and got[1:] == (*shape[1:], shape[0]):
+                hint = "; these are channels last: pass x.permute(0, 3, 1, 2)"
+            raise DataError(f"{name} have shape {got}, but this model takes a batch {wanted}{hint}.")
+        bounds = getattr(self.likelihood, "data_range", (0.0, 1.0))
+        if x.numel() and bounds is not None:
+            low, high = (value.item() for value in torch.aminmax(x.detach()))
+            if math.isnan(low) or math.isnan(high):
+                raise DataError(f"{name} hold NaN pixel values.")
+            if not (bounds[0] <= low and high <= bounds[1]):
+                hint = " (divide 8-bit values by 255)" if bounds == (0.0, 1.0) and 1 < high <= 255 and low >= 0 else ""
+                raise DataError(f"{name} hold values from {low:.4g} to {high:.4g}; this model takes pixels in "
+                                f"[{bounds[0]:g}, {bounds[1]:g}]{hint}.")
+        parameter = next(self.parameters())
+        return x.to(device=parameter.device, dtype=parameter.dtype)
+
+    def _check_codes(self, z) -> torch.Tensor:
+        """``z`` as codes the decoder takes, on its device; :class:`DataError` otherwise."""
+        size = getattr(self.prior, "latent_dim", None)
+        event = (size, self.prior.num_categories) if hasattr(self.prior, "num_categories") else (size,)
+        wanted = f"(N, {', '.join(map(str, event))})"
+        if not torch.is_tensor(z) or not z.is_floating_point():
+            what = f"a tensor of {z.dtype}" if torch.is_tensor(z) else f"a {type(z).__name__}"
+            raise DataError(f"Codes must be a float tensor {wanted}, not {what}.")
+        if isinstance(size, int) and (z.dim() <= len(event) - 1 or tuple(z.shape[-len(event):]) != event):
+            raise DataError(f"Codes have shape {tuple(z.shape)}, but this model's decoder takes {wanted}.")
+        parameter = next(self.parameters())
+        return z.to(device=parameter.device, dtype=parameter.dtype)
+
     def encode(self, x: torch.Tensor):
-        """q(z|x) for a batch of images."""
+        """q(z|x) for a batch of images ``(N, C, H, W)``, pixels in [0, 1] (checked: one
+        :class:`~pyrovae.errors.DataError` sentence when they are not)."""
         if not self.amortized:
             raise TypeError(f"{type(self.guide).__name__} gives no q(z|x) for new images (it is not an amortized "
                             "guide with a distribution(x) method), so images cannot be encoded or scored with it.")
+        return self._encode(self.check_images(x))
+
+    def _encode(self, x: torch.Tensor):
+        """q(z|x) for images already checked (the evaluation's own loop)."""
         return self.guide.distribution(x)
 
     def decode(self, z: torch.Tensor):
-        """p(x|z) for a batch of latent codes."""
+        """p(x|z) for a batch of latent codes ``(N, latent_dim)`` (checked)."""
+        return self._decode(self._check_codes(z))
+
+    def _decode(self, z: torch.Tensor):
+        """p(x|z) for codes already checked (the evaluation's own loop)."""
         return self.likelihood(self.decoder(z))
 
     @torch.no_grad()
@@ -208,21 +271,21 @@ class VAE(PyroModule):
         """The reconstruction term E_q[log p(x|z)] (one sample) and KL(q(z|x) || p(z)) of each
         image: in closed form when torch knows it, else a one-sample estimate. ``p`` is
         ``self.prior()``, built once by the caller."""
-        q = self.encode(x)
+        q = self._encode(x)
         z = q.sample()
         kl = analytic_kl(q, p)
         if kl is None:
             kl = q.log_prob(z) - p.log_prob(z)
-        return self.decode(z).log_prob(x), kl
+        return self._decode(z).log_prob(x), kl
 
     def log_marginal(self, x: torch.Tensor, p, num_samples: int, samples_per_chunk: int) -> torch.Tensor:
         """log p(x) of each image ~ log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), drawing
         at most ``samples_per_chunk`` samples at a time and accumulating the log-mean-exp."""
-        q = self.encode(x)
+        q = self._encode(x)
         running = torch.full((len(x),), -math.inf, device=x.device)
         for start in range(0, num_samples, samples_per_chunk):
             z = q.sample((min(samples_per_chunk, num_samples - start),))
-            log_w = p.log_prob(z) + self.decode(z).log_prob(x) - q.log_prob(z)
+            log_w = p.log_prob(z) + self._decode(z).log_prob(x) - q.log_prob(z)
             running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
         return running - math.log(num_samples)
 
@@ -232,12 +295,13 @@ class VAE(PyroModule):
         return self.likelihood.mean(self.decoder(self.posterior_mean(x)))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = False, z: torch.Tensor = None) -> torch.Tensor:
+    def sample(self, num_samples: int, mean: bool = True, z: torch.Tensor = None) -> torch.Tensor:
         """Images decoded from prior samples (or from the given ``z``), pixels in [0, 1].
 
-        :param bool mean: return the likelihood's mean image instead of a sampled one.
+        :param bool mean: the likelihood's mean image of each code (the default: for a
+            Bernoulli, each pixel's probability of being white, which reads as a picture);
+            False draws the pixels from p(x|z) (binary noise for a Bernoulli).
         """
-        if z is None:
-            z = self.prior().sample((num_samples,))
+        z = self.prior().sample((num_samples,)) if z is None else self._check_codes(z)
         out = self.decoder(z.to(self.device))
         return self.likelihood.mean(out) if mean else self.likelihood.sample(out)

@@ -46,12 +46,15 @@ def test_train_evaluate_sample_end_to_end(tmp_path):
     table = invoke("evaluate", run, "-k", 5, "--num-images", 50).output
     assert "ELBO" in table and "log p(x), k=5" in table and "binarized with a fixed seed" in table
 
-    for flag in ([], ["--mean"]):
+    levels = {}
+    for flag in ([], ["--sampled"]):
         out = tmp_path / f"grid{len(flag)}.png"
         result = invoke("sample", run, "-n", 9, "-o", out, "--seed", 1, *flag)
         assert result.exit_code == 0 and "Wrote 9" in result.output
         image = np.asarray(Image.open(out).convert("L"), float)
         assert image.shape == (3 * 28 + 4 * 2,) * 2 and image.std() > 20
+        levels[bool(flag)] = len(np.unique(image))
+    assert levels == {True: 2, False: levels[False]} and levels[False] > 50  # mean images by default
 
 
 def test_evaluate_on_another_data_folder(tmp_path, idx_folder, trained_run):
@@ -268,10 +271,11 @@ def test_encode_and_reconstruct_refuse_unknown_output_formats_first(tmp_path, tr
 def test_config_file_sets_options_that_the_command_line_overrides(tmp_path):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text('# a comment\ndataset = "mnist5k"\nz-dim = 3\nhidden = [32, 16]\nnet = "gated"\n'
-                      'batch_size = 200\nepochs = 5\n')
+                      'batch_size = 200\nepochs = 5\nlog = "tensorboard"\n')
     run = tmp_path / "run"
     result = invoke("train", "--config", recipe, "--epochs", 1, "--run-dir", run)
     assert result.exit_code == 0, result.output
+    assert (run / "tensorboard").is_dir()
     config = json.loads((run / "config.json").read_text())
     assert (config["latent_dim"], config["hidden_dims"], config["net"], config["batch_size"], config["num_epochs"]) \
         == (3, [32, 16], "gated", 200, 1)
@@ -346,3 +350,56 @@ def test_validation_early_stopping_and_the_best_checkpoint_from_the_command_line
 def test_impossible_validation_options_write_nothing(tmp_path, args, message):
     assert_one_sentence(invoke("train", *SMALL, *args, "--run-dir", tmp_path / "run"), message)
     assert not (tmp_path / "run").exists()
+
+
+def test_train_json_prints_one_object_per_epoch_and_a_summary_on_stdout(tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", *SMALL, "--epochs", "2", "--run-dir", str(run), "--json",
+                                       "--log", "tensorboard"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[:2] == metrics
+    assert lines[2] == {"run_dir": str(run), "finished": True, "stopped_early": False, "epochs": 2,
+                        "best_epoch": None, "resume": None}
+    assert "Training on mnist5k" in result.stderr
+    assert any(path.name.startswith("events.out.tfevents") for path in (run / "tensorboard").iterdir())
+
+
+def test_every_command_has_json_output_and_lists_its_exit_statuses(tmp_path, trained_run):
+    commands = {
+        "sample": ["sample", trained_run, "-n", 4, "-o", tmp_path / "s.png"],
+        "encode": ["encode", trained_run, tmp_path / "s.png", "-o", tmp_path / "c.npz"],
+        "reconstruct": ["reconstruct", trained_run, tmp_path / "s.png", "-o", tmp_path / "r.png"],
+        "plot": ["plot", trained_run, "kl", "-o", tmp_path / "kl.png", "--num-images", 100],
+        "report": ["report", trained_run, "-o", tmp_path / "r.html", "--num-images", 100],
+        "export": ["export", trained_run, tmp_path / "shared"],
+        "evaluate": ["evaluate", trained_run, "-k", 2, "--num-images", 20],
+    }
+    outputs = {}
+    for name, args in commands.items():
+        result = CliRunner().invoke(main, [str(a) for a in args] + ["--json"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs[name] = json.loads(result.stdout)
+    assert outputs["sample"]["pixels"] == "mean" and outputs["sample"]["num_samples"] == 4
+    assert outputs["encode"]["latent_dim"] == 4 and outputs["encode"]["num_images"] == 1
+    assert outputs["plot"]["active_units"] <= outputs["plot"]["latent_dim"] == 4
+    assert outputs["report"]["output"] == str(tmp_path / "r.html")
+    assert outputs["export"]["files"] == ["config.json", "model.safetensors", "README.md"]
+    assert outputs["evaluate"]["num_images"] == 20
+    for name in [*commands, "train"]:
+        help_text = invoke(name, "--help").output
+        assert "Exit statuses:" in help_text and "2   a problem you can fix" in help_text, name
+    assert "143 train was stopped with SIGTERM" in invoke("train", "--help").output
+
+
+def test_exported_models_work_with_the_commands_that_take_a_run(tmp_path, trained_run):
+    shared = tmp_path / "shared"
+    assert invoke("export", trained_run, shared).exit_code == 0
+    result = invoke("sample", shared, "-n", 4, "-o", tmp_path / "s.png")
+    assert result.exit_code == 0 and Image.open(tmp_path / "s.png").size == (2 * 28 + 3 * 2,) * 2
+    scores = json.loads(invoke("evaluate", shared, "-k", 2, "--num-images", 20, "--json").output)
+    direct = json.loads(invoke("evaluate", trained_run, "-k", 2, "--num-images", 20, "--json").output)
+    assert scores["log_likelihood"] == direct["log_likelihood"] and scores["epoch"] == 2
+    assert_one_sentence(invoke("export", trained_run, shared), "already holds")
+    assert_one_sentence(invoke("train", "--resume", shared), "cannot be resumed")

@@ -206,7 +206,7 @@ def test_cli_m2_train_sample_evaluate_and_styles(m2_run, tmp_path):
     runner = CliRunner()
     out = tmp_path / "sevens.png"
     result = runner.invoke(main, ["sample", str(m2_run), "--digit", "7", "-n", "16", "-o", str(out)])
-    assert result.exit_code == 0 and "16 samples of class 7" in result.output, result.output
+    assert result.exit_code == 0 and "16 mean images of class 7" in result.output, result.output
     assert np.asarray(Image.open(out).convert("L")).shape == (4 * 28 + 5 * 2,) * 2
     result = runner.invoke(main, ["evaluate", str(m2_run), "-k", "5", "--num-images", "200"])
     assert result.exit_code == 0 and "classifier accuracy" in result.output, result.output

@@ -122,6 +122,8 @@ def test_importance_weighted_bound_rises_with_k_from_the_elbo_to_the_log_evidenc
 class LinearGaussianLikelihood(Likelihood):
     """x ~ N(decoder output, s^2 I): no squashing, so the model stays linear-Gaussian."""
 
+    data_range = None  # real values, not pixels
+
     def __init__(self, scale):
         super().__init__()
         self.scale = scale

@@ -4,10 +4,13 @@ import math
 import re
 from pathlib import Path
 
+import torch
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_readme_python_blocks_run():
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write runs/demo and my-vae
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert len(blocks) >= 2
     namespace = {}
@@ -15,6 +18,8 @@ def test_readme_python_blocks_run():
         exec(compile(block, str(README), "exec"), namespace)
     assert math.isfinite(namespace["history"][-1].test_elbo)
     assert namespace["images"].shape == (16, 1, 28, 28)
+    assert namespace["again"].shape == (8, 1, 28, 28) and namespace["codes"].shape == (8, 20)
+    assert torch.equal(namespace["same"].decode(namespace["codes"]).mean, namespace["pictures"])
 
 
 def test_readme_test_command_is_what_ci_runs():

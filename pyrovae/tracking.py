@@ -1,0 +1,151 @@
+"""Watching training in TensorBoard: what a run logs besides its own files.
+
+A :class:`RunLogger` is told when a run starts, after each epoch (with the metrics and the
+picture grids the run has just written) and when it stops. :class:`TensorBoardLogger`
+writes them with TensorBoard's own writer (``torch.utils.tensorboard``) to
+``RUN/tensorboard``, so ``tensorboard --logdir runs`` shows every run. Everything it logs is
+a value the training loop already has on the host: it adds no device syncs.
+"""
+
+import math
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+from pyrovae.config import Config
+from pyrovae.errors import ConfigError
+from pyrovae.train import Callback, EpochMetrics, Trainer
+
+__all__ = ["RunLogger", "TensorBoardLogger", "TENSORBOARD_DIR"]
+
+TENSORBOARD_DIR = "tensorboard"
+# TensorBoard's projector draws the label images from one sprite of at most 8192x8192 pixels.
+SPRITE_SIDE = 8192
+MAX_EMBEDDED = 10000
+RUNNING_LOGS_PER_EPOCH = 5
+
+
+class RunLogger:
+    """Receives a run's progress; every method does nothing unless overridden."""
+
+    def start(self, run_dir: Path, config: Config, trainer: Trainer) -> None:
+        """Training starts (or resumes) in ``run_dir`` with ``trainer`` at its saved position."""
+
+    def log_epoch(self, trainer: Trainer, metrics: EpochMetrics, pictures: Dict[str, torch.Tensor]) -> None:
+        """An epoch ended; ``pictures`` are the grids the run wrote, ``(C, H, W)`` in [0, 1]."""
+
+    def finish(self, trainer: Trainer) -> None:
+        """Training stopped, finished or interrupted (a checkpoint is saved); then :meth:`close`."""
+        self.close()
+
+    def close(self) -> None:
+        """Release what the logger holds; all that is called when training fails."""
+
+
+class _RunningELBO(Callback):
+    """Logs the running training ELBO a few times an epoch, from the value the loop has
+    already read for its NaN check (``trainer.running_elbo``)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.every = self.next_step = 1
+
+    def on_epoch_start(self, trainer):
+        self.every = max(1, trainer.num_batches // RUNNING_LOGS_PER_EPOCH)
+        self.next_step = (trainer.step // self.every + 1) * self.every
+
+    def on_refresh(self, trainer, losses):
+        if trainer.step >= self.next_step or trainer.step == trainer.num_batches:
+            self.writer.add_scalar("train/running_elbo", trainer.running_elbo, trainer.global_step)
+            self.next_step = (trainer.step // self.every + 1) * self.every
+
+
+class TensorBoardLogger(RunLogger):
+    """Logs to ``RUN/tensorboard``, against the optimizer step:
+
+    - ``epoch/*``: every field of :class:`~pyrovae.train.EpochMetrics` after each epoch;
+    - ``train/running_elbo``: the training objective per image so far, a few times an epoch;
+    - images ``samples`` and ``reconstructions``: the grids the run writes each epoch;
+    - the run's options as hyperparameters (the HPARAMS tab), once, when the run starts;
+    - the test set's latent means, with labels and images, for the projector, when
+      training stops.
+
+    A resumed run appends to the same log; events written after its last checkpoint by a
+    process that was killed are dropped (``purge_step``).
+    """
+
+    def __init__(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # imports the tensorboard package
+        except ImportError:
+            raise ConfigError("--log tensorboard needs the tensorboard package: pip install tensorboard "
+                              '(or pip install -e ".[tensorboard]").') from None
+        self._writer_class = SummaryWriter
+        self.writer = None
+
+    def start(self, run_dir, config, trainer):
+        folder = Path(run_dir) / TENSORBOARD_DIR
+        fresh = not folder.is_dir()
+        self.writer = self._writer_class(log_dir=str(folder),
+                                         purge_step=None if fresh else trainer.global_step + 1)
+        if fresh:  # a new log, possibly of a resumed run: the options, and the epochs it already has
+            self._log_options(config, trainer)
+            for metrics in trainer.history:
+                self._log_metrics(metrics, metrics.epoch * trainer.num_batches)
+        trainer.callbacks.append(_RunningELBO(self.writer))
+
+    def _log_options(self, config: Config, trainer: Trainer) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        options = {}
+        for name, value in config.to_dict().items():
+            if isinstance(value, (list, tuple)):
+                value = ",".join(map(str, value))
+            options[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+        metrics = ["epoch/test_elbo"] + (["epoch/validation_elbo"] if trainer.validation_images is not None else [])
+        for summary in hparams(options, {name: math.nan for name in metrics}):
+            self.writer.file_writer.add_summary(summary)
+
+    def _log_metrics(self, metrics: EpochMetrics, step: int) -> None:
+        for name, value in metrics.to_dict().items():
+            if value is not None:
+                self.writer.add_scalar(f"epoch/{name}", value, step)
+
+    def log_epoch(self, trainer, metrics, pictures):
+        step = trainer.global_step
+        self._log_metrics(metrics, step)
+        for name, grid in pictures.items():
+            self.writer.add_image(name, grid, step)
+        self.writer.flush()
+
+    def finish(self, trainer):
+        try:
+            if self.writer is not None and trainer.vae.amortized and trainer.history:
+                self._log_latents(trainer)
+        finally:
+            self.close()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _log_latents(self, trainer: Trainer) -> None:
+        from pyrovae.analysis import encode
+        from pyrovae.data import spread_subset
+
+        images, labels = trainer.test_images, trainer.data.test_labels
+        side = max(images.shape[-2:])
+        index = spread_subset(min(len(images), MAX_EMBEDDED, (SPRITE_SIDE // side) ** 2), len(images))
+        trainer.vae.eval()
+        try:
+            latents = encode(trainer.vae, images[index], labels[index])
+        finally:
+            trainer.vae.train()
+        names = trainer.data.classes
+        metadata = [names[label] if names and 0 <= label < len(names) else str(label)
+                    for label in latents.labels.tolist()]
+        self.writer.add_embedding(latents.loc, metadata=metadata, label_img=images[index].cpu(),
+                                  global_step=trainer.global_step, tag="test_latent_means")
+
