@@ -41,11 +41,33 @@ def _claim_name(module: nn.Module, name: Optional[str], prefix: str) -> str:
 
 
 def analytic_kl(q, p) -> Optional[torch.Tensor]:
-    """KL(q || p) in closed form where torch knows one, else None."""
+    """KL(q || p) in closed form where torch registers one, or for a low-rank Normal q
+    against a diagonal Normal p (the ``lowrank`` guide and the standard-normal prior); else None.
+
+    The low-rank case is computed here rather than registered with torch, which would change
+    ``kl_divergence`` for the whole process (so ``TraceMeanField_ELBO`` still samples it).
+    """
     try:
         return kl_divergence(q, p)
     except NotImplementedError:
+        return _lowrank_diagonal_kl(q, p)
+
+
+def _lowrank_diagonal_kl(q, p) -> Optional[torch.Tensor]:
+    """KL(N(m, W W^T + D) || N(a, diag s^2)) = 1/2 [tr(S^-1 C) + (a - m)^T S^-1 (a - m) - d
+    + log|S| - log|C|] (docs/elbo.md, "The general multivariate case"); log|C| from q's entropy."""
+    from torch.distributions import Independent, LowRankMultivariateNormal, Normal
+
+    if not (isinstance(q, LowRankMultivariateNormal) and isinstance(p, Independent)
+            and isinstance(p.base_dist, Normal) and p.reinterpreted_batch_ndims == 1):
         return None
+    loc, scale = p.base_dist.loc, p.base_dist.scale
+    variance = scale.pow(2)
+    d = q.event_shape[0]
+    trace = ((q.cov_diag + q.cov_factor.pow(2).sum(-1)) / variance).sum(-1)
+    mahalanobis = ((loc - q.loc).pow(2) / variance).sum(-1)
+    log_det_q = 2 * q.entropy() - d * (1 + math.log(2 * math.pi))
+    return 0.5 * (trace + mahalanobis - d + 2 * scale.log().sum(-1) - log_det_q)
 
 
 def _check_latent_sizes(prior, decoder, guide) -> None:

@@ -1,3 +1,5 @@
+import math
+
 import pyro
 import pytest
 import torch
@@ -146,3 +148,13 @@ def test_decoder_shape_asks_for_parameters_per_pixel_value():
     assert GaussianLikelihood().decoder_shape((1, 28, 28)) == (1, 28, 28)
     assert DiscretizedLogisticLikelihood.discrete and BernoulliLikelihood.discrete
     assert not GaussianLikelihood.discrete
+
+
+def test_the_learned_scale_is_exp_of_its_parameter_plus_the_floor():
+    """docs/likelihoods.md: s = exp(rho) + 0.01, rho unconstrained."""
+    likelihood = LearnedGaussianLikelihood((1, 2, 2), init_scale=0.5)
+    rho = likelihood.scale_unconstrained
+    assert torch.allclose(rho, torch.full((1, 2, 2), math.log(0.49)))
+    with torch.no_grad():
+        rho.copy_(torch.tensor([-20.0, 0.0, 1.0, 3.0]).view(1, 2, 2))
+    assert torch.allclose(likelihood.scale, rho.detach().exp() + 0.01)
