@@ -224,7 +224,7 @@ def _announce(run_dir, config, data, first_epoch, err=False):
     echo = partial(click.echo, err=err)
     shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
     echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
-               f"{shape}, from {data.source}); run directory {run_dir}")
+         f"{shape}, from {data.source}); run directory {run_dir}")
     for note in data.notes:
         echo(f"  {note[0].upper()}{note[1:]}")
     echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
