@@ -65,9 +65,10 @@ class TensorBoardLogger(RunLogger):
     """Logs to ``RUN/tensorboard``, against the optimizer step:
 
     - ``epoch/*``: every field of :class:`~pyrovae.train.EpochMetrics` after each epoch;
-    - ``train/running_elbo``: the training objective per image so far, a few times an epoch;
+    - ``train/running_elbo``: minus the training objective per image of the epoch so far
+      (the ELBO, KL-weighted during a warm-up), a few times an epoch;
     - images ``samples`` and ``reconstructions``: the grids the run writes each epoch;
-    - the run's options as hyperparameters (the HPARAMS tab), once, when the run starts;
+    - the run's options as hyperparameters (the HPARAMS tab), once, when the log begins;
     - the test set's latent means, with labels and images, for the projector, when
       training stops.
 
