@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Normal, kl_divergence
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
+from pyrovae.priors import diagonal_normal
 from pyrovae.vae import VAE
 
 __all__ = ["Latents", "RunView", "encode", "active_units", "kl_per_dimension", "principal_axes", "slerp",
@@ -30,13 +31,6 @@ class Latents:
     labels: torch.Tensor  # (N,)
 
 
-def _diagonal_normal(q) -> Optional[Normal]:
-    """The Normal inside an ``Independent(Normal)``, or None for any other distribution."""
-    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
-        return q.base_dist
-    return None
-
-
 @torch.no_grad()
 def encode(vae: VAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
            progress: Optional[Callable[[int], None]] = None) -> Latents:
@@ -44,7 +38,7 @@ def encode(vae: VAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int
     locs, scales = [], []
     for x in images.split(batch_size):
         x = x.to(vae.device)
-        normal = _diagonal_normal(vae.encode(x))
+        normal = diagonal_normal(vae.encode(x))
         # A categorical code's mean is (variables, categories) of probabilities: one unit each.
         locs.append((normal.loc if normal is not None else vae.posterior_mean(x).flatten(1)).cpu())
         scales.append(normal.scale.expand_as(normal.loc).cpu() if normal is not None else None)
@@ -65,7 +59,7 @@ def kl_per_dimension(latents: Latents, prior) -> torch.Tensor:
 
     The KL splits into one term per dimension only when q and p are diagonal Normals.
     """
-    p = _diagonal_normal(prior)
+    p = diagonal_normal(prior)
     if p is None or latents.scale is None:
         raise ConfigError("KL per dimension needs a diagonal Normal guide and prior "
                           "(the KL of this model does not split by dimension).")

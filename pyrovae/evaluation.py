@@ -14,7 +14,8 @@ import torch
 
 from pyrovae.vae import VAE, analytic_kl
 
-__all__ = ["ELBOTerms", "EvalResult", "check_images", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim", "analytic_kl"]
+__all__ = ["ELBOTerms", "EvalResult", "check_images", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim",
+           "analytic_kl", "eval_mode"]
 
 # Rows (images x importance samples) decoded at once: bounds memory to about
 # MAX_ROWS x (hidden + pixels) floats, some 80 MB for the default MLP. A prior whose density
@@ -64,7 +65,8 @@ def _seeded(seed: Optional[int], device: torch.device):
 
 
 @contextmanager
-def _eval_mode(vae: VAE):
+def eval_mode(vae: VAE):
+    """Within the block, ``vae`` is in eval mode; afterwards in the mode it was in."""
     was_training = vae.training
     vae.eval()
     try:
@@ -93,7 +95,7 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
     check_images(vae, images)
     device = vae.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
-    with _seeded(seed, device), _eval_mode(vae):
+    with _seeded(seed, device), eval_mode(vae):
         p = vae.prior()
         for x in images.split(batch_size):
             reconstruction, kl = vae.elbo_parts(x.to(device, non_blocking=True), p)
@@ -129,7 +131,7 @@ def log_likelihood(
     images_per_chunk = max(1, max_rows // num_samples)
     samples_per_chunk = min(num_samples, max(1, max_rows // images_per_chunk))
     total = torch.zeros((), dtype=torch.float64, device=device)
-    with _seeded(seed, device), _eval_mode(vae):
+    with _seeded(seed, device), eval_mode(vae):
         p = vae.prior()  # the same for every image: built once (the VampPrior encodes its pseudo-inputs)
         for x in images.split(images_per_chunk):
             x = x.to(device, non_blocking=True)

@@ -30,8 +30,10 @@ FORMAT = "pyrovae-model-v1"
 
 def is_exported(folder) -> bool:
     """Whether ``folder`` holds an exported model rather than a training run."""
+    from pyrovae.run import CHECKPOINT
+
     folder = Path(folder)
-    return (folder / MODEL_FILE).is_file() and not (folder / "checkpoint.pt").is_file()
+    return (folder / MODEL_FILE).is_file() and not (folder / CHECKPOINT).is_file()
 
 
 def load(path, checkpoint: Union[str, int] = "best", device="cpu") -> VAE:
@@ -110,14 +112,14 @@ def export(run_dir, folder, checkpoint: Union[str, int] = "best", overwrite: boo
     """
     from safetensors.torch import save as save_tensors
 
-    from pyrovae.run import best_epoch, load_run
+    from pyrovae.run import CHECKPOINT, METRICS, best_epoch, load_run
     from pyrovae.train import EpochMetrics
 
     folder, run_dir = Path(folder), Path(run_dir)
     config, vae, state = load_run(run_dir, "cpu", checkpoint)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} exists and is not a folder.")
-    if (folder / "checkpoint.pt").exists() or (folder / "metrics.jsonl").exists():
+    if (folder / CHECKPOINT).exists() or (folder / METRICS).exists():
         raise ConfigError(f"{folder} is a run directory; export into a folder of its own.")
     existing = [name for name in (CONFIG_FILE, MODEL_FILE, CARD_FILE) if (folder / name).exists()]
     if existing and not overwrite:

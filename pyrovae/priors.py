@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-__all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture"]
+__all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture", "diagonal_normal"]
 
 
 class StandardNormalPrior(nn.Module):
@@ -61,13 +61,17 @@ class VampPrior(nn.Module):
 
     def forward(self) -> dist.TorchDistribution:
         components = self._guide.distribution(torch.sigmoid(self.pseudo_inputs))
-        mixture = DiagonalNormalMixture if _is_diagonal_normal(components) else dist.MixtureSameFamily
+        mixture = DiagonalNormalMixture if diagonal_normal(components) is not None else dist.MixtureSameFamily
         return mixture(dist.Categorical(logits=self.mixture_logits), components)
 
 
-def _is_diagonal_normal(d) -> bool:
-    return (isinstance(d, dist.Independent) and isinstance(d.base_dist, dist.Normal)
-            and d.reinterpreted_batch_ndims == 1)
+def diagonal_normal(d):
+    """The Normal inside an ``Independent(Normal, 1)`` (a diagonal Normal over vectors), or
+    None for any other distribution."""
+    if (isinstance(d, torch.distributions.Independent) and isinstance(d.base_dist, torch.distributions.Normal)
+            and d.reinterpreted_batch_ndims == 1):
+        return d.base_dist
+    return None
 
 
 class DiagonalNormalMixture(dist.MixtureSameFamily):

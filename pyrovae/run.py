@@ -34,6 +34,7 @@ from pyrovae.config import Config
 from pyrovae.data import MNIST_FAMILY, ImageData, load_data, spread_subset
 from pyrovae.distributed import Distributed
 from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageError, describe_os_error
+from pyrovae.evaluation import eval_mode
 from pyrovae.exported import is_exported, load_exported
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
@@ -135,20 +136,20 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8) -> torch.Tensor:
 
 def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, epoch: int) -> Dict[str, torch.Tensor]:
     """Write the epoch's sample and reconstruction grids; returns them by name."""
-    vae.eval()
-    samples = vae.sample(NUM_PICTURES, mean=True, z=vae.fixed_latents(NUM_PICTURES, config.seed))
-    samples_grid = save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
-    pixels = samples[:EVOLUTION_IMAGES].mul(255).round().to(torch.uint8).cpu()
-    atomic_write(run_dir / SAMPLES / f"epoch_{epoch:04d}.pt", lambda f: torch.save(pixels, f))
-    per_row = min(8, len(trainer.test_images))
-    rows = min(4, len(trainer.test_images) // per_row)
-    originals = trainer.test_images[spread_subset(rows * per_row, len(trainer.test_images))]
-    reconstructions = vae.reconstruct(originals)
-    # Rows of originals, each followed by the row of their reconstructions.
-    pairs = torch.stack([originals.view(rows, per_row, *originals.shape[1:]),
-                         reconstructions.view(rows, per_row, *originals.shape[1:])], dim=1)
-    pairs_grid = save_grid(pairs.flatten(0, 2), run_dir / RECONSTRUCTIONS / f"epoch_{epoch:04d}.png", nrow=per_row)
-    vae.train()
+    with eval_mode(vae):
+        samples = vae.sample(NUM_PICTURES, mean=True, z=vae.fixed_latents(NUM_PICTURES, config.seed))
+        samples_grid = save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
+        pixels = samples[:EVOLUTION_IMAGES].mul(255).round().to(torch.uint8).cpu()
+        atomic_write(run_dir / SAMPLES / f"epoch_{epoch:04d}.pt", lambda f: torch.save(pixels, f))
+        per_row = min(8, len(trainer.test_images))
+        rows = min(4, len(trainer.test_images) // per_row)
+        originals = trainer.test_images[spread_subset(rows * per_row, len(trainer.test_images))]
+        reconstructions = vae.reconstruct(originals)
+        # Rows of originals, each followed by the row of their reconstructions.
+        pairs = torch.stack([originals.view(rows, per_row, *originals.shape[1:]),
+                             reconstructions.view(rows, per_row, *originals.shape[1:])], dim=1)
+        pairs_grid = save_grid(pairs.flatten(0, 2), run_dir / RECONSTRUCTIONS / f"epoch_{epoch:04d}.png",
+                               nrow=per_row)
     return {"samples": samples_grid, "reconstructions": pairs_grid}
 
 

@@ -7,6 +7,7 @@ writes them with TensorBoard's own writer (``torch.utils.tensorboard``) to
 a value the training loop already has on the host: it adds no device syncs.
 """
 
+import importlib
 import math
 from pathlib import Path
 from typing import Dict
@@ -78,18 +79,18 @@ class TensorBoardLogger(RunLogger):
 
     def __init__(self):
         try:
-            from torch.utils.tensorboard import SummaryWriter  # imports the tensorboard package
+            importlib.import_module("torch.utils.tensorboard")  # which imports the tensorboard package
         except ImportError:
             raise ConfigError("--log tensorboard needs the tensorboard package: pip install tensorboard "
                               '(or pip install -e ".[tensorboard]").') from None
-        self._writer_class = SummaryWriter
         self.writer = None
 
     def start(self, run_dir, config, trainer):
+        from torch.utils.tensorboard import SummaryWriter
+
         folder = Path(run_dir) / TENSORBOARD_DIR
         fresh = not folder.is_dir()
-        self.writer = self._writer_class(log_dir=str(folder),
-                                         purge_step=None if fresh else trainer.global_step + 1)
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=None if fresh else trainer.global_step + 1)
         if fresh:  # a new log, possibly of a resumed run: the options, and the epochs it already has
             self._log_options(config, trainer)
             for metrics in trainer.history:
@@ -135,15 +136,13 @@ class TensorBoardLogger(RunLogger):
     def _log_latents(self, trainer: Trainer) -> None:
         from pyrovae.analysis import encode
         from pyrovae.data import spread_subset
+        from pyrovae.evaluation import eval_mode
 
         images, labels = trainer.test_images, trainer.data.test_labels
         side = max(images.shape[-2:])
         index = spread_subset(min(len(images), MAX_EMBEDDED, (SPRITE_SIDE // side) ** 2), len(images))
-        trainer.vae.eval()
-        try:
+        with eval_mode(trainer.vae):
             latents = encode(trainer.vae, images[index], labels[index])
-        finally:
-            trainer.vae.train()
         names = trainer.data.classes
         metadata = [names[label] if names and 0 <= label < len(names) else str(label)
                     for label in latents.labels.tolist()]

@@ -56,12 +56,14 @@ def analytic_kl(q, p) -> Optional[torch.Tensor]:
 def _lowrank_diagonal_kl(q, p) -> Optional[torch.Tensor]:
     """KL(N(m, W W^T + D) || N(a, diag s^2)) = 1/2 [tr(S^-1 C) + (a - m)^T S^-1 (a - m) - d
     + log|S| - log|C|] (docs/elbo.md, "The general multivariate case"); log|C| from q's entropy."""
-    from torch.distributions import Independent, LowRankMultivariateNormal, Normal
+    from torch.distributions import LowRankMultivariateNormal
 
-    if not (isinstance(q, LowRankMultivariateNormal) and isinstance(p, Independent)
-            and isinstance(p.base_dist, Normal) and p.reinterpreted_batch_ndims == 1):
+    from pyrovae.priors import diagonal_normal
+
+    normal = diagonal_normal(p)
+    if not isinstance(q, LowRankMultivariateNormal) or normal is None:
         return None
-    loc, scale = p.base_dist.loc, p.base_dist.scale
+    loc, scale = normal.loc, normal.scale
     variance = scale.pow(2)
     d = q.event_shape[0]
     trace = ((q.cov_diag + q.cov_factor.pow(2).sum(-1)) / variance).sum(-1)
@@ -229,7 +231,7 @@ class VAE(PyroModule):
             raise DataError(f"{name} have shape {got}, but this model takes a batch {wanted}{hint}.")
         bounds = getattr(self.likelihood, "data_range", (0.0, 1.0))
         if x.numel() and bounds is not None:
-            low, high = (value.item() for value in torch.aminmax(x.detach()))
+            low, high = torch.stack(torch.aminmax(x.detach())).tolist()
             if math.isnan(low) or math.isnan(high):
                 raise DataError(f"{name} hold NaN pixel values.")
             if not (bounds[0] <= low and high <= bounds[1]):
@@ -247,7 +249,7 @@ class VAE(PyroModule):
         if not torch.is_tensor(z) or not z.is_floating_point():
             what = f"a tensor of {z.dtype}" if torch.is_tensor(z) else f"a {type(z).__name__}"
             raise DataError(f"Codes must be a float tensor {wanted}, not {what}.")
-        if isinstance(size, int) and (z.dim() <= len(event) - 1 or tuple(z.shape[-len(event):]) != event):
+        if isinstance(size, int) and tuple(z.shape[-len(event):]) != event:
             raise DataError(f"Codes have shape {tuple(z.shape)}, but this model's decoder takes {wanted}.")
         parameter = next(self.parameters())
         return z.to(device=parameter.device, dtype=parameter.dtype)
