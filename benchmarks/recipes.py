@@ -9,7 +9,8 @@ started at training images, the KL weight rising step by step over the warm-up, 
 5e-4, batches of 100, and early stopping on the validation ELBO with the same rule as
 ``pyrovae train --patience``. The prior's log-density is written the way the VampPrior
 code writes it (every z against every component, broadcast). It prints one line per epoch
-and, at the end, the best-validation epoch's test log p(x).
+and, at the end, the best-validation epoch's test ELBO and log p(x). With ``--checkpoint``
+it saves after every epoch and, run again, resumes bit-exactly where it stopped.
 
 ``side-by-side`` times pyrovae's Trainer and the reference on the same recipe for a few
 epochs, alternating them so that machine noise hits both alike.
@@ -17,7 +18,7 @@ epochs, alternating them so that machine noise hits both alike.
 ``curve`` scores checkpoint files (copies of a run's kept checkpoints, one every N epochs)
 with k importance samples, for the curve the docs show when a run is cut short.
 
-    python benchmarks/recipes.py reference --prior vamp --epochs 2000
+    python benchmarks/recipes.py reference --prior vamp --checkpoint runs/reference-vamp.pt
     python benchmarks/recipes.py side-by-side --prior standard_normal --epochs 3
     python benchmarks/recipes.py curve snapshots/vae-*.pt -k 5000 --num-images 1000
 """
@@ -165,22 +166,45 @@ class Recipe:
 def reference(args):
     recipe = Recipe(args.prior, seed=args.seed)
     model, optimizer = recipe.reference()
-    best, best_epoch, started = -math.inf, 0, time.perf_counter()
-    best_state = copy.deepcopy(model.state_dict())  # kept if no epoch scores a finite ELBO
-    for epoch in range(args.epochs):
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "seconds": 0.0,
+             "best_state": copy.deepcopy(model.state_dict())}  # kept if no epoch scores a finite ELBO
+    if args.checkpoint and args.checkpoint.exists():
+        state = torch.load(args.checkpoint, weights_only=False)
+        model.load_state_dict(state.pop("model"))
+        optimizer.load_state_dict(state.pop("optimizer"))
+        torch.set_rng_state(state.pop("rng"))
+        print(f"resuming after epoch {state['epoch']}", file=sys.stderr, flush=True)
+    started = time.perf_counter() - state["seconds"]
+    while state["epoch"] < args.epochs and not done(state, recipe):
+        epoch = state["epoch"]
         train = recipe.reference_epoch(model, optimizer, epoch)
         model.eval()
         validation = elbo(model, recipe.validation)
-        if validation > best:
-            best, best_epoch, best_state = validation, epoch + 1, copy.deepcopy(model.state_dict())
+        state["epoch"], state["seconds"] = epoch + 1, time.perf_counter() - started
+        if validation > state["best"]:
+            state.update(best=validation, best_epoch=epoch + 1, best_state=copy.deepcopy(model.state_dict()))
+        if args.checkpoint:  # the epoch is only reported once it would survive an interruption
+            save_atomically({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "rng": torch.get_rng_state()}, args.checkpoint)
         print(json.dumps({"epoch": epoch + 1, "train_elbo": train, "validation_elbo": validation,
-                          "seconds": time.perf_counter() - started}), flush=True)
-        if epoch + 1 - max(best_epoch, math.ceil(recipe.warmup)) >= recipe.patience:
-            break
-    model.load_state_dict(best_state)
+                          "seconds": state["seconds"]}), flush=True)
+    model.load_state_dict(state["best_state"])
     torch.manual_seed(0)
-    score = log_likelihood(model.eval(), recipe.test, args.num_samples)
-    print(json.dumps({"best_epoch": best_epoch, "test_log_px": score, "k": args.num_samples}))
+    test_elbo = elbo(model.eval(), recipe.test)
+    score = log_likelihood(model, recipe.test, args.num_samples)
+    print(json.dumps({"best_epoch": state["best_epoch"], "epochs": state["epoch"], "seconds": state["seconds"],
+                      "test_elbo": test_elbo, "test_log_px": score, "k": args.num_samples}))
+
+
+def done(state, recipe):
+    """``pyrovae train --patience``'s rule: stop once ``patience`` epochs after the warm-up bring no better one."""
+    return state["epoch"] - max(state["best_epoch"], math.ceil(recipe.warmup)) >= recipe.patience
+
+
+def save_atomically(obj, path):
+    part = path.with_name(path.name + ".part")
+    torch.save(obj, part)
+    part.replace(path)
 
 
 def side_by_side(args):
@@ -233,6 +257,8 @@ def main(argv=None):
         command.add_argument("--epochs", type=int, default=2000 if name == "reference" else 3)
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("-k", "--num-samples", type=int, default=5000)
+    commands.choices["reference"].add_argument(
+        "--checkpoint", type=Path, help="save after every epoch and resume from this file if it exists")
     command = commands.add_parser("curve")
     command.add_argument("checkpoints", type=Path, nargs="+")
     command.add_argument("-k", "--num-samples", type=int, default=5000)
