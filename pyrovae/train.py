@@ -206,7 +206,8 @@ class Trainer:
     :param labels: for a model with classes (M2): the training labels, -1 where hidden
         (default: all of ``data.train_labels``). When only some are known, each step also
         scores a batch of the same size drawn with replacement from the labelled images, so
-        that a few labels are seen every step.
+        that some labels are seen every step; over an epoch this weights each labelled image
+        about N / N_labelled times more than the written M2 objective does (docs/m2.md).
     :param callbacks: more :class:`Callback` objects, run after the built-in ones.
     """
 

@@ -20,7 +20,7 @@ finite = dict(allow_nan=False, allow_infinity=False)
 
 
 def closed_form_kl(mu, sigma):
-    """docs/elbo.md, section 3: 1/2 sum (mu^2 + sigma^2 - 1 - log sigma^2)."""
+    """docs/elbo.md, section 5: 1/2 sum (mu^2 + sigma^2 - 1 - log sigma^2)."""
     return 0.5 * (mu**2 + sigma**2 - 1 - torch.log(sigma**2)).sum(-1)
 
 
@@ -109,12 +109,46 @@ class LinearGaussian:
         return expected_log_lik + expected_log_prior + entropy
 
 
+def test_a_subsampled_plate_scales_the_minibatch_loss_by_n_over_m():
+    """docs/elbo.md, section 4: pyro.plate("data", size=N, subsample=idx) makes the loss of a
+    minibatch of M images N / M times the batch's own, an unbiased estimate of the data set's."""
+    import pyro
+    from pyrovae.config import Config
+    from pyrovae.registry import build_vae
+
+    vae = build_vae(Config(latent_dim=3, hidden_dims=(16,)))
+    x = torch.bernoulli(torch.full((6, 1, 28, 28), 0.3))
+    elbo = pyro.infer.Trace_ELBO()
+    pyro.set_rng_seed(0)
+    batch = elbo.loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(0)
+    scaled = elbo.loss(vae.model, vae.guide, x, size=600, subsample=torch.arange(6))
+    assert scaled == pytest.approx(100 * batch, rel=1e-6)
+
+
+def test_reparameterized_and_score_function_gradients_agree_and_score_is_noisier():
+    """docs/elbo.md, section 6: both estimators of d/dmu E[f(z)], z ~ N(mu, sigma^2), are unbiased
+    (here f(z) = z^2, whose exact gradient is 2 mu), and the score function's variance is far higher."""
+    mu, sigma, n = 1.5, 0.5, 200_000
+    torch.manual_seed(0)
+    loc = torch.full((n,), mu, requires_grad=True)  # one copy per sample: per-sample gradients
+    z = Normal(loc, sigma).rsample()  # mu + sigma * eps
+    (path,) = torch.autograd.grad((z**2).sum(), loc)
+    z = z.detach()
+    loc = torch.full((n,), mu, requires_grad=True)
+    (log_q_grad,) = torch.autograd.grad(Normal(loc, sigma).log_prob(z).sum(), loc)
+    score = z**2 * log_q_grad  # f(z) d/dmu log q(z)
+    for estimate in (path, score):
+        assert abs(estimate.mean() - 2 * mu) < 5 * estimate.std() / math.sqrt(n)
+    assert score.var() > 20 * path.var()  # about 55 times here
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(-2, 2, **finite), min_size=2, max_size=2),
        st.lists(st.floats(0.05, 3, **finite), min_size=2, max_size=2),
        st.lists(st.floats(-3, 3, **finite), min_size=4, max_size=4))
 def test_elbo_plus_kl_to_the_posterior_is_the_log_evidence(m, v, x):
-    """docs/elbo.md, section 2: log p(x) = ELBO + KL(q || p(z|x)), for any q, exactly."""
+    """docs/elbo.md, section 3: log p(x) = ELBO + KL(q || p(z|x)), for any q, exactly."""
     model = LinearGaussian()
     m, v, x = (torch.tensor(t, dtype=torch.float64) for t in (m, v, x))
     q = MultivariateNormal(m, torch.diag(v))
