@@ -1,16 +1,17 @@
 """The recipes' plain-PyTorch reference, and the test log p(x) curve of a recipe's run.
 
 ``reference`` trains Tomczak & Welling's setup written out by hand in plain PyTorch, with
-nothing from pyrovae but the data (the same 50,000 / 10,000 split of the Fashion-MNIST
-training images, the same fixed binarization of the validation and test images): two gated
-dense layers of 300 units each way, a 40-dimensional z with a softplus standard deviation
-(pyrovae's parametrisation), a standard-normal prior or a VampPrior with 500 pseudo-inputs
-started at training images, the KL weight rising step by step over the warm-up, Adam at
-5e-4, batches of 100, and early stopping on the validation ELBO with the same rule as
-``pyrovae train --patience``. The prior's log-density is written the way the VampPrior
-code writes it (every z against every component, broadcast). It prints one line per epoch
-and, at the end, the best-validation epoch's test ELBO and log p(x). With ``--checkpoint``
-it saves after every epoch and, run again, resumes bit-exactly where it stopped.
+nothing from pyrovae but the data and the checkpoint file write (the same 50,000 / 10,000
+split of the Fashion-MNIST training images, the same fixed binarization of the validation
+and test images): two gated dense layers of 300 units each way, a 40-dimensional z with a
+softplus standard deviation (pyrovae's parametrisation), a standard-normal prior or a
+VampPrior with 500 pseudo-inputs started at training images, the KL weight rising step by
+step over the warm-up, Adam at 5e-4, batches of 100, and early stopping on the validation
+ELBO with the same rule as ``pyrovae train --patience``. The prior's log-density is
+written the way the VampPrior code writes it (every z against every component, broadcast).
+It prints one line per epoch and, at the end, the best-validation epoch's test ELBO and
+log p(x). With ``--checkpoint`` it saves after every epoch and, run again, resumes
+bit-exactly where it stopped.
 
 ``side-by-side`` times pyrovae's Trainer and the reference on the same recipe for a few
 epochs, alternating them so that machine noise hits both alike.
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyrovae.checkpoint import atomic_write
 from pyrovae.data import load_dataset, spread_subset
 from pyrovae.train import prepare_test_images
 
@@ -169,7 +171,7 @@ def reference(args):
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "seconds": 0.0,
              "best_state": copy.deepcopy(model.state_dict())}  # kept if no epoch scores a finite ELBO
     if args.checkpoint and args.checkpoint.exists():
-        state = torch.load(args.checkpoint, weights_only=False)
+        state = torch.load(args.checkpoint, weights_only=True)
         model.load_state_dict(state.pop("model"))
         optimizer.load_state_dict(state.pop("optimizer"))
         torch.set_rng_state(state.pop("rng"))
@@ -184,8 +186,9 @@ def reference(args):
         if validation > state["best"]:
             state.update(best=validation, best_epoch=epoch + 1, best_state=copy.deepcopy(model.state_dict()))
         if args.checkpoint:  # the epoch is only reported once it would survive an interruption
-            save_atomically({**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "rng": torch.get_rng_state()}, args.checkpoint)
+            snapshot = {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "rng": torch.get_rng_state()}
+            atomic_write(args.checkpoint, lambda f: torch.save(snapshot, f))
         print(json.dumps({"epoch": epoch + 1, "train_elbo": train, "validation_elbo": validation,
                           "seconds": state["seconds"]}), flush=True)
     model.load_state_dict(state["best_state"])
@@ -199,12 +202,6 @@ def reference(args):
 def done(state, recipe):
     """``pyrovae train --patience``'s rule: stop once ``patience`` epochs after the warm-up bring no better one."""
     return state["epoch"] - max(state["best_epoch"], math.ceil(recipe.warmup)) >= recipe.patience
-
-
-def save_atomically(obj, path):
-    part = path.with_name(path.name + ".part")
-    torch.save(obj, part)
-    part.replace(path)
 
 
 def side_by_side(args):
