@@ -9,7 +9,7 @@ from functools import partial
 import click
 from click.core import ParameterSource
 
-from pyrovae.config import Config
+from pyrovae.config import OPTIMIZERS, Config
 from pyrovae.cli.options import (EXIT_STATUSES, Choice, HiddenDims, LabelCount, config_file_option, data_options,
                                  dataset_choice, device_options, exit_statuses, json_option, progress_enabled)
 from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, LOGGERS, MODELS, NETS, PRIORS
@@ -17,7 +17,7 @@ from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, LOGGE
 # Options that define the model or its data; they cannot change when a run is resumed.
 FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model", "labels", "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
                    "guide", "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta",
-                   "batch_size", "lr", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
+                   "batch_size", "lr", "optimizer", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
                    "keep_checkpoints", "validation_size", "patience")
 
 # Config fields whose option has another name; every other field is its option's name.
@@ -34,6 +34,9 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
               help="Images per optimizer step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
               help="Adam's learning rate.")
+@click.option("--optimizer", type=Choice(list(OPTIMIZERS)), default="adam", show_default=True,
+              help="adam; or adamnormgrad: Adam on each weight tensor's gradient divided by its norm, the "
+                   "optimizer of Tomczak & Welling's VampPrior code.")
 @click.option("--model", type=Choice(list(MODELS)), default="vae", show_default=True,
               help="vae; or m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014).")
 @click.option("--labels", type=LabelCount(), default="all", show_default=True,
@@ -124,7 +127,7 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
 @json_option
 @device_options
 @click.pass_context
-def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight, categories, temperature,
+def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classifier_weight, categories, temperature,
           min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
           mixtures, guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir, data,
           test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints,
@@ -170,7 +173,7 @@ def train(ctx, config, epochs, batch_size, lr, model, labels, classifier_weight,
             likelihood_scale=likelihood_scale, mixture_components=mixtures, data=data, test_data=test_data,
             test_fraction=test_fraction, image_size=image_size, grayscale=grayscale, guide=guide, rank=rank, num_flows=flows, prior=prior,
             num_pseudo_inputs=pseudo_inputs, elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
-            num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, dataset=dataset,
+            num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, dataset=dataset,
             data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints, validation_size=validation_size,
             patience=patience))
     except PyroVAEError as error:

@@ -8,10 +8,12 @@ from typing import Optional, Tuple
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["Config", "DATASETS"]
+__all__ = ["Config", "DATASETS", "OPTIMIZERS"]
 
 # The named data sets (pyrovae.data loads them); here so the command line can list them without torch.
 DATASETS = ("mnist", "fashion-mnist", "mnist5k", "emoji")
+# adam: torch's Adam; adamnormgrad: Adam on norm-1 gradients (pyrovae.train.AdamNormGrad).
+OPTIMIZERS = ("adam", "adamnormgrad")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Config:
     num_epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3  # Adam; the classic MNIST VAE setting
+    optimizer: str = "adam"  # "adamnormgrad": Adam on norm-1 gradients (the VampPrior code's optimizer)
     dataset: str = "mnist"  # the data set actually used (after any offline fallback); with --data, its name
     data_dir: Optional[str] = None
     data: Optional[str] = None  # the user's own images: a folder or .npy/.npz file (absolute path)
@@ -72,6 +75,8 @@ class Config:
             (self.num_epochs >= 1, f"--epochs must be at least 1, got {self.num_epochs}."),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}."),
+            (self.optimizer in OPTIMIZERS,
+             f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}."),
             (self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}."),
             (self.validation_size >= 0, f"--validation-size must be zero or more, got {self.validation_size}."),
             (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}."),

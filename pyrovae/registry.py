@@ -5,11 +5,11 @@ through here, and an unknown name is answered with the list of valid ones. The t
 import nothing heavy, so the command line can list the names without loading torch.
 """
 
-from pyrovae.config import DATASETS, Config
+from pyrovae.config import DATASETS, OPTIMIZERS, Config
 from pyrovae.errors import ConfigError
 
-__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "NETS", "ACTIVATION_NAMES", "LOGGERS",
-           "lookup", "model_family", "build_vae", "build_elbo", "build_loggers"]
+__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "OPTIMIZERS", "NETS", "ACTIVATION_NAMES",
+           "LOGGERS", "lookup", "model_family", "build_vae", "build_elbo", "build_optimizer", "build_loggers"]
 
 
 def _bernoulli(c: Config):
@@ -230,3 +230,12 @@ def build_elbo(config: Config):
     if elbo is not None:
         return elbo
     return lookup(ELBOS, "ELBO", config.elbo)(config)
+
+
+def build_optimizer(config: Config, parameters):
+    """The torch optimizer ``config.optimizer`` names, at ``config.lr``
+    (:func:`~pyrovae.train.adam`, or :class:`~pyrovae.train.AdamNormGrad`)."""
+    from pyrovae.train import adam
+
+    config.validate()
+    return adam(parameters, config.lr, normalize_gradients=config.optimizer == "adamnormgrad")

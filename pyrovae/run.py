@@ -38,7 +38,7 @@ from pyrovae.evaluation import eval_mode
 from pyrovae.exported import is_exported, load_exported
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
-from pyrovae.registry import build_elbo, build_vae, model_family
+from pyrovae.registry import build_elbo, build_optimizer, build_vae, model_family
 from pyrovae.tracking import TENSORBOARD_DIR, RunLogger
 from pyrovae.train import EpochMetrics, Trainer, watching
 from pyrovae.vae import VAE
@@ -582,8 +582,9 @@ def _main_first(distributed: Distributed, device, task: Callable, others: bool =
 
 def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed) -> Trainer:
     labels = model_family(config).training_labels(config, data)
-    return Trainer(vae, data, batch_size=config.batch_size, lr=config.lr, elbo=build_elbo(config),
-                   warmup_epochs=config.warmup_epochs, beta=config.beta, distributed=distributed, labels=labels)
+    return Trainer(vae, data, batch_size=config.batch_size, elbo=build_elbo(config),
+                   optimizer=build_optimizer(config, vae.parameters()), warmup_epochs=config.warmup_epochs,
+                   beta=config.beta, distributed=distributed, labels=labels)
 
 
 def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end,

@@ -18,6 +18,7 @@ from pyrovae.registry import LIKELIHOODS, build_vae, lookup
         ({"num_epochs": 0}, "--epochs"),
         ({"hidden_dims": (400, 0)}, "--hidden"),
         ({"likelihood_scale": 0.0}, "--likelihood-scale"),
+        ({"optimizer": "sgd"}, "Unknown optimizer 'sgd'; choose one of: adam, adamnormgrad"),
     ],
 )
 def test_impossible_values_get_one_sentence(changes, message):

@@ -254,3 +254,16 @@ def test_a_view_of_the_best_epoch_still_plots_the_whole_run(tmp_path, monkeypatc
     view = RunView(tmp_path / "run", num_images=50)
     assert [m.epoch for m in view.history] == [1, 2, 3]
     assert load_run(tmp_path / "run")[2]["epoch"] == 2
+
+
+def test_an_adamnormgrad_run_trains_with_it_and_resumes_exactly(trained_run, tmp_path):
+    config = Config(**{**SMALL, "num_epochs": 1, "optimizer": "adamnormgrad"})
+    straight = train_run(config, tmp_path / "straight", progress=False)
+    polls = iter(range(10**6))
+    train_run(config, tmp_path / "stopped", progress=False, should_stop=lambda: next(polls) == 20)
+    resumed = resume_run(tmp_path / "stopped", progress=False)
+    assert resumed.finished and resumed.config.optimizer == "adamnormgrad"
+    assert [m.train_elbo for m in resumed.history] == [m.train_elbo for m in straight.history]
+    assert json.loads((tmp_path / "stopped" / "config.json").read_text())["optimizer"] == "adamnormgrad"
+    adam_first = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])  # same run with Adam
+    assert straight.history[0].train_elbo != adam_first["train_elbo"]

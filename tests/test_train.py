@@ -2,11 +2,13 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError, NumericalError
 from pyrovae.registry import build_elbo, build_vae
-from pyrovae.train import Trainer, fit
+from pyrovae.train import AdamNormGrad, Trainer, adam, fit
 
 
 def test_elbo_improves_over_a_few_hundred_steps_on_real_digits(mnist5k):
@@ -208,3 +210,45 @@ def test_a_discrete_likelihood_refuses_pixels_off_the_8_bit_grid_before_training
     with pytest.raises(DataError, match="The training images of .* hold pixel values outside what "
                                         "DiscretizedLogisticLikelihood models"):
         Trainer(vae, blurred)
+
+
+def _adam_step(kind, loss_scale, closure=False, steps=3):
+    """The weights of a small linear layer after Adam steps on ``loss_scale`` times a fixed loss."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(5, 3)
+    x = torch.randn(7, 5)
+    optimizer = kind(layer.parameters())
+
+    def loss():
+        optimizer.zero_grad()
+        value = loss_scale * layer(x).pow(2).sum()
+        value.backward()
+        return value
+
+    for _ in range(steps):
+        if closure:
+            assert optimizer.step(loss) is not None
+        else:
+            loss()
+            optimizer.step()
+    return [p.detach().clone() for p in layer.parameters()]
+
+
+@given(scale=st.floats(1e-3, 1e3))
+def test_adamnormgrad_is_adam_on_unit_norm_gradients_so_the_loss_scale_does_not_matter(scale):
+    class NormalizedByHand(torch.optim.Adam):
+        def step(self):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = p.grad / (p.grad.norm() + 1e-7)
+            super().step()
+
+    by_hand = _adam_step(lambda params: NormalizedByHand(params, lr=0.01), 1.0)
+    ours = _adam_step(lambda params: adam(params, 0.01, normalize_gradients=True), 1.0)
+    assert isinstance(adam(torch.nn.Linear(1, 1).parameters(), 0.1, normalize_gradients=True), AdamNormGrad)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(by_hand, ours))
+    scaled = _adam_step(lambda params: AdamNormGrad(params, lr=0.01), scale, closure=True)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, scaled))
+    # Plain Adam steps differently: it sees the gradient's norm change from step to step.
+    plain = _adam_step(lambda params: adam(params, 0.01), 1.0)
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, ours))
