@@ -235,8 +235,9 @@ def curve(args):
 
     test = prepare_test_images(load_dataset("fashion-mnist").test_images, binary=True)
     test = test[spread_subset(args.num_images, len(test))]
-    for path in sorted(args.checkpoints, key=lambda p: (p.name.split("-")[0], int(p.stem.split("-")[-1]))):
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    states = {path: torch.load(path, map_location="cpu", weights_only=False) for path in args.checkpoints}
+    # By prior, then epoch: the shell's order would put epoch 100 before 25, and best.pt anywhere.
+    for path, state in sorted(states.items(), key=lambda item: (item[1]["config"]["prior"], item[1]["epoch"])):
         vae = build_vae(Config.from_dict(state["config"]))
         vae.load_state_dict(state["model"])
         started = time.perf_counter()
