@@ -35,9 +35,12 @@ def test_every_exit_status_the_code_uses_is_documented():
 
 def interrupt_after_first_epoch(args, sig=signal.SIGINT, before=lambda process: None):
     """Start ``pyrovae train ARGS``, call ``before(process)`` once epoch 1 is reported, send
-    ``sig``; returns the process, ended, with its remaining stdout and stderr."""
+    ``sig``; returns the process, ended, with its remaining stdout and stderr. SIGHUP starts at
+    its default, as in a terminal, even when the tests themselves run under ``nohup`` (which
+    pyrovae respects: an ignored SIGHUP stays ignored)."""
     process = subprocess.Popen([PYROVAE, "train", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         for line in process.stdout:
             if line.startswith("epoch   1"):
