@@ -1,5 +1,6 @@
 """Parameter types and options shared by several commands."""
 
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -74,6 +75,23 @@ class HiddenDims(click.ParamType):
         if not widths or min(widths) < 1:
             self.fail(f"{value!r}: every layer width must be a positive integer.", param, ctx)
         return widths
+
+
+class LogVarRange(click.ParamType):
+    """Two numbers ``LO,HI`` with LO < HI, such as ``-6,2``."""
+
+    name = "LO,HI"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            bounds = tuple(float(part) for part in str(value).split(","))
+        except ValueError:
+            bounds = ()
+        if len(bounds) != 2 or not all(map(math.isfinite, bounds)) or bounds[0] >= bounds[1]:
+            self.fail(f"{value!r} is not two numbers LO,HI with LO < HI, such as -6,2.", param, ctx)
+        return bounds
 
 
 class LabelCount(click.ParamType):

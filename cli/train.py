@@ -9,15 +9,18 @@ from functools import partial
 import click
 from click.core import ParameterSource
 
-from pyrovae.config import OPTIMIZERS, Config
-from pyrovae.cli.options import (EXIT_STATUSES, Choice, HiddenDims, LabelCount, config_file_option, data_options,
-                                 dataset_choice, device_options, exit_statuses, json_option, progress_enabled)
+from pyrovae.config import INITS, OPTIMIZERS, Config
+from pyrovae.cli.options import (EXIT_STATUSES, Choice, HiddenDims, LabelCount, LogVarRange, config_file_option,
+                                 data_options, dataset_choice, device_options, exit_statuses, json_option,
+                                 progress_enabled)
 from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, LOGGERS, MODELS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
-FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model", "labels", "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net", "activation", "conv_channels", "likelihood", "likelihood_scale",
-                   "guide", "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta",
-                   "batch_size", "lr", "optimizer", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
+FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model", "labels",
+                   "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net",
+                   "activation", "init", "conv_channels", "likelihood", "likelihood_scale", "guide", "logvar_range",
+                   "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta", "batch_size",
+                   "lr", "optimizer", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
                    "keep_checkpoints", "validation_size", "patience")
 
 # Config fields whose option has another name; every other field is its option's name.
@@ -60,11 +63,17 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
                    "VampPrior setup, --activation unused); conv: stride-2 convolutions each way.")
 @click.option("--activation", type=Choice(ACTIVATION_NAMES), default="relu", show_default=True,
               help="Nonlinearity between the layers of the encoder and decoder.")
+@click.option("--init", type=Choice(list(INITS)), default="torch", show_default=True,
+              help="Initial weights: PyTorch's defaults; or he: every dense and convolutional layer's weights from "
+                   "N(0, 2 / fan_in), as in Tomczak & Welling's VampPrior code.")
 @click.option("--conv-channels", type=click.IntRange(min=1), default=32, show_default=True,
               help="Channels of the first convolution with --net conv.")
 @click.option("--guide", type=Choice(list(GUIDES)), default="diag_normal", show_default=True,
               help="q(z|x): diagonal Normal, low-rank-plus-diagonal Normal, inverse autoregressive flows, "
                    "or relaxed categoricals (with --prior categorical).")
+@click.option("--logvar-range", type=LogVarRange(), default=None, metavar="LO,HI",
+              help="A Normal guide's log-variance head clipped to [LO, HI] (the VampPrior code's: -6,2), so that "
+                   "q's standard deviation lies in [exp(LO/2), exp(HI/2)] [default: a softplus standard deviation].")
 @click.option("--rank", type=click.IntRange(min=1), default=2, show_default=True,
               help="Covariance rank of the lowrank guide.")
 @click.option("--flows", type=click.IntRange(min=1), default=2, show_default=True,
@@ -128,10 +137,10 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
 @device_options
 @click.pass_context
 def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classifier_weight, categories, temperature,
-          min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, conv_channels,
-          mixtures, guide, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset, data_dir, data,
-          test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed, keep_checkpoints,
-          validation_size, patience, log, as_json, cuda, device):
+          min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, init, conv_channels,
+          mixtures, guide, logvar_range, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset,
+          data_dir, data, test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed,
+          keep_checkpoints, validation_size, patience, log, as_json, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
@@ -169,9 +178,10 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classif
         _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, loggers, as_json, Config(
             model=model, num_labels=labels, classifier_weight=classifier_weight, num_categories=categories,
             temperature=temperature, min_temperature=min_temperature, latent_dim=z_dim, hidden_dims=hidden, net=net,
-            activation=activation, conv_channels=conv_channels, likelihood=likelihood,
+            activation=activation, init=init, conv_channels=conv_channels, likelihood=likelihood,
             likelihood_scale=likelihood_scale, mixture_components=mixtures, data=data, test_data=test_data,
-            test_fraction=test_fraction, image_size=image_size, grayscale=grayscale, guide=guide, rank=rank, num_flows=flows, prior=prior,
+            test_fraction=test_fraction, image_size=image_size, grayscale=grayscale, guide=guide,
+            logvar_range=logvar_range, rank=rank, num_flows=flows, prior=prior,
             num_pseudo_inputs=pseudo_inputs, elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
             num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, dataset=dataset,
             data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints, validation_size=validation_size,

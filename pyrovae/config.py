@@ -8,12 +8,14 @@ from typing import Optional, Tuple
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["Config", "DATASETS", "OPTIMIZERS"]
+__all__ = ["Config", "DATASETS", "OPTIMIZERS", "INITS"]
 
 # The named data sets (pyrovae.data loads them); here so the command line can list them without torch.
 DATASETS = ("mnist", "fashion-mnist", "mnist5k", "emoji")
 # adam: torch's Adam; adamnormgrad: Adam on norm-1 gradients (pyrovae.train.AdamNormGrad).
 OPTIMIZERS = ("adam", "adamnormgrad")
+# torch: PyTorch's default initial weights; he: N(0, 2 / fan_in) (pyrovae.networks.he_init_).
+INITS = ("torch", "he")
 
 
 @dataclass
@@ -25,11 +27,13 @@ class Config:
     hidden_dims: Tuple[int, ...] = (400,)  # encoder widths (the decoder mirrors them), as in PyTorch's VAE example
     net: str = "mlp"  # "gated": gated dense layers (VampPrior code); "conv": stride-2 convolutions each way
     activation: str = "relu"
+    init: str = "torch"  # "he": weights from N(0, 2 / fan_in), as in the VampPrior code
     conv_channels: int = 32  # channels of the first convolution with --net conv
     likelihood: str = "bernoulli"  # binarized pixels give a true likelihood comparable with the literature
     likelihood_scale: float = 0.5  # fixed Gaussian scale, or the initial learned one
     mixture_components: int = 10  # logistics per pixel of dlogistic_mix (PixelCNN++ used 10)
     guide: str = "diag_normal"
+    logvar_range: Optional[Tuple[float, float]] = None  # the guide's log-variance clipped to it; None: softplus scale
     rank: int = 2  # rank of the covariance factor of the lowrank guide
     num_flows: int = 2  # inverse autoregressive flows of the iaf guide
     prior: str = "standard_normal"
@@ -63,6 +67,8 @@ class Config:
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
         self.image_shape = tuple(int(s) for s in self.image_shape)
+        if self.logvar_range is not None:
+            self.logvar_range = tuple(float(v) for v in self.logvar_range)
 
     def validate(self) -> "Config":
         """Raise :class:`ConfigError` with one sentence for the first impossible value."""
@@ -82,6 +88,13 @@ class Config:
             (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}."),
             (self.patience is None or self.validation_size > 0,
              "--patience stops on the validation ELBO; hold out images for it with --validation-size N."),
+            (self.init in INITS, f"Unknown init {self.init!r}; choose one of: {', '.join(INITS)}."),
+            (self.logvar_range is None or (len(self.logvar_range) == 2 and all(map(math.isfinite, self.logvar_range))
+                                           and self.logvar_range[0] < self.logvar_range[1]),
+             f"--logvar-range needs two finite numbers LO,HI with LO < HI, got {self.logvar_range}."),
+            (self.logvar_range is None or (self.model == "vae" and self.guide in ("diag_normal", "lowrank", "iaf")),
+             "--logvar-range clips a Normal guide's log-variance; use it with --guide diag_normal, lowrank or iaf "
+             "and --model vae."),
             (self.rank >= 1, f"--rank must be at least 1, got {self.rank}."),
             (self.num_flows >= 1, f"--flows must be at least 1, got {self.num_flows}."),
             (self.num_pseudo_inputs >= 1, f"--pseudo-inputs must be at least 1, got {self.num_pseudo_inputs}."),
@@ -138,7 +151,7 @@ class Config:
 
     # The options that define the model's shape: a checkpoint fits only a model with these.
     MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood",
-                    "mixture_components", "guide",
+                    "mixture_components", "guide", "logvar_range",
                     "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
 
     def model_signature(self) -> dict:

@@ -5,7 +5,7 @@ Every guide is an :class:`AmortizedGuide`: it returns q(z|x) from :meth:`distrib
 in :meth:`forward` (used by Pyro's ELBOs). A new guide only writes ``distribution``.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import pyro
 import pyro.distributions as dist
@@ -18,6 +18,15 @@ from torch.nn import functional as F
 from pyrovae.plates import guide_plate
 
 __all__ = ["AmortizedGuide", "DiagonalNormalGuide", "LowRankNormalGuide", "IAFGuide"]
+
+
+def head_scale(head: torch.Tensor, min_scale: float,
+               logvar_range: Optional[Tuple[float, float]] = None) -> torch.Tensor:
+    """The standard deviations a linear head's outputs stand for: ``softplus(head) + min_scale``,
+    or, given ``logvar_range=(lo, hi)``, ``exp(clip(head, lo, hi) / 2)``."""
+    if logvar_range is None:
+        return F.softplus(head) + min_scale
+    return F.hardtanh(head, *logvar_range).mul(0.5).exp()
 
 
 class AmortizedGuide(PyroModule):
@@ -49,7 +58,9 @@ class DiagonalNormalGuide(AmortizedGuide):
 
     ``scale = softplus(.) + min_scale`` keeps the standard deviation positive and away from
     zero; an unconstrained linear layer for a variance (a mistake in some tutorials) can go
-    negative.
+    negative. With ``logvar_range=(lo, hi)`` the head is a log-variance clipped to
+    ``[lo, hi]`` instead (Tomczak & Welling's VampPrior code uses ``(-6, 2)``): the standard
+    deviation lies in ``[exp(lo / 2), exp(hi / 2)]`` and the head gets no gradient outside.
 
     Example::
 
@@ -57,14 +68,16 @@ class DiagonalNormalGuide(AmortizedGuide):
         q = guide.distribution(images)      # batch_shape (N,), event_shape (20,)
     """
 
-    def __init__(self, encoder: nn.Module, latent_dim: int, feature_dim=None, min_scale: float = 1e-3):
+    def __init__(self, encoder: nn.Module, latent_dim: int, feature_dim=None, min_scale: float = 1e-3,
+                 logvar_range: Optional[Tuple[float, float]] = None):
         super().__init__(encoder, latent_dim, feature_dim)
         self.min_scale = min_scale
+        self.logvar_range = logvar_range
         self.loc = nn.Linear(self.feature_dim, latent_dim)
         self.scale = nn.Linear(self.feature_dim, latent_dim)
 
     def normal(self, features: torch.Tensor) -> dist.TorchDistribution:
-        scale = F.softplus(self.scale(features)) + self.min_scale
+        scale = head_scale(self.scale(features), self.min_scale, self.logvar_range)
         return dist.Normal(self.loc(features), scale).to_event(1)
 
     def distribution(self, x):
@@ -76,17 +89,18 @@ class LowRankNormalGuide(AmortizedGuide):
     latents at a cost linear in ``latent_dim``."""
 
     def __init__(self, encoder: nn.Module, latent_dim: int, rank: int = 2, feature_dim=None,
-                 min_scale: float = 1e-3):
+                 min_scale: float = 1e-3, logvar_range: Optional[Tuple[float, float]] = None):
         super().__init__(encoder, latent_dim, feature_dim)
         self.rank = rank
         self.min_scale = min_scale
+        self.logvar_range = logvar_range
         self.loc = nn.Linear(self.feature_dim, latent_dim)
         self.diag = nn.Linear(self.feature_dim, latent_dim)
         self.factor = nn.Linear(self.feature_dim, latent_dim * rank)
 
     def distribution(self, x):
         features = self.encoder(x)
-        diag = (F.softplus(self.diag(features)) + self.min_scale).pow(2)
+        diag = head_scale(self.diag(features), self.min_scale, self.logvar_range).pow(2)
         factor = self.factor(features).unflatten(-1, (self.latent_dim, self.rank))
         return dist.LowRankMultivariateNormal(self.loc(features), factor, diag)
 
@@ -101,9 +115,10 @@ class IAFGuide(AmortizedGuide):
     """
 
     def __init__(self, encoder: nn.Module, latent_dim: int, num_flows: int = 2, hidden_dims=None,
-                 feature_dim=None, min_scale: float = 1e-3):
+                 feature_dim=None, min_scale: float = 1e-3, logvar_range: Optional[Tuple[float, float]] = None):
         super().__init__(encoder, latent_dim, feature_dim)
-        self.base = DiagonalNormalGuide(nn.Identity(), latent_dim, feature_dim=self.feature_dim, min_scale=min_scale)
+        self.base = DiagonalNormalGuide(nn.Identity(), latent_dim, feature_dim=self.feature_dim, min_scale=min_scale,
+                                        logvar_range=logvar_range)
         hidden_dims = list(hidden_dims or [max(10 * latent_dim, 64)])
         self.flows = nn.ModuleList(
             T.conditional_affine_autoregressive(latent_dim, self.feature_dim, hidden_dims=hidden_dims)

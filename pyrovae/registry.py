@@ -5,11 +5,12 @@ through here, and an unknown name is answered with the list of valid ones. The t
 import nothing heavy, so the command line can list the names without loading torch.
 """
 
-from pyrovae.config import DATASETS, OPTIMIZERS, Config
+from pyrovae.config import DATASETS, INITS, OPTIMIZERS, Config
 from pyrovae.errors import ConfigError
 
-__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "OPTIMIZERS", "NETS", "ACTIVATION_NAMES",
-           "LOGGERS", "lookup", "model_family", "build_vae", "build_elbo", "build_optimizer", "build_loggers"]
+__all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "OPTIMIZERS", "INITS", "NETS",
+           "ACTIVATION_NAMES", "LOGGERS", "lookup", "model_family", "build_vae", "build_elbo", "build_optimizer",
+           "build_loggers"]
 
 
 def _bernoulli(c: Config):
@@ -77,19 +78,19 @@ def _conv(c: Config, output_shape):
 def _diag_normal(c: Config, encoder):
     from pyrovae.guides import DiagonalNormalGuide
 
-    return DiagonalNormalGuide(encoder, c.latent_dim)
+    return DiagonalNormalGuide(encoder, c.latent_dim, logvar_range=c.logvar_range)
 
 
 def _lowrank(c: Config, encoder):
     from pyrovae.guides import LowRankNormalGuide
 
-    return LowRankNormalGuide(encoder, c.latent_dim, rank=c.rank)
+    return LowRankNormalGuide(encoder, c.latent_dim, rank=c.rank, logvar_range=c.logvar_range)
 
 
 def _iaf(c: Config, encoder):
     from pyrovae.guides import IAFGuide
 
-    return IAFGuide(encoder, c.latent_dim, num_flows=c.num_flows)
+    return IAFGuide(encoder, c.latent_dim, num_flows=c.num_flows, logvar_range=c.logvar_range)
 
 
 def _standard_normal(c: Config, guide, init_images):
@@ -189,6 +190,15 @@ def build_vae(config: Config, init_images=None):
     :param init_images: training images some parts start from (the VampPrior's pseudo-inputs).
     """
     config.validate()
+    vae = _build_vae(config, init_images)
+    if config.init == "he":
+        from pyrovae.networks import he_init_
+
+        he_init_(vae)
+    return vae
+
+
+def _build_vae(config: Config, init_images):
     family = model_family(config)
     likelihood = lookup(LIKELIHOODS, "likelihood", config.likelihood)(config)
     if family.from_config is not None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pyrovae.cli import main
-from pyrovae.cli.options import HiddenDims
+from pyrovae.cli.options import HiddenDims, LogVarRange
 
 SMALL = ["--dataset", "mnist5k", "--z-dim", "4", "--hidden", "64", "--batch-size", "100"]
 PYROVAE = Path(sys.executable).with_name("pyrovae")
@@ -132,14 +132,32 @@ def test_nan_exits_3_with_the_step(tmp_path):
 
 
 def test_resume_refuses_changed_model_options(trained_run):
-    result = invoke("train", "--resume", trained_run, "--z-dim", 8, "--lr", 0.1, "--optimizer", "adamnormgrad")
-    assert_one_sentence(result, "--z-dim, --lr, --optimizer cannot be changed when resuming")
+    result = invoke("train", "--resume", trained_run, "--z-dim", 8, "--lr", 0.1, "--optimizer", "adamnormgrad",
+                    "--init", "he", "--logvar-range", "-6,2")
+    assert_one_sentence(result, "--z-dim, --init, --logvar-range, --lr, --optimizer cannot be changed when resuming")
 
 
 @given(widths=st.lists(st.integers(1, 10**6), min_size=1, max_size=6), spaces=st.booleans())
 def test_hidden_widths_parse_back(widths, spaces):
     text = (", " if spaces else ",").join(map(str, widths))
     assert HiddenDims().convert(text, None, None) == tuple(widths)
+
+
+@given(bounds=st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=2, unique=True).map(sorted))
+def test_logvar_ranges_parse_back(bounds):
+    assert LogVarRange().convert(",".join(map(repr, bounds)), None, None) == tuple(bounds)
+
+
+@given(text=st.text(max_size=20))
+def test_logvar_range_parser_accepts_only_two_increasing_finite_numbers(text):
+    import click
+
+    try:
+        lo, hi = LogVarRange().convert(text, None, None)
+    except click.BadParameter as e:
+        assert "is not two numbers LO,HI with LO < HI" in str(e)
+        return
+    assert np.isfinite([lo, hi]).all() and lo < hi
 
 
 @given(text=st.text(max_size=20))
@@ -271,14 +289,14 @@ def test_encode_and_reconstruct_refuse_unknown_output_formats_first(tmp_path, tr
 def test_config_file_sets_options_that_the_command_line_overrides(tmp_path):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text('# a comment\ndataset = "mnist5k"\nz-dim = 3\nhidden = [32, 16]\nnet = "gated"\n'
-                      'batch_size = 200\nepochs = 5\nlog = "tensorboard"\n')
+                      'batch_size = 200\nepochs = 5\nlog = "tensorboard"\ninit = "he"\nlogvar-range = [-6, 2]\n')
     run = tmp_path / "run"
     result = invoke("train", "--config", recipe, "--epochs", 1, "--run-dir", run)
     assert result.exit_code == 0, result.output
     assert (run / "tensorboard").is_dir()
     config = json.loads((run / "config.json").read_text())
-    assert (config["latent_dim"], config["hidden_dims"], config["net"], config["batch_size"], config["num_epochs"]) \
-        == (3, [32, 16], "gated", 200, 1)
+    assert (config["latent_dim"], config["hidden_dims"], config["net"], config["batch_size"], config["num_epochs"],
+            config["init"], config["logvar_range"]) == (3, [32, 16], "gated", 200, 1, "he", [-6, 2])
 
     again = tmp_path / "again"  # a run's own config.json repeats it
     assert invoke("train", "--config", run / "config.json", "--run-dir", again).exit_code == 0

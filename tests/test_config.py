@@ -19,6 +19,12 @@ from pyrovae.registry import LIKELIHOODS, build_vae, lookup
         ({"hidden_dims": (400, 0)}, "--hidden"),
         ({"likelihood_scale": 0.0}, "--likelihood-scale"),
         ({"optimizer": "sgd"}, "Unknown optimizer 'sgd'; choose one of: adam, adamnormgrad"),
+        ({"init": "xavier"}, "Unknown init 'xavier'; choose one of: torch, he"),
+        ({"logvar_range": (2, -6)}, "--logvar-range needs two finite numbers LO,HI with LO < HI"),
+        ({"logvar_range": (-6, float("inf"))}, "--logvar-range needs two finite numbers"),
+        ({"logvar_range": (-6, 2), "guide": "categorical", "prior": "categorical"},
+         "--logvar-range clips a Normal guide's log-variance"),
+        ({"logvar_range": (-6, 2), "model": "m2"}, "--logvar-range clips a Normal guide's log-variance"),
     ],
 )
 def test_impossible_values_get_one_sentence(changes, message):
@@ -27,9 +33,30 @@ def test_impossible_values_get_one_sentence(changes, message):
 
 
 def test_json_round_trip_keeps_tuples():
-    config = Config(hidden_dims=(512, 256), latent_dim=2)
+    config = Config(hidden_dims=(512, 256), latent_dim=2, logvar_range=(-6, 2))
     again = Config.from_dict(json.loads(config.to_json()))
-    assert again == config and again.hidden_dims == (512, 256)
+    assert again == config and again.hidden_dims == (512, 256) and again.logvar_range == (-6.0, 2.0)
+
+
+def test_he_init_draws_every_weight_with_spread_sqrt_2_over_fan_in_and_keeps_the_biases():
+    import torch
+    from torch import nn
+
+    config = Config(net="gated", hidden_dims=(300, 300), latent_dim=40, prior="vamp", num_pseudo_inputs=10)
+    torch.manual_seed(0)
+    default = build_vae(config)
+    torch.manual_seed(0)
+    he = build_vae(config.replace(init="he"))
+    layers = [(name, m) for name, m in he.named_modules() if isinstance(m, nn.Linear)]
+    assert len(layers) == 2 * 2 * 2 + 2 + 1  # gated layers' two halves each way, the guide's heads, the output
+    for name, layer in layers:
+        fan_in = layer.weight.shape[1]
+        assert abs(layer.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.05, name
+        assert abs(layer.weight.mean().item()) < 0.1 * (2 / fan_in) ** 0.5, name
+        # PyTorch's default is uniform with a spread sqrt(6) times smaller.
+        assert default.get_submodule(name).weight.std() < 0.5 * layer.weight.std(), name
+        assert layer.bias.abs().max() <= 1 / fan_in ** 0.5, name
+    assert torch.equal(he.prior.pseudo_inputs, default.prior.pseudo_inputs)  # not a layer: untouched
 
 
 def test_unknown_keys_are_refused():

@@ -1,15 +1,22 @@
+import math
+
 import pyro
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyrovae import (
     VAE,
     BernoulliLikelihood,
     DiagonalNormalGuide,
     GaussianLikelihood,
+    IAFGuide,
+    LowRankNormalGuide,
     MLPDecoder,
     MLPEncoder,
     StandardNormalPrior,
 )
+from pyrovae.guides import head_scale
 
 
 def _vae(latent_dim=4):
@@ -62,6 +69,41 @@ def test_guide_scale_stays_positive_for_extreme_inputs():
     with torch.no_grad():
         guide.scale.bias.fill_(-1e4)
     assert guide.distribution(torch.rand(2, 1, 28, 28)).base_dist.scale.min() >= guide.min_scale
+
+
+@given(head=st.floats(-1e3, 1e3), lo=st.floats(-20, 5), width=st.floats(0.01, 20))
+def test_a_clipped_log_variance_head_gives_scales_in_its_range_and_no_gradient_outside(head, lo, width):
+    hi = lo + width
+    h = torch.tensor([head], dtype=torch.float64, requires_grad=True)
+    scale = head_scale(h, 1e-3, (lo, hi))
+    assert torch.allclose(scale.log() * 2, torch.tensor([min(max(head, lo), hi)], dtype=torch.float64))
+    scale.sum().backward()
+    assert (h.grad.item() == 0) == (not lo < head < hi)  # torch: no gradient on the bounds either
+
+
+def test_guides_clip_their_log_variance_when_asked_and_keep_the_softplus_otherwise():
+    x = torch.rand(5, 1, 28, 28)
+    low, high = math.exp(-3), math.exp(1)
+    for make in (lambda **kw: DiagonalNormalGuide(MLPEncoder(hidden_dims=(16,)), 3, **kw),
+                 lambda **kw: LowRankNormalGuide(MLPEncoder(hidden_dims=(16,)), 3, **kw),
+                 lambda **kw: IAFGuide(MLPEncoder(hidden_dims=(16,)), 3, **kw)):
+        for bias in (-1e4, 1e4):
+            clipped, plain = make(logvar_range=(-6, 2)), make()
+            for guide in (clipped, plain):
+                with torch.no_grad():
+                    head = guide.base.scale if isinstance(guide, IAFGuide) else getattr(guide, "scale", None)
+                    (head if head is not None else guide.diag).bias.fill_(bias)
+            q = clipped.distribution(x)
+            if isinstance(clipped, IAFGuide):
+                scale = q.base_dist.base_dist.scale
+            elif isinstance(clipped, LowRankNormalGuide):
+                scale = q.cov_diag.sqrt()
+            else:
+                scale = q.base_dist.scale
+            assert torch.allclose(scale, torch.full_like(scale, low if bias < 0 else high))
+            if isinstance(clipped, DiagonalNormalGuide):
+                expected = 1e-3 if bias < 0 else 1e4
+                assert torch.allclose(plain.distribution(x).base_dist.scale, torch.full((5, 3), expected), rtol=1e-3)
 
 
 def test_every_public_name_imports_from_the_package():
