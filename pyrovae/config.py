@@ -149,7 +149,8 @@ class Config:
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
-    # The options that define the model's shape: a checkpoint fits only a model with these.
+    # The options that define the model (its shape, and what its outputs mean): a checkpoint fits
+    # only a model with these.
     MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood",
                     "mixture_components", "guide", "logvar_range",
                     "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
