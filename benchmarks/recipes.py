@@ -7,7 +7,8 @@ and test images): two gated dense layers of 300 units each way, a 40-dimensional
 softplus standard deviation (pyrovae's parametrisation), a standard-normal prior or a
 VampPrior with 500 pseudo-inputs started at training images, the KL weight rising step by
 step over the warm-up, Adam at 5e-4, batches of 100, and early stopping on the validation
-ELBO with the same rule as ``pyrovae train --patience``. The prior's log-density is
+ELBO with the same rule as ``pyrovae train --patience``, after the same ``--lr-drops`` (the
+learning rate cut tenfold at the first plateaus). The prior's log-density is
 written the way the VampPrior code writes it (every z against every component, broadcast).
 It prints one line per epoch and, at the end, the best-validation epoch's test ELBO and
 log p(x). With ``--checkpoint`` it saves after every epoch and, run again, resumes
@@ -120,13 +121,15 @@ def log_likelihood(model, images, num_samples=5000, rows=50_000):
 class Recipe:
     """The data and schedule of a recipe, shared by both implementations."""
 
-    def __init__(self, prior, batch_size=100, lr=5e-4, warmup=100, patience=50, seed=0):
+    def __init__(self, prior, batch_size=100, lr=5e-4, warmup=100, patience=50, seed=0, lr_drops=1,
+                 lr_drop_factor=0.1):
         data = load_dataset("fashion-mnist").with_validation(VALIDATION_SIZE)
         self.train_images = data.train_images
         self.validation = prepare_test_images(data.validation_images, binary=True)
         self.test = prepare_test_images(data.test_images, binary=True)
         self.prior, self.batch_size, self.lr, self.warmup, self.patience, self.seed = \
             prior, batch_size, lr, warmup, patience, seed
+        self.lr_drops, self.lr_drop_factor = lr_drops, lr_drop_factor
 
     def reference(self):
         torch.manual_seed(self.seed)
@@ -166,18 +169,25 @@ class Recipe:
 
 
 def reference(args):
-    recipe = Recipe(args.prior, seed=args.seed)
+    recipe = Recipe(args.prior, seed=args.seed, lr_drops=args.lr_drops)
     model, optimizer = recipe.reference()
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "seconds": 0.0,
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "seconds": 0.0, "cuts": [],
              "best_state": copy.deepcopy(model.state_dict())}  # kept if no epoch scores a finite ELBO
     if args.checkpoint and args.checkpoint.exists():
         state = torch.load(args.checkpoint, weights_only=True)
         model.load_state_dict(state.pop("model"))
         optimizer.load_state_dict(state.pop("optimizer"))
         torch.set_rng_state(state.pop("rng"))
+        state.setdefault("cuts", [])  # a checkpoint from before the learning-rate drops
         print(f"resuming after epoch {state['epoch']}", file=sys.stderr, flush=True)
     started = time.perf_counter() - state["seconds"]
-    while state["epoch"] < args.epochs and not done(state, recipe):
+    while state["epoch"] < args.epochs:
+        if plateau(state, recipe):
+            if len(state["cuts"]) == recipe.lr_drops:
+                break
+            state["cuts"].append(state["epoch"])
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * recipe.lr_drop_factor ** len(state["cuts"])
         epoch = state["epoch"]
         train = recipe.reference_epoch(model, optimizer, epoch)
         model.eval()
@@ -190,7 +200,7 @@ def reference(args):
                         "rng": torch.get_rng_state()}
             atomic_write(args.checkpoint, lambda f: torch.save(snapshot, f))
         print(json.dumps({"epoch": epoch + 1, "train_elbo": train, "validation_elbo": validation,
-                          "seconds": state["seconds"]}), flush=True)
+                          "seconds": state["seconds"], "lr": optimizer.param_groups[0]["lr"]}), flush=True)
     model.load_state_dict(state["best_state"])
     torch.manual_seed(0)
     test_elbo = elbo(model.eval(), recipe.test)
@@ -199,9 +209,10 @@ def reference(args):
                       "test_elbo": test_elbo, "test_log_px": score, "k": args.num_samples}))
 
 
-def done(state, recipe):
-    """``pyrovae train --patience``'s rule: stop once ``patience`` epochs after the warm-up bring no better one."""
-    return state["epoch"] - max(state["best_epoch"], math.ceil(recipe.warmup)) >= recipe.patience
+def plateau(state, recipe):
+    """``pyrovae train --patience``'s rule: ``patience`` epochs after the warm-up, the best epoch and the
+    last learning-rate cut brought no better one (cut the rate while ``--lr-drops`` allow, then stop)."""
+    return state["epoch"] - max(state["best_epoch"], math.ceil(recipe.warmup), *state["cuts"]) >= recipe.patience
 
 
 def side_by_side(args):
@@ -257,6 +268,8 @@ def main(argv=None):
         command.add_argument("-k", "--num-samples", type=int, default=5000)
     commands.choices["reference"].add_argument(
         "--checkpoint", type=Path, help="save after every epoch and resume from this file if it exists")
+    commands.choices["reference"].add_argument(
+        "--lr-drops", type=int, default=1, help="learning-rate cuts before early stopping, as the recipes' lr-drops")
     command = commands.add_parser("curve")
     command.add_argument("checkpoints", type=Path, nargs="+")
     command.add_argument("-k", "--num-samples", type=int, default=5000)

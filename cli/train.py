@@ -21,7 +21,7 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
                    "activation", "init", "conv_channels", "likelihood", "likelihood_scale", "guide", "logvar_range",
                    "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta", "batch_size",
                    "lr", "optimizer", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
-                   "keep_checkpoints", "validation_size", "patience")
+                   "keep_checkpoints", "validation_size", "patience", "lr_drop_factor")
 
 # Config fields whose option has another name; every other field is its option's name.
 OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels": "labels", "num_categories": "categories",
@@ -130,6 +130,12 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
 @click.option("--patience", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
               help="Early stopping: end the run when the validation ELBO has not improved for this many epochs "
                    "(not counting the --warmup epochs) [default: train all --epochs].")
+@click.option("--lr-drops", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="With --patience: the first N times the validation ELBO stops improving, multiply the learning "
+                   "rate by --lr-drop-factor and go on instead of stopping. Can be raised when resuming, to go on "
+                   "with a run that stopped early.")
+@click.option("--lr-drop-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, metavar="F", help="What each of the --lr-drops multiplies the learning rate by.")
 @click.option("--log", type=Choice(list(LOGGERS)), multiple=True, metavar="tensorboard",
               help="Also log to TensorBoard, in RUN/tensorboard: the metrics, the running train ELBO, the pictures, "
                    "the options as hyperparameters and the test set's latent means (tensorboard --logdir runs).")
@@ -140,7 +146,7 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classif
           min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, init, conv_channels,
           mixtures, guide, logvar_range, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset,
           data_dir, data, test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed,
-          keep_checkpoints, validation_size, patience, log, as_json, cuda, device):
+          keep_checkpoints, validation_size, patience, lr_drops, lr_drop_factor, log, as_json, cuda, device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
@@ -185,7 +191,7 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classif
             num_pseudo_inputs=pseudo_inputs, elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
             num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, dataset=dataset,
             data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints, validation_size=validation_size,
-            patience=patience))
+            patience=patience, lr_drops=lr_drops, lr_drop_factor=lr_drop_factor))
     except PyroVAEError as error:
         if not distributed.is_main:
             error.args = (f"[rank {distributed.rank}] {error}",)
@@ -195,12 +201,13 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classif
 
 
 def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, loggers, as_json, config):
-    from pyrovae.run import resume_run, train_run
+    from pyrovae.run import plateaus, resume_run, train_run
 
     main = distributed.is_main
-    report = _report_json if as_json else _report
-    callbacks = dict(progress=progress_enabled() and main, on_start=partial(_announce, err=as_json) if main else None,
-                     on_epoch_end=report if main else None, device=device, distributed=distributed, loggers=loggers)
+    report = _Report(as_json)
+    callbacks = dict(progress=progress_enabled() and main, on_start=report.start if main else None,
+                     on_epoch_end=report.epoch if main else None, device=device, distributed=distributed,
+                     loggers=loggers)
     with _stop_on_interrupt(quiet=not main) as requested:
         should_stop = lambda: bool(requested)  # noqa: E731
         if resume:
@@ -208,7 +215,9 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if fixed:
                 raise click.UsageError(f"{', '.join(fixed)} cannot be changed when resuming a run.")
-            result = resume_run(resume, epochs, should_stop=should_stop, **callbacks)
+            given = ctx.get_parameter_source("lr_drops") == ParameterSource.COMMANDLINE
+            result = resume_run(resume, epochs, should_stop=should_stop, lr_drops=config.lr_drops if given else None,
+                                **callbacks)
         else:
             result = train_run(config, run_dir, overwrite=overwrite, fallback=fallback, should_stop=should_stop,
                                **callbacks)
@@ -221,8 +230,10 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
                                "resume": None if result.finished else resume_command}))
     elif main:
         if result.stopped_early:
+            cuts = len(plateaus(result.history, result.config)[0])
             click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved "
-                       f"for {result.config.patience} epochs since epoch {result.best_epoch}.")
+                       f"since epoch {result.best_epoch} (--patience {result.config.patience}"
+                       + (f", after {cuts} learning-rate drop{'s' * (cuts > 1)}" if cuts else "") + ").")
         if result.finished:
             click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
                        f"next: pyrovae evaluate {run}")
@@ -232,27 +243,37 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
         ctx.exit(128 + requested[0])
 
 
-def _announce(run_dir, config, data, first_epoch, err=False):
-    """What is trained where (on stderr with ``err``, so that stdout holds only --json's objects)."""
-    echo = partial(click.echo, err=err)
-    shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
-    echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
-         f"{shape}, from {data.source}); run directory {run_dir}")
-    for note in data.notes:
-        echo(f"  {note[0].upper()}{note[1:]}")
-    echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
-    if first_epoch > 1:
-        echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
+class _Report:
+    """What the CLI says as a run goes: what is trained where, then a line per epoch (a JSON
+    object on stdout with ``as_json``, everything else then on stderr)."""
 
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.lr = None
 
-def _report(m):
-    validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
-    click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
-               f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
+    def start(self, run_dir, config, data, first_epoch):
+        self.lr = config.lr
+        echo = partial(click.echo, err=self.as_json)
+        shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
+        echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
+             f"{shape}, from {data.source}); run directory {run_dir}")
+        for note in data.notes:
+            echo(f"  {note[0].upper()}{note[1:]}")
+        echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
+        if first_epoch > 1:
+            echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
 
-
-def _report_json(m):
-    click.echo(json.dumps(m.to_dict()))
+    def epoch(self, m):
+        if m.lr is not None and self.lr is not None and m.lr != self.lr:
+            click.echo(f"Learning rate {m.lr:g} from epoch {m.epoch} on (--lr-drops: the validation ELBO had "
+                       "stopped improving).", err=self.as_json)
+        self.lr = m.lr
+        if self.as_json:
+            click.echo(json.dumps(m.to_dict()))
+            return
+        validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
+        click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
+                   f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
 
 
 @contextmanager

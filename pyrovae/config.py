@@ -63,6 +63,8 @@ class Config:
     keep_checkpoints: int = 1  # > 1: the last N end-of-epoch checkpoints kept in checkpoints/
     validation_size: int = 0  # training images held out (seeded) to pick the best epoch; 0: none
     patience: Optional[int] = None  # stop after this many epochs past warm-up without a better validation ELBO
+    lr_drops: int = 0  # with patience: times the learning rate is cut at a plateau before the run stops
+    lr_drop_factor: float = 0.1  # what each cut multiplies the learning rate by
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -88,6 +90,11 @@ class Config:
             (self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}."),
             (self.patience is None or self.validation_size > 0,
              "--patience stops on the validation ELBO; hold out images for it with --validation-size N."),
+            (self.lr_drops >= 0, f"--lr-drops must be zero or more, got {self.lr_drops}."),
+            (self.lr_drops == 0 or self.patience is not None,
+             "--lr-drops cuts the learning rate when --patience epochs pass without a better validation ELBO; "
+             "give --patience too."),
+            (0 < self.lr_drop_factor < 1, f"--lr-drop-factor must be between 0 and 1, got {self.lr_drop_factor}."),
             (self.init in INITS, f"Unknown init {self.init!r}; choose one of: {', '.join(INITS)}."),
             (self.logvar_range is None or (len(self.logvar_range) == 2 and all(map(math.isfinite, self.logvar_range))
                                            and self.logvar_range[0] < self.logvar_range[1]),

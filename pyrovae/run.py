@@ -44,7 +44,7 @@ from pyrovae.train import EpochMetrics, Trainer, watching
 from pyrovae.vae import VAE
 
 __all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "kept_epochs", "best_epoch",
-           "stopped_early", "full_history",
+           "stopped_early", "plateaus", "learning_rate", "full_history",
            "check_against_data", "with_data_dir", "resolve_device", "default_run_dir", "save_grid"]
 
 CONFIG = "config.json"
@@ -90,13 +90,38 @@ def best_epoch(history: List[EpochMetrics]) -> Optional[int]:
 
 
 def stopped_early(history: List[EpochMetrics], config: Config) -> bool:
-    """Whether ``config.patience`` epochs have passed, after the warm-up, without a better
-    validation ELBO (Tomczak & Welling's early stopping: epochs of the warm-up do not count,
-    since the objective is still changing)."""
-    best = best_epoch(history)
-    if config.patience is None or best is None:
-        return False
-    return history[-1].epoch - max(best, math.ceil(config.warmup_epochs)) >= config.patience
+    """Whether early stopping has ended the run (see :func:`plateaus`)."""
+    return plateaus(history, config)[1]
+
+
+def plateaus(history: List[EpochMetrics], config: Config) -> Tuple[List[int], bool]:
+    """The epochs after which the learning rate was cut, and whether the run has stopped early.
+
+    A plateau is ``config.patience`` epochs without a better validation ELBO, counted from the
+    best epoch, the end of the warm-up (Tomczak & Welling's early stopping: epochs of the
+    warm-up do not count, since the objective is still changing) or the last cut, whichever is
+    latest. The first ``config.lr_drops`` plateaus cut the learning rate; the next stops the
+    run. All of it follows from the history, so a resumed run cuts where it would have.
+    """
+    cuts: List[int] = []
+    if config.patience is None:
+        return cuts, False
+    warmup = math.ceil(config.warmup_epochs)
+    best, best_at = -math.inf, None
+    for m in history:
+        if m.validation_elbo is not None and m.validation_elbo > best:  # NaN is never better
+            best, best_at = m.validation_elbo, m.epoch
+        if best_at is not None and m.epoch - max(best_at, warmup, *cuts) >= config.patience:
+            if len(cuts) < config.lr_drops:
+                cuts.append(m.epoch)
+            elif m is history[-1]:
+                return cuts, True
+    return cuts, False
+
+
+def learning_rate(history: List[EpochMetrics], config: Config) -> float:
+    """The learning rate of the epoch after ``history``: ``config.lr``, cut at each plateau."""
+    return config.lr * config.lr_drop_factor ** len(plateaus(history, config)[0])
 
 
 def resolve_device(device: Optional[str] = None, cuda: bool = False) -> torch.device:
@@ -393,6 +418,7 @@ def resume_run(
     on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
     distributed: Optional[Distributed] = None,
     loggers: Sequence[RunLogger] = (),
+    lr_drops: Optional[int] = None,
 ) -> RunResult:
     """Continue a run from its checkpoint exactly where it stopped (with any number of
     processes: a step means the same global batch whatever the number of ranks).
@@ -402,6 +428,8 @@ def resume_run(
     the newest checkpoint it keeps (``--keep-checkpoints``).
 
     :param num_epochs: a new total number of epochs; default the run's own.
+    :param lr_drops: a new number of learning-rate cuts (``Config.lr_drops``); more than the run
+        had continues one that stopped early, as if it had been started with them.
     :param loggers: as for :func:`train_run`; a TensorBoard log continues where it stopped.
     :raises RunInUseError: when another process is writing ``run_dir``.
     """
@@ -426,11 +454,14 @@ def resume_run(
         config, vae, state = load_run(run_dir, device, "last")
         if num_epochs is not None:
             config = config.replace(num_epochs=num_epochs).validate()
+        if lr_drops is not None:
+            config = config.replace(lr_drops=lr_drops).validate()
         history = [EpochMetrics(**m) for m in state["history"]]
         if not state["step"] and stopped_early(history, config):
             raise ConfigError(f"Run {run_dir} stopped early at epoch {state['epoch']}: its validation ELBO has not "
                               f"improved since epoch {best_epoch(history)} (--patience {config.patience}); "
-                              f"its best model is {run_dir / BEST}.")
+                              f"its best model is {run_dir / BEST}. To go on at a lower learning rate, resume it "
+                              f"with --lr-drops {config.lr_drops + 1}.")
         if state["epoch"] >= config.num_epochs and not state["step"]:
             raise ConfigError(
                 f"Run {run_dir} has already trained for {state['epoch']} epochs; "
@@ -627,6 +658,8 @@ def _epochs(run_dir, config, trainer, should_stop, progress, on_epoch_end, write
             save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
 
     while trainer.epoch < config.num_epochs and not stopped_early(trainer.history, config):
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = learning_rate(trainer.history, config)
         metrics = trainer.run_epoch(config.num_epochs, should_stop=should_stop, progress=progress and writes)
         if metrics is None:
             checkpoint()

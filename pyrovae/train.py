@@ -50,7 +50,8 @@ class EpochMetrics:
     unless a KL weight (warm-up, beta) or extra terms (M2's classifier) are part of the
     objective. The test and validation figures are always the unweighted ELBO (and its two
     terms); they are NaN for a guide that cannot encode new images (a non-amortized one), and
-    ``validation_elbo`` is None without a validation set.
+    ``validation_elbo`` is None without a validation set. ``lr`` is the learning rate the
+    epoch trained with (None in the history of runs from before it was recorded).
     """
 
     epoch: int
@@ -60,6 +61,7 @@ class EpochMetrics:
     test_kl: float
     seconds: float
     validation_elbo: Optional[float] = None
+    lr: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -396,7 +398,7 @@ class Trainer:
         validation = None if self.validation_images is None else self.test_terms(self.validation_images).elbo
         self.epoch += 1
         metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds,
-                               validation)
+                               validation, self.optimizer.param_groups[0]["lr"])
         self.history.append(metrics)
         self.permutation = self.step_losses = None
         self.step = 0

@@ -350,7 +350,7 @@ def test_validation_early_stopping_and_the_best_checkpoint_from_the_command_line
     assert result.exit_code == 0, result.output
     assert "Held out 500 of the 4000 training images (seed 1) as the validation set" in result.output
     assert "epoch   4  train ELBO" in result.output and "validation ELBO   -260.00" in result.output
-    assert "Stopped early at epoch 4: the validation ELBO has not improved for 2 epochs since epoch 2." \
+    assert "Stopped early at epoch 4: the validation ELBO has not improved since epoch 2 (--patience 2)." \
         in result.output and "epoch   5" not in result.output
     best = invoke("evaluate", run, "-k", 2, "--num-images", 10)
     assert "after epoch 2 (its best validation ELBO)" in best.output
@@ -358,11 +358,23 @@ def test_validation_early_stopping_and_the_best_checkpoint_from_the_command_line
     assert (last["epoch"], last["best_epoch"]) == (4, 2)
     assert_one_sentence(invoke("train", "--resume", run, "--epochs", 9),
                         f"Run {run} stopped early at epoch 4: its validation ELBO has not improved since epoch 2")
+    # More learning-rate drops continue it: epoch 5 trains at a tenth of the rate and improves.
+    scores = iter([-100, -120, -130])
+    again = invoke("train", "--resume", run, "--lr-drops", 1, "--epochs", 9)
+    assert again.exit_code == 0, again.output
+    assert "Learning rate 0.0001 from epoch 5 on (--lr-drops: the validation ELBO had stopped improving)." \
+        in again.output
+    assert "Stopped early at epoch 7: the validation ELBO has not improved since epoch 5 (--patience 2, after 1 " \
+           "learning-rate drop)." in again.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows] == [1e-3] * 4 + [1e-4] * 3
     assert_one_sentence(invoke("evaluate", run, "--checkpoint", "worst"), "'worst' is not best, last or an epoch")
 
 
 @pytest.mark.parametrize("args, message", [
     (["--patience", 3], "--patience stops on the validation ELBO; hold out images for it with --validation-size N."),
+    (["--validation-size", 500, "--lr-drops", 1], "--lr-drops cuts the learning rate when --patience epochs pass "
+                                                  "without a better validation ELBO; give --patience too."),
     (["--validation-size", 4000], "--validation-size 4000 leaves none of the 4000 training images of mnist5k"),
 ])
 def test_impossible_validation_options_write_nothing(tmp_path, args, message):

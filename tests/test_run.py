@@ -15,7 +15,8 @@ from pyrovae.data import load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, StorageError
 from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import build_vae
-from pyrovae.run import best_epoch, load_run, resolve_device, resume_run, stopped_early, train_run
+from pyrovae.run import (best_epoch, learning_rate, load_run, plateaus, resolve_device, resume_run, stopped_early,
+                         train_run)
 from pyrovae.train import EpochMetrics, Trainer, prepare_test_images
 
 
@@ -25,7 +26,8 @@ def test_run_directory_holds_everything(trained_run):
     lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert set(lines[0]) == {"epoch", "train_elbo", "test_elbo", "test_reconstruction", "test_kl", "seconds",
-                             "validation_elbo"}
+                             "validation_elbo", "lr"}
+    assert [m["lr"] for m in lines] == [Config.lr] * 2
     assert not (trained_run / "best.pt").exists()  # no validation set, no best epoch
     for kind, size in (("samples", 8 * 28 + 9 * 2), ("reconstructions", 8 * 28 + 9 * 2)):
         for epoch in (1, 2):
@@ -244,6 +246,59 @@ def test_stopping_rule(scores, patience, warmup):
     # Stopped exactly when the last `patience` epochs after the warm-up brought no new best.
     assert stopped_early(history(scores), config) == (len(scores) - max(best, warmup) >= patience)
     assert not stopped_early(history(scores), config.replace(patience=None))
+
+
+@given(st.lists(st.one_of(st.floats(-1e3, 0), st.just(float("nan"))), min_size=1, max_size=40),
+       st.integers(1, 6), st.integers(0, 6), st.integers(0, 4))
+def test_learning_rate_cuts(scores, patience, warmup, drops):
+    config = Config(validation_size=10, patience=patience, warmup_epochs=warmup, lr_drops=drops, lr=1e-3,
+                    lr_drop_factor=0.5)
+    # The epochs a run would train: up to the first that stops it.
+    scores = scores[: next((n for n in range(1, len(scores)) if stopped_early(history(scores[:n]), config)),
+                           len(scores))]
+    cuts, stopped = plateaus(history(scores), config)
+    assert len(cuts) <= drops and cuts == sorted(set(cuts)) and (not stopped or len(cuts) == drops)
+    for i, cut in enumerate(cuts):
+        # Each cut comes exactly `patience` epochs after the best so far, the warm-up or the cut before.
+        seen = history(scores[:cut])
+        assert cut - max(best_epoch(seen), warmup, *cuts[:i]) == patience
+        assert plateaus(seen, config) == (cuts[: i + 1], False)  # decided from the epochs before it alone
+    assert learning_rate(history(scores), config) == 1e-3 * 0.5 ** len(cuts)
+    # Cuts only postpone the stop: with one more allowed, the run stops later or not at all.
+    if stopped:
+        assert not stopped_early(history(scores[:-1]), config)
+        more = plateaus(history(scores), config.replace(lr_drops=drops + 1))
+        assert more == (cuts + [len(scores)], False)
+
+
+def test_learning_rate_drops_at_each_plateau_then_the_run_stops(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [-300, -200, -250, -260, -100, -90, -95, -96, -97, -98])
+    config = Config(**{**SMALL, "num_epochs": 10, "validation_size": 500, "patience": 2, "lr": 1e-3, "lr_drops": 1,
+                       "lr_drop_factor": 0.5})
+    result = train_run(config, tmp_path / "run", progress=False)
+    # Epochs 3 and 4 did not beat epoch 2: the rate halves; 7 and 8 did not beat 6: the run stops.
+    assert [m.lr for m in result.history] == [1e-3] * 4 + [5e-4] * 4
+    assert result.stopped_early and result.best_epoch == 6
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert {group["lr"] for group in state["optimizer"]["param_groups"]} == {5e-4}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows] == [1e-3] * 4 + [5e-4] * 4
+
+
+def test_more_lr_drops_on_resume_continue_a_stopped_run_as_if_started_with_them(tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [-300, -200, -250, -260, -100, -90, -95, -96, -97, -98])
+    config = Config(**{**SMALL, "num_epochs": 10, "validation_size": 500, "patience": 2})
+    stopped = train_run(config, tmp_path / "stopped", progress=False)
+    assert stopped.stopped_early and len(stopped.history) == 4
+    with pytest.raises(ConfigError, match="resume it with --lr-drops 1"):
+        resume_run(tmp_path / "stopped", progress=False)
+    resumed = resume_run(tmp_path / "stopped", progress=False, lr_drops=1)
+    straight = train_run(config.replace(lr_drops=1), tmp_path / "straight", progress=False)
+    assert [m.epoch for m in resumed.history] == [m.epoch for m in straight.history] == list(range(1, 9))
+    assert resumed.config.lr_drops == 1 and load_run(tmp_path / "stopped", epoch="last")[0].lr_drops == 1
+    for name in ("checkpoint.pt", "best.pt"):
+        a, b = (torch.load(d / name, weights_only=False)["model"] for d in (tmp_path / "straight", tmp_path / "stopped"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_view_of_the_best_epoch_still_plots_the_whole_run(tmp_path, monkeypatch):
