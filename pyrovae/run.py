@@ -658,8 +658,9 @@ def _epochs(run_dir, config, trainer, should_stop, progress, on_epoch_end, write
             save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
 
     while trainer.epoch < config.num_epochs and not stopped_early(trainer.history, config):
+        lr = learning_rate(trainer.history, config)
         for group in trainer.optimizer.param_groups:
-            group["lr"] = learning_rate(trainer.history, config)
+            group["lr"] = lr
         metrics = trainer.run_epoch(config.num_epochs, should_stop=should_stop, progress=progress and writes)
         if metrics is None:
             checkpoint()
