@@ -52,7 +52,7 @@ def reference_step(images, batch_size, hidden, fused):
     return step
 
 
-def pyro_step(images, batch_size, hidden, *, direct=False, sync_free=False, fused=None, compiled=False, jit=False):
+def pyro_step(images, batch_size, hidden, *, direct=False, no_end_syncs=False, fused=None, compiled=False, jit=False):
     torch.manual_seed(0)
     vae = build_vae(Config(hidden_dims=(hidden,))).to(images.device)
     if compiled:
@@ -60,7 +60,7 @@ def pyro_step(images, batch_size, hidden, *, direct=False, sync_free=False, fuse
         vae.guide.encoder = torch.compile(vae.guide.encoder)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=fused)
     # JitTrace_ELBO looks parameters up in Pyro's store, so it needs PyroModule calls (direct=False).
-    elbo = pyro.infer.JitTrace_ELBO() if jit else Trace_ELBO() if sync_free else pyro.infer.Trace_ELBO()
+    elbo = pyro.infer.JitTrace_ELBO() if jit else Trace_ELBO() if no_end_syncs else pyro.infer.Trace_ELBO()
     model, guide = (direct_call(vae.model), direct_call(vae.guide)) if direct else (vae.model, vae.guide)
     stream = batches(images, batch_size)
 
@@ -104,15 +104,15 @@ def main(argv=None):
         "plain PyTorch, fused Adam": lambda: reference_step(images, b, h, fused=True),
         "Pyro Trace_ELBO through PyroModule calls, default Adam": lambda: pyro_step(images, b, h),
         "+ model and guide called directly": lambda: pyro_step(images, b, h, direct=True),
-        "+ sync-free Trace_ELBO": lambda: pyro_step(images, b, h, direct=True, sync_free=True),
-        "+ fused Adam (pyrovae's Trainer)": lambda: pyro_step(images, b, h, direct=True, sync_free=True, fused=True),
+        "+ Trace_ELBO without its end-of-loss syncs": lambda: pyro_step(images, b, h, direct=True, no_end_syncs=True),
+        "+ fused Adam (pyrovae's Trainer)": lambda: pyro_step(images, b, h, direct=True, no_end_syncs=True, fused=True),
         "SVI.step, Trace_ELBO, pyro.optim.Adam (the textbook loop, data in memory)": lambda: svi_step(images, b, h),
         "SVI.step, JitTrace_ELBO, pyro.optim.Adam": lambda: svi_step(images, b, h, jit=True),
         "JitTrace_ELBO through PyroModule calls, fused Adam": lambda: pyro_step(images, b, h, fused=True, jit=True),
     }
     if args.compile:
         candidates["+ torch.compile of encoder and decoder"] = lambda: pyro_step(
-            images, b, h, direct=True, sync_free=True, fused=True, compiled=True)
+            images, b, h, direct=True, no_end_syncs=True, fused=True, compiled=True)
     loops, failed = {}, {}
     with pyro.validation_enabled(False):
         for label, make in candidates.items():

@@ -26,7 +26,8 @@ from pyrovae.registry import build_elbo, build_vae
 
 def accuracy(classify, images, labels, batch_size=2000) -> float:
     with torch.no_grad():
-        hits = sum(int((classify(x).argmax(-1) == y).sum()) for x, y in zip(images.split(batch_size), labels.split(batch_size)))
+        hits = sum(int((classify(x).argmax(-1) == y).sum())
+                   for x, y in zip(images.split(batch_size), labels.split(batch_size)))
     return hits / len(images)
 
 
@@ -88,7 +89,7 @@ def main(argv=None):
         vae = build_vae(config)
         trainer = Trainer(vae, data, labels=visible, elbo=build_elbo(config), beta=config.beta)
         start = time.perf_counter()
-        for epoch in range(args.epochs):
+        for _ in range(args.epochs):
             m = trainer.run_epoch(args.epochs, progress=False)
             print(f"  labels {count} epoch {m.epoch}: test ELBO {m.test_elbo:.2f}, "
                   f"accuracy {vae.accuracy(data.test_images, data.test_labels):.4f}", flush=True)

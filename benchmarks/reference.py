@@ -128,7 +128,7 @@ class ReferenceConvVAE(nn.Module):
         """Location and scale of each pixel value's logistic."""
         out = self.decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1, 64, 64)
         loc, log_scale = out.chunk(2, dim=-3)
-        return 0.5 + loc, log_scale.clamp(min=-7).exp()
+        return 0.5 + loc, log_scale.clamp(min=-7 - math.log(2)).exp()  # PixelCNN++'s floor, per bin width
 
 
 def discretized_logistic_log_prob(x, loc, scale):

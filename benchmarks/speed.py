@@ -130,7 +130,8 @@ def main(argv=None):
         tutorial = f"{r['images'] / r['tutorial_seconds']:.0f}" if r.get("tutorial_seconds") else "-"
         slow = f"{r['tutorial_over_pyrovae']:.2f}x" if r["tutorial_over_pyrovae"] else "-"
         print(f"| {r['hidden']} | {r['batch']} | {r['images'] / r['pyrovae_seconds']:.0f} | "
-              f"{r['images'] / r['reference_seconds']:.0f} | {tutorial} | {r['ratio']:.2f}x | {r['ratio_fused']:.2f}x | {slow} | "
+              f"{r['images'] / r['reference_seconds']:.0f} | {tutorial} | {r['ratio']:.2f}x | "
+              f"{r['ratio_fused']:.2f}x | {slow} | "
               f"{r['pyrovae_seconds'] * 60000 / r['images']:.1f} | {r['peak_memory_mib']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -14,7 +14,7 @@ from pyrovae.errors import ConfigError, PyroVAEError, StorageError, describe_os_
 class _UserError(click.ClickException):
     def __init__(self, error: PyroVAEError):
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        self.exit_code = error.exit_code  # type: ignore[misc]  # click reads it from the instance
 
 
 class PyroVAEGroup(click.Group):
@@ -32,7 +32,8 @@ class PyroVAEGroup(click.Group):
         except OSError as error:  # a file operation the library did not expect to fail
             if error.errno is None:
                 raise
-            raise _UserError(StorageError(f"{error.filename or 'A file operation'}: {describe_os_error(error)}.")) from None
+            what = error.filename or "A file operation"
+            raise _UserError(StorageError(f"{what}: {describe_os_error(error)}.")) from None
         except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
             if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
                     or "can't allocate memory" in str(error)):

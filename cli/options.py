@@ -190,15 +190,16 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
             try:
                 import tomllib
             except ImportError:  # Python < 3.11
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[no-redef]
 
             values = {k.replace("-", "_"): v for k, v in tomllib.loads(path.read_text()).items()}
             unknown = [k for k in values if k not in valid]
     except (OSError, ValueError) as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--config") from None
     if unknown:
-        raise click.BadParameter(f"{path} sets {', '.join(sorted(unknown))}, which no option of this command is; valid keys: "
-                                 f"{', '.join(sorted(n.replace('_', '-') for n in valid))}.", param_hint="--config")
+        raise click.BadParameter(f"{path} sets {', '.join(sorted(unknown))}, which no option of this command is; "
+                                 f"valid keys: {', '.join(sorted(n.replace('_', '-') for n in valid))}.",
+                                 param_hint="--config")
     # As a person would type them: lists of widths as "300,300" (a repeatable option such as
     # log takes a list, or one name); null means the default.
     def typed(name, value):
@@ -234,7 +235,8 @@ def check_output(output: Path, suffixes=None) -> None:
         known, what, hint = Image.registered_extensions(), "image format", ".png or .jpg"
     else:
         names = sorted(suffixes)
-        known, what, hint = suffixes, "format", " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        listed = [", ".join(names[:-1]), names[-1]] if len(names) > 1 else names
+        known, what, hint = suffixes, "format", " or ".join(listed)
     if output.suffix.lower() not in known:
         raise ConfigError(f"Cannot tell the {what} of {output}; use a name ending in {hint}.")
     if not output.parent.is_dir():

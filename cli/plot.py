@@ -93,6 +93,7 @@ def report(run, output, num_images, as_json, epoch, data_dir, cuda, device):
     if output is not None:
         check_output(output, (".html", ".htm"))
     view = _view(run, num_images, epoch, data_dir, cuda, device)
-    with tqdm(total=len(kinds_for(view.config)), desc="figures", unit="figure", leave=False, disable=not progress_enabled()) as bar:
+    with tqdm(total=len(kinds_for(view.config)), desc="figures", unit="figure", leave=False,
+              disable=not progress_enabled()) as bar:
         path = write_report(view, output, on_figure=lambda kind: bar.update())
     emit(as_json, {"output": str(path), "epoch": view.epoch}, f"Wrote {path}")

@@ -5,6 +5,7 @@ import shlex
 import signal
 from contextlib import contextmanager
 from functools import partial
+from typing import List
 
 import click
 from click.core import ParameterSource
@@ -24,9 +25,10 @@ FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscal
                    "keep_checkpoints", "validation_size", "patience", "lr_drop_factor")
 
 # Config fields whose option has another name; every other field is its option's name.
-OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels": "labels", "num_categories": "categories",
-                   "num_flows": "flows", "num_pseudo_inputs": "pseudo_inputs", "num_particles": "particles",
-                   "warmup_epochs": "warmup", "num_epochs": "epochs", "mixture_components": "mixtures"}
+OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels": "labels",
+                   "num_categories": "categories", "num_flows": "flows", "num_pseudo_inputs": "pseudo_inputs",
+                   "num_particles": "particles", "warmup_epochs": "warmup", "num_epochs": "epochs",
+                   "mixture_components": "mixtures"}
 
 
 @click.command(epilog=exit_statuses(*EXIT_STATUSES))
@@ -281,7 +283,7 @@ def _stop_on_interrupt(quiet: bool = False):
     """The first Ctrl-C (or SIGTERM, or SIGHUP: the terminal or ssh session closed) asks
     training to stop after the current step; a second
     Ctrl-C aborts at once. Yields the list of the signals received."""
-    requested = []
+    requested: List[int] = []
 
     def handler(signum, frame):
         if requested and signum == signal.SIGINT:

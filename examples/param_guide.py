@@ -72,7 +72,7 @@ def main(argv=None):
         guide=guide,
     )
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
-    for epoch in range(args.epochs):
+    for _ in range(args.epochs):
         for subsample in torch.randperm(len(images)).split(100):
             svi.step(images[subsample], size=len(images), subsample=subsample)
     with torch.no_grad():

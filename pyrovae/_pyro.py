@@ -1,9 +1,12 @@
-"""The few private parts of Pyro that pyrovae relies on, in one place.
+"""The private functions of Pyro that pyrovae calls (names with a leading underscore).
 
 Each is used for speed or for an objective Pyro has no public hook for, and each was
-tested with the pyro-ppl versions that ``pyproject.toml`` allows (1.9.x). When Pyro
-changes, this module is the only one to revisit; tests/test_pyro_native.py checks each
-against Pyro's public results.
+tested with the pyro-ppl versions that ``pyproject.toml`` allows (1.9.x);
+tests/test_pyro_native.py checks each against Pyro's public results. Other modules lean on
+Pyro internals that are not functions, and need a look too when Pyro changes:
+``PyroModule._pyro_name`` (``vae.py``), the fields of trace nodes (``"unscaled_log_prob"``,
+``"score_parts"``) and ``Trace.remove_node`` (``m2.py``, ``objectives.py``), and the helpers
+of ``pyro.infer.util`` and ``ScaleMessenger`` (``objectives.py``).
 """
 
 import functools

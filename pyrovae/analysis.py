@@ -1,6 +1,7 @@
 """What the figures are made of: a run's test set encoded once, active units, per-dimension
 KL, principal axes of the latent means, and interpolation paths."""
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,11 +15,27 @@ from pyrovae.errors import ConfigError
 from pyrovae.priors import diagonal_normal
 from pyrovae.vae import VAE
 
-__all__ = ["Latents", "RunView", "encode", "active_units", "kl_per_dimension", "principal_axes", "slerp",
-           "ACTIVITY_THRESHOLD"]
+__all__ = ["Latents", "RunView", "encode", "active_units", "describe_activity", "kl_per_dimension", "principal_axes",
+           "slerp", "ACTIVITY_THRESHOLD", "COLLAPSE_KL"]
 
 # A latent dimension is active when Var_x E_q[z_u | x] exceeds this (Burda et al. 2015, IWAE).
 ACTIVITY_THRESHOLD = 0.01
+# Below this KL per image the code carries almost nothing: whatever z is, the decoder draws
+# nearly the same image (posterior collapse). Burda's test can still call units active then,
+# when their posterior means move a little (a variance of 0.02 is 0.01 nats at unit scale).
+COLLAPSE_KL = 5.0
+
+
+def describe_activity(active: torch.Tensor, kl_per_image: Optional[float]) -> str:
+    """How much of the code is used, in words: Burda's active units, and the KL per image beside
+    them (where known), with posterior collapse named when it is under :data:`COLLAPSE_KL`."""
+    words = f"{int(active.sum())} of {len(active)} units active (Var_x E_q[z_u|x] > {ACTIVITY_THRESHOLD})"
+    if kl_per_image is None or not math.isfinite(kl_per_image):
+        return words
+    words += f"; the code carries {kl_per_image:.1f} nats per image"
+    if kl_per_image < COLLAPSE_KL:
+        words += " (collapsed: the decoder draws nearly the same image whatever the code)"
+    return words
 
 
 @dataclass
@@ -44,7 +61,7 @@ def encode(vae: VAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int
         scales.append(normal.scale.expand_as(normal.loc).cpu() if normal is not None else None)
         if progress is not None:
             progress(len(x))
-    scale = torch.cat(scales) if all(s is not None for s in scales) else None
+    scale = None if any(s is None for s in scales) else torch.cat([s for s in scales if s is not None])
     return Latents(torch.cat(locs), scale, labels.cpu())
 
 

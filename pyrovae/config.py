@@ -79,7 +79,8 @@ class Config:
             (len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1,
              f"--hidden needs one or more positive layer widths, got {self.hidden_dims}."),
             (0 < self.test_fraction < 1, f"--test-fraction must be between 0 and 1, got {self.test_fraction}."),
-            (self.image_size is None or self.image_size >= 2, f"--image-size must be at least 2, got {self.image_size}."),
+            (self.image_size is None or self.image_size >= 2,
+             f"--image-size must be at least 2, got {self.image_size}."),
             (self.num_epochs >= 1, f"--epochs must be at least 1, got {self.num_epochs}."),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}."),
@@ -158,8 +159,8 @@ class Config:
 
     # The options that define the model (its shape, and what its outputs mean): a checkpoint fits
     # only a model with these.
-    MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels", "likelihood",
-                    "mixture_components", "guide", "logvar_range",
+    MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels",
+                    "likelihood", "mixture_components", "guide", "logvar_range",
                     "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
 
     def model_signature(self) -> dict:

@@ -267,7 +267,8 @@ def read_idx(path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _read_split(images_path: Path, labels_path: Path, size: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _read_split(images_path: Path, labels_path: Path,
+                size: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3:
@@ -428,7 +429,7 @@ def load_dataset(
         if name != "mnist" or explicit or not fallback:
             raise
         warnings.warn(
-            DataFallbackWarning(f"{error} Falling back to the 5,000 offline digits of mnist5k.")
+            DataFallbackWarning(f"{error} Falling back to the 5,000 offline digits of mnist5k."), stacklevel=2
         )
         return load_mnist5k()
 
@@ -581,7 +582,7 @@ def _read_source(path: Path, image_size, grayscale, progress):
 
 def _transform(images: torch.Tensor, image_size: Optional[int], grayscale: bool):
     """Resize and convert images already in memory, keeping 8-bit data on its 256 levels."""
-    notes = []
+    notes: List[str] = []
     if image_size is None and not (grayscale and images.shape[1] == 3):
         return images, notes
     eight_bit = all(pixel_levels(chunk) is not None for chunk in images.split(4096))
@@ -612,7 +613,8 @@ def _load_data(config, fallback: bool, progress: bool) -> ImageData:
         return load_images(config.data, config.test_data, test_fraction=config.test_fraction,
                            image_size=config.image_size, grayscale=config.grayscale, progress=progress)
     if config.data_dir and not Path(config.data_dir).is_dir():
-        raise DataError(f"Data directory {config.data_dir} does not exist (moved?); pass --data-dir with its new place.")
+        raise DataError(f"Data directory {config.data_dir} does not exist (moved?); "
+                        "pass --data-dir with its new place.")
     data = load_dataset(config.dataset, config.data_dir, fallback=fallback, test_fraction=config.test_fraction,
                         progress=progress)
     both, notes = _transform(torch.cat([data.train_images, data.test_images]), config.image_size, config.grayscale)

@@ -17,6 +17,7 @@ images, and the ranks' random states stay equal. A 2-process run therefore follo
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Tuple
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -57,7 +58,7 @@ class Distributed:
         return self.initialized and self.world_size > 1
 
     @classmethod
-    def from_env(cls, device: torch.device) -> "Distributed":
+    def from_env(cls, device: torch.device) -> Tuple["Distributed", torch.device]:
         """Join the process group that ``torchrun`` describes in the environment: NCCL for
         CUDA devices, gloo for the CPU.
 

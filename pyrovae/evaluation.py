@@ -14,7 +14,7 @@ import torch
 
 from pyrovae.vae import VAE, analytic_kl
 
-__all__ = ["ELBOTerms", "EvalResult", "check_images", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim",
+__all__ = ["ELBOTerms", "EvalResult", "check_support", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim",
            "analytic_kl", "eval_mode"]
 
 # Rows (images x importance samples) decoded at once: bounds memory to about
@@ -75,13 +75,13 @@ def eval_mode(vae: VAE):
         vae.train(was_training)
 
 
-def check_images(vae: VAE, images: torch.Tensor) -> None:
+def check_support(vae: VAE, images: torch.Tensor) -> None:
     """:raises DataError: in one sentence, when ``images`` leave the support of the model's
     likelihood (grey pixels for a Bernoulli, values off the 8-bit grid for a discretized
     logistic, NaN anywhere)."""
-    likelihood = getattr(vae, "likelihood", None)
-    if hasattr(likelihood, "check_images"):
-        likelihood.check_images(images)
+    check = getattr(getattr(vae, "likelihood", None), "check_support", None)
+    if check is not None:
+        check(images)
 
 
 @torch.no_grad()
@@ -90,9 +90,9 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
     KL term in closed form when it exists (a one-sample estimate otherwise): see
     :meth:`VAE.elbo_parts <pyrovae.vae.VAE.elbo_parts>`. The model is scored in eval mode.
 
-    :raises DataError: when the images leave the likelihood's support (:func:`check_images`).
+    :raises DataError: when the images leave the likelihood's support (:func:`check_support`).
     """
-    check_images(vae, images)
+    check_support(vae, images)
     device = vae.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     with _seeded(seed, device), eval_mode(vae):
@@ -120,11 +120,11 @@ def log_likelihood(
     the log-mean-exp is accumulated across chunks, so memory does not grow with k.
 
     :param progress: optional callable receiving the number of images finished after each chunk.
-    :raises DataError: when the images leave the likelihood's support (:func:`check_images`).
+    :raises DataError: when the images leave the likelihood's support (:func:`check_support`).
     """
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
-    check_images(vae, images)
+    check_support(vae, images)
     device = vae.device
     # A mixture prior scores every row against each component, M2 decodes every class: fewer rows per chunk.
     max_rows = max(1, MAX_ROWS // _row_cost(vae))

@@ -11,7 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from pyro.nn import PyroModule
+from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import nn
 from torch.nn import functional as F
 
@@ -107,8 +107,9 @@ class LowRankNormalGuide(AmortizedGuide):
 
 class IAFGuide(AmortizedGuide):
     """A diagonal Normal from the encoder followed by ``num_flows`` inverse autoregressive
-    flows (Kingma et al. 2016) conditioned on the encoder's features, with the order of the
-    latent dimensions reversed between flows.
+    flows (Kingma et al. 2016) conditioned on the encoder's features, each in the natural
+    order of the latent dimensions, with the order reversed between flows: from two flows on,
+    every output dimension depends on every input dimension.
 
     Sampling is one pass per flow; the density of a sample comes from the cached forward
     pass, so the ELBO costs no inversions (see docs/elbo.md for the change of variables).
@@ -120,8 +121,13 @@ class IAFGuide(AmortizedGuide):
         self.base = DiagonalNormalGuide(nn.Identity(), latent_dim, feature_dim=self.feature_dim, min_scale=min_scale,
                                         logvar_range=logvar_range)
         hidden_dims = list(hidden_dims or [max(10 * latent_dim, 64)])
+        # Pyro's conditional_affine_autoregressive orders each flow by a random permutation, and
+        # two random orders need not mix every dimension (docs/flows.md). The order is a buffer
+        # of the network, so checkpoints made with random orders load with their own.
+        order = torch.arange(latent_dim)
         self.flows = nn.ModuleList(
-            T.conditional_affine_autoregressive(latent_dim, self.feature_dim, hidden_dims=hidden_dims)
+            T.ConditionalAffineAutoregressive(
+                ConditionalAutoRegressiveNN(latent_dim, self.feature_dim, hidden_dims, permutation=order))
             for _ in range(num_flows))
         self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
 

@@ -8,7 +8,7 @@ sizes, an array of the wrong shape) is a :class:`~pyrovae.errors.DataError` nami
 
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,7 +46,8 @@ def find_images(root) -> ImageFiles:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"Image folder {root} does not exist.")
-    files, skipped = [], []
+    files: List[Path] = []
+    skipped: List[Path] = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
@@ -132,7 +133,7 @@ def read_images(paths: Sequence[Path], image_size: Optional[int] = None, graysca
             progress(1)
     sizes = {tuple(image.shape[-2:]) for image in images}
     if len(sizes) > 1:
-        by_size = {}
+        by_size: Dict[Tuple[int, ...], Path] = {}
         for path, image in zip(paths, images):
             by_size.setdefault(tuple(image.shape[-2:]), path)
         examples = "; ".join(f"{Path(p).name} is {h}x{w}" for (h, w), p in list(by_size.items())[:3])
@@ -290,7 +291,9 @@ def images_for_model(inputs: Sequence, image_shape, progress: Optional[Callable[
     :returns: the images, the name of each (a file, or ``array[i]``), and notes on what was done.
     """
     channels, height, width = image_shape
-    names, images, notes = [], [], []
+    names: List[str] = []
+    images: List[torch.Tensor] = []
+    notes: List[str] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.suffix.lower() in (".npy", ".npz") and path.is_file():

@@ -9,6 +9,7 @@ several numbers per pixel (``outputs_per_pixel``) asks the decoder for that many
 per image channel: :meth:`Likelihood.decoder_shape`.
 """
 
+import math
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
@@ -48,10 +49,10 @@ eight_bit = _EightBit()
 class Likelihood(PyroModule):
     """Base class: ``forward(decoder_output)`` returns p(x|z) with the image as one event.
 
-    ``support`` is the set of pixel values p(x|z) is a distribution over; :meth:`check_images`
+    ``support`` is the set of pixel values p(x|z) is a distribution over; :meth:`check_support`
     refuses images that leave it, with ``support_hint`` saying what to do instead.
     ``data_range`` is where the images' values lie, which :meth:`VAE.encode
-    <pyrovae.vae.VAE.check_images>` checks: pixels in [0, 1], as every data set pyrovae loads
+    <pyrovae.vae.VAE.as_batch>` checks: pixels in [0, 1], as every data set pyrovae loads
     is scaled; a likelihood for other data (standardized values, say) sets None.
     """
 
@@ -59,11 +60,11 @@ class Likelihood(PyroModule):
     data_range = (0.0, 1.0)
     discrete = False  # probabilities of the exact pixel values (binary or 8-bit), not densities
     outputs_per_pixel = 1  # decoder channels per image channel
-    support = constraints.real
+    support: constraints.Constraint = constraints.real
     support_words = "real pixel values"
     support_hint = ""
 
-    def check_images(self, images: torch.Tensor, name: str = "The images") -> None:
+    def check_support(self, images: torch.Tensor, name: str = "The images") -> None:
         """:raises DataError: in one sentence, when ``images`` hold values p(x|z) cannot score."""
         if not torch.is_tensor(images) or not images.is_floating_point():
             raise DataError(f"{name} must be a float tensor of pixels, not {type(images).__name__}"
@@ -162,8 +163,15 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
 # 8-bit pixels k / 255: each value owns a bin of this half-width in [0, 1].
 _HALF_BIN = 0.5 / 255
-# Below exp(-7) the scale is far narrower than a bin; PixelCNN++ and NVAE clamp there too.
-_MIN_LOG_SCALE = -7.0
+# The narrowest logistic: PixelCNN++ and NVAE clamp the log-scale at -7 on data in [-1, 1],
+# where a bin is 2/255 wide; pyrovae's bins on [0, 1] are half as wide, so the same floor
+# relative to a bin is -7 - ln 2. An interior value then gets up to tanh(255 e^7 / 1020) =
+# 0.973 of the mass; a floor of -7 here capped it at 0.791 (0.34 bits/dim lost for good).
+_MIN_LOG_SCALE = -7.0 - math.log(2.0)
+# The widest: at e^10 the logistic is flat over [0, 1] (each value gets about 1/(4 e^10 255)
+# of the mass), and an unbounded exp() overflows to infinity under a large step, which turns
+# the bin's log-width into log 0 and its gradient into NaN.
+_MAX_LOG_SCALE = 10.0
 
 
 class DiscretizedLogistic(dist.TorchDistribution):
@@ -189,8 +197,9 @@ class DiscretizedLogistic(dist.TorchDistribution):
         lower = (value - self.loc - _HALF_BIN) / self.scale
         below = F.logsigmoid(upper)  # log P(X < the bin's top): all of value 0's mass
         above = F.logsigmoid(-lower)  # log P(X > the bin's bottom): all of value 1's mass
-        # The bin's width in standard units, a - b = 1 / (255 scale), is never negative.
-        inner = below + above + torch.log(-torch.expm1(-(upper - lower)))
+        # The bin's width in standard units, a - b = 1 / (255 scale), taken from the scale alone:
+        # far from the location, upper and lower are large and their difference rounds to 0.
+        inner = below + above + torch.log(-torch.expm1(-2 * _HALF_BIN / self.scale))
         return torch.where(value < _HALF_BIN, below, torch.where(value > 1 - _HALF_BIN, above, inner))
 
     def sample(self, sample_shape=torch.Size()):
@@ -209,7 +218,7 @@ class DiscretizedLogistic(dist.TorchDistribution):
 
 def _logistic_parameters(loc, log_scale):
     # Centred on grey so an untrained decoder (output near 0) starts in the middle of [0, 1].
-    return 0.5 + loc, log_scale.clamp(min=_MIN_LOG_SCALE).exp()
+    return 0.5 + loc, log_scale.clamp(_MIN_LOG_SCALE, _MAX_LOG_SCALE).exp()
 
 
 class _EightBitLikelihood(Likelihood):
@@ -218,7 +227,8 @@ class _EightBitLikelihood(Likelihood):
     discrete = True
     support = eight_bit
     support_words = "the 256 values k/255 of 8-bit pixels"
-    support_hint = "pass 8-bit images divided by 255, or use a density (GaussianLikelihood, ContinuousBernoulliLikelihood)."
+    support_hint = ("pass 8-bit images divided by 255, or use a density (GaussianLikelihood, "
+                    "ContinuousBernoulliLikelihood).")
 
 
 class DiscretizedLogisticLikelihood(_EightBitLikelihood):

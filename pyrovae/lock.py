@@ -11,6 +11,7 @@ files.
 import json
 import os
 import socket
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +21,7 @@ __all__ = ["RunLock", "LOCK_FILE"]
 
 LOCK_FILE = ".lock"
 
-try:
+if sys.platform != "win32":
     import fcntl
 
     def _try_lock(fd: int) -> bool:
@@ -33,7 +34,7 @@ try:
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
-except ImportError:  # Windows
+else:
     import msvcrt
 
     def _try_lock(fd: int) -> bool:

@@ -276,12 +276,12 @@ class M2VAE(VAE):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.check_images(x)
+        x = self.as_batch(x)
         y = self.classify(x)
         return self.likelihood.mean(self.model.decoder_output(self.guide.distribution(x, y).mean, y))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True, z: torch.Tensor = None,
+    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None,
                digit: Optional[int] = None) -> torch.Tensor:
         """Images of class ``digit`` (the classes in turn when None) from prior or given codes;
         the likelihood's mean image unless ``mean`` is False (:meth:`VAE.sample`)."""

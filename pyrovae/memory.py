@@ -92,14 +92,18 @@ def check_step_memory(trainer, batch_size: Optional[int] = None) -> None:
     if needed is None or available is None or needed <= available:
         return
     particles = getattr(trainer.elbo, "num_particles", 1)
-    options = f"--batch-size {batch_size or trainer.batch_size}" + (f" and --particles {particles}" if particles > 1 else "")
+    options = f"--batch-size {batch_size or trainer.batch_size}"
+    options += f" and --particles {particles}" if particles > 1 else ""
     lower = "--particles or --batch-size" if particles > 1 else "--batch-size (or the network's size)"
     raise ConfigError(f"One training step with {options} needs about {format_bytes(needed)} of memory, but only "
                       f"{format_bytes(available)} is available on {trainer.train_images.device}; lower {lower}.")
 
 
-def format_bytes(count: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+def format_bytes(count: float) -> str:
+    if count < 1024:
+        return f"{count:.0f} bytes"
+    for unit in ("KiB", "MiB"):
         count /= 1024
+        if count < 1024:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1024:.1f} GiB"

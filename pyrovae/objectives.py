@@ -1,6 +1,6 @@
-"""Training objectives beyond Pyro's stock ELBOs: Pyro's ELBOs without their per-step host
-syncs, the importance-weighted bound as a differentiable loss, and an explicit weight on the
-KL term (warm-up, beta-VAE)."""
+"""Training objectives beyond Pyro's stock ELBOs: Pyro's ELBOs without the two host syncs at
+the end of each loss, the importance-weighted bound as a differentiable loss, and an explicit
+weight on the KL term (warm-up, beta-VAE)."""
 
 import math
 
@@ -15,8 +15,10 @@ from pyrovae._pyro import get_traces, trace_elbo_particle
 __all__ = ["Trace_ELBO", "TraceMeanField_ELBO", "IWAE_ELBO", "LatentScale", "kl_weight"]
 
 
-class _SyncFree:
-    """``differentiable_loss`` of Pyro's ``Trace_ELBO`` family without its host syncs.
+class _NoEndSyncs:
+    """``differentiable_loss`` of Pyro's ``Trace_ELBO`` family without the two host syncs at
+    its end. (The per-particle loss is still Pyro's, which reads each sample site's
+    log-probability with ``torch_item``: those syncs remain, docs/benchmarks.md.)
 
     Pyro's version ends with ``warn_if_nan(surrogate)`` (a device-to-host copy to test for
     NaN, plus a backward hook) and ``loss + (surrogate - surrogate.item())`` (another copy,
@@ -37,14 +39,14 @@ class _SyncFree:
         return loss + (surrogate - surrogate.detach())
 
 
-class Trace_ELBO(_SyncFree, pyro.infer.Trace_ELBO):
+class Trace_ELBO(_NoEndSyncs, pyro.infer.Trace_ELBO):
     """:class:`pyro.infer.Trace_ELBO` (a Monte Carlo estimate of both ELBO terms) whose
-    ``differentiable_loss`` never waits for the device."""
+    ``differentiable_loss`` skips Pyro's two end-of-loss host syncs."""
 
 
-class TraceMeanField_ELBO(_SyncFree, pyro.infer.TraceMeanField_ELBO):
+class TraceMeanField_ELBO(_NoEndSyncs, pyro.infer.TraceMeanField_ELBO):
     """:class:`pyro.infer.TraceMeanField_ELBO` (the KL term in closed form where one is
-    known) whose ``differentiable_loss`` never waits for the device."""
+    known) whose ``differentiable_loss`` skips Pyro's two end-of-loss host syncs."""
 
 
 class IWAE_ELBO(RenyiELBO):

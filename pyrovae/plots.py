@@ -15,14 +15,15 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-from pyrovae.analysis import ACTIVITY_THRESHOLD, RunView, active_units, kl_per_dimension, principal_axes, slerp
+from pyrovae.analysis import (ACTIVITY_THRESHOLD, RunView, active_units, describe_activity, kl_per_dimension,
+                              principal_axes, slerp)
 from pyrovae.checkpoint import atomic_write
 from pyrovae.data import spread_subset
 from pyrovae.errors import ConfigError
 from pyrovae.run import GRID_PADDING
 
-__all__ = ["PLOTS", "kinds_for", "figure_formats", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples", "plot_evolution",
-           "plot_latent", "plot_manifold", "plot_interpolate", "plot_kl", "plot_styles"]
+__all__ = ["PLOTS", "kinds_for", "figure_formats", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples",
+           "plot_evolution", "plot_latent", "plot_manifold", "plot_interpolate", "plot_kl", "plot_styles"]
 
 DPI = 100
 FONT = 12
@@ -266,8 +267,7 @@ def plot_kl(view: RunView) -> Figure:
     """KL per latent dimension, with the active units (A_u > 0.01) marked."""
     _continuous_code(view, "kl")
     kl = kl_per_dimension(view.latents, view.vae.prior()).numpy()
-    _, active = active_units(view.latents.loc)
-    active = active.numpy()
+    active = active_units(view.latents.loc)[1].numpy()
     dims = np.arange(len(kl))
     figure = _figure(max(7, 0.35 * len(kl) + 3), 4.8)
     ax = figure.subplots()
@@ -278,7 +278,8 @@ def plot_kl(view: RunView) -> Figure:
     ax.set_xlabel("latent dimension u", fontsize=FONT)
     ax.set_ylabel("mean KL(q(z_u|x) || p(z_u)), nats", fontsize=FONT)
     ax.set_xticks(dims if len(dims) <= 32 else dims[:: math.ceil(len(dims) / 32)])
-    ax.set_title(f"KL per latent dimension: {int(active.sum())} of {len(kl)} units active", fontsize=FONT + 1)
+    title = describe_activity(torch.from_numpy(active), float(kl.sum())).replace("; ", ";\n", 1)
+    ax.set_title(f"KL per latent dimension: {title}", fontsize=FONT + 1)
     ax.legend(fontsize=FONT - 2)
     ax.grid(axis="y", alpha=0.3)
     return figure
@@ -294,7 +295,8 @@ def plot_styles(view: RunView, styles: int = 10, seed: int = 0) -> Figure:
     ax = figure.subplots()
     _show(ax, _grid(images, classes), "One style z per row, one class per column: means of p(x | y, z)")
     ax.set_xticks(_centres(classes, view.config.image_shape[2]))
-    ax.set_xticklabels(view.class_names[:classes], fontsize=FONT - 2, rotation=45 if len(view.class_names[0]) > 2 else 0)
+    rotation = 45 if len(view.class_names[0]) > 2 else 0
+    ax.set_xticklabels(view.class_names[:classes], fontsize=FONT - 2, rotation=rotation)
     return figure
 
 

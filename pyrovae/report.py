@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 from typing import Callable, Optional
 
-from pyrovae.analysis import RunView, active_units
+from pyrovae.analysis import RunView, active_units, describe_activity
 from pyrovae.checkpoint import atomic_write
 from pyrovae.errors import PyroVAEError
 from pyrovae.plots import DPI, PLOTS, kinds_for
@@ -70,7 +70,8 @@ def write_report(view: RunView, path=None, on_figure: Optional[Callable[[str], N
     last = view.history[-1] if view.history else None
     summary = (f"{len(view.history)} epochs on {e(view.config.dataset)}; "
                + (f"final test ELBO {last.test_elbo:.2f} nats per image; " if last else "")
-               + f"{int(active.sum())} of {len(active)} latent units active (evaluated on {len(view.images)} test images).")
+               + f"latent code: {describe_activity(active, last.test_kl if last else None)} "
+               f"(units evaluated on {len(view.images)} test images).")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pyrovae report: {e(view.run_dir.name)}</title>
 <style>{_STYLE}</style></head>

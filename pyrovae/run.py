@@ -311,7 +311,7 @@ def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Co
         except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
             # The checkpoint holds the whole configuration; resuming writes config.json again.
             warnings.warn(RunRecoveryWarning(f"{config_path} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
-                                             f"using the configuration saved in {path}."))
+                                             f"using the configuration saved in {path}."), stacklevel=2)
             on_disk = config
         if on_disk.model_signature() != config.model_signature():
             diff = [f"{k} {v} vs {config.model_signature()[k]}"
@@ -370,7 +370,7 @@ def train_run(
     config = _absolute_paths(config)
     config.validate()
     data = _main_first(distributed, device, lambda: load_data(config, fallback=fallback, progress=progress))
-    config = fit_to_data(config, data)
+    config = config_for_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     claim = lambda: _claim_new_run_dir(run_dir, overwrite)  # noqa: E731
     return _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end, distributed,
@@ -490,7 +490,7 @@ def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Co
     if epochs:
         kept = _kept_path(run_dir, epochs[-1])
         warnings.warn(RunRecoveryWarning(f"{run_dir / CHECKPOINT} is missing; continuing from the checkpoint kept "
-                                         f"at the end of epoch {epochs[-1]}."))
+                                         f"at the end of epoch {epochs[-1]}."), stacklevel=2)
         atomic_write(run_dir / CHECKPOINT, lambda f: f.write(kept.read_bytes()))
         return None
     config_path = run_dir / CONFIG
@@ -503,7 +503,7 @@ def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Co
         raise CheckpointError(f"Run {run_dir} has no checkpoint and its {CONFIG} is damaged ({e}); start it again "
                               f"with pyrovae train --run-dir {run_dir} --overwrite and its options.") from None
     warnings.warn(RunRecoveryWarning(f"Run {run_dir} stopped before its first checkpoint; starting it again from "
-                                     f"its {CONFIG}."))
+                                     f"its {CONFIG}."), stacklevel=2)
     return config.replace(num_epochs=num_epochs).validate() if num_epochs is not None else config
 
 
@@ -533,7 +533,7 @@ def default_likelihood(data: ImageData, named: bool = True) -> str:
     return "dlogistic" if data.levels == 256 else "gaussian"
 
 
-def fit_to_data(config: Config, data: ImageData) -> Config:
+def config_for_data(config: Config, data: ImageData) -> Config:
     """The config for training on ``data``: its image shape, the data set actually loaded, a
     likelihood chosen for the data where none was (``likelihood=None``); an error for a
     likelihood that cannot describe the data."""
@@ -544,7 +544,8 @@ def fit_to_data(config: Config, data: ImageData) -> Config:
         changes["dataset"] = data.name
     likelihood = config.likelihood or default_likelihood(data, named=not config.data)
     changes["likelihood"] = likelihood
-    alternatives = "choose dlogistic or dlogistic_mix (8-bit pixels), gaussian, gaussian_learned or continuous_bernoulli"
+    alternatives = ("choose dlogistic or dlogistic_mix (8-bit pixels), gaussian, gaussian_learned or "
+                    "continuous_bernoulli")
     if likelihood == "bernoulli" and data.image_shape[0] > 1 and data.levels != 2:
         raise ConfigError(f"--likelihood bernoulli models black-and-white pixels, but {data.name} holds colour "
                           f"images; {alternatives}.")
@@ -584,7 +585,8 @@ def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:
             for old in saved[: max(0, len(saved) - (keep if keep > 1 else 0))]:
                 old.unlink()
     except OSError as e:
-        raise StorageError(f"Cannot keep the checkpoint of epoch {epoch} in {folder}: {describe_os_error(e)}.") from None
+        raise StorageError(f"Cannot keep the checkpoint of epoch {epoch} in {folder}: "
+                           f"{describe_os_error(e)}.") from None
 
 
 def _remove_stale_temporaries(run_dir: Path) -> None:

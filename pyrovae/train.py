@@ -2,8 +2,9 @@
 
 Pyro's ELBO computes the loss (``elbo.differentiable_loss(model, guide, x)``) and a plain
 torch optimizer follows its gradient, the pattern of Pyro's ``examples/svi_torch.py``. Batches
-are slices of a random permutation of tensors already on the training device; the loop
-never waits for the device except at the few progress refreshes of an epoch.
+are slices of a random permutation of tensors already on the training device, and each
+step's loss stays there until one of the few progress refreshes of an epoch reads it (the
+ELBO itself still reads a value per sample site: docs/benchmarks.md).
 
 The loop knows no model family: a KL weight, a temperature schedule, the progress bar, stop
 requests and NaN checks are :class:`Callback` objects, a model that takes class labels (M2)
@@ -36,7 +37,7 @@ __all__ = ["EpochMetrics", "Trainer", "Callback", "ProgressBar", "KLWeight", "An
            "StopRequest", "adam", "AdamNormGrad", "fit", "direct_call", "watching", "TEST_BINARIZATION_SEED"]
 
 # The binary test set is drawn once with this seed, so that every model, whatever its own
-# training seed, is scored on the same images (shared/BENCHMARKS.md).
+# training seed, is scored on the same images, as the published benchmarks do (docs/likelihoods.md).
 TEST_BINARIZATION_SEED = 0
 # Progress refreshes per epoch; each costs one host-device sync.
 REFRESHES_PER_EPOCH = 50
@@ -271,7 +272,7 @@ class Trainer:
             if images.min() < 0 or images.max() > 1:
                 raise DataError(f"The {split} images of {data.name} are not scaled to [0, 1].")
             if not self.binary:  # a binary likelihood sees binarized images, whatever the grey levels
-                vae.likelihood.check_images(images, f"The {split} images of {data.name}")
+                vae.likelihood.check_support(images, f"The {split} images of {data.name}")
         self.train_images = data.train_images.to(device)
         self.test_images = prepare_test_images(data.test_images, self.binary).to(device)
         self.validation_images = (None if data.validation_images is None else
@@ -394,8 +395,8 @@ class Trainer:
             for callback in callbacks:
                 callback.on_epoch_end(self)
         train_elbo = -self.distributed.all_reduce_sum(self.step_losses).sum().item() / self.images_per_epoch
-        test = self.test_terms()
-        validation = None if self.validation_images is None else self.test_terms(self.validation_images).elbo
+        test = self.held_out_terms()
+        validation = None if self.validation_images is None else self.held_out_terms(self.validation_images).elbo
         self.epoch += 1
         metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds,
                                validation, self.optimizer.param_groups[0]["lr"])
@@ -404,8 +405,9 @@ class Trainer:
         self.step = 0
         return metrics
 
-    def test_terms(self, images: Optional[torch.Tensor] = None) -> ELBOTerms:
-        """The test set's (or ``images``') ELBO and its terms; NaN when the guide cannot
+    def held_out_terms(self, images: Optional[torch.Tensor] = None) -> ELBOTerms:
+        """The ELBO and its terms on held-out images: the test set, or ``images`` (the validation
+        set, say); NaN when the guide cannot
         encode new images."""
         if not self.vae.amortized:
             return ELBOTerms(math.nan, math.nan, math.nan, 0)

@@ -3,7 +3,7 @@
 import itertools
 import math
 import weakref
-from typing import Optional
+from typing import Optional, Set
 
 import pyro
 import torch
@@ -22,7 +22,7 @@ __all__ = ["VAE", "VAEModel", "analytic_kl"]
 # no live VAE of this process holds (and never one an earlier VAE held: the store may still
 # hold that one's weights, which the new VAE would pick up).
 _LIVE_NAMES: "weakref.WeakValueDictionary[str, nn.Module]" = weakref.WeakValueDictionary()
-_USED_NAMES = set()
+_USED_NAMES: Set[str] = set()
 _NAME_COUNTER = itertools.count(1)
 
 
@@ -161,7 +161,7 @@ class VAE(PyroModule):
 
     def default_elbo(self):
         """The objective this family trains with unless told otherwise: Pyro's ``Trace_ELBO``
-        (pyrovae's sync-free subclass, :class:`pyrovae.objectives.Trace_ELBO`)."""
+        (pyrovae's subclass without its two end-of-loss syncs, :class:`pyrovae.objectives.Trace_ELBO`)."""
         from pyrovae.objectives import Trace_ELBO
 
         return Trace_ELBO()
@@ -207,7 +207,7 @@ class VAE(PyroModule):
         shape = getattr(getattr(self.guide, "encoder", None), "image_shape", None)
         return tuple(shape) if shape is not None else None
 
-    def check_images(self, x, name: str = "The images") -> torch.Tensor:
+    def as_batch(self, x, name: str = "The images") -> torch.Tensor:
         """``x`` as a batch this VAE can encode: a float tensor ``(N, C, H, W)`` of pixels in
         [0, 1] (the likelihood's ``data_range``), moved to the VAE's device and dtype.
 
@@ -260,7 +260,7 @@ class VAE(PyroModule):
         if not self.amortized:
             raise TypeError(f"{type(self.guide).__name__} gives no q(z|x) for new images (it is not an amortized "
                             "guide with a distribution(x) method), so images cannot be encoded or scored with it.")
-        return self._encode(self.check_images(x))
+        return self._encode(self.as_batch(x))
 
     def _encode(self, x: torch.Tensor):
         """q(z|x) for images already checked (the evaluation's own loop)."""
@@ -319,7 +319,7 @@ class VAE(PyroModule):
         return self.likelihood.mean(self.decoder(self.posterior_mean(x)))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True, z: torch.Tensor = None) -> torch.Tensor:
+    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Images decoded from prior samples (or from the given ``z``), pixels in [0, 1].
 
         :param bool mean: the likelihood's mean image of each code (the default: for a

@@ -47,7 +47,7 @@ def idx_folder(tmp_path):
     return folder
 
 
-SMALL = dict(dataset="mnist5k", hidden_dims=(64,), latent_dim=4, num_epochs=2, batch_size=100)
+SMALL_OPTIONS = dict(dataset="mnist5k", hidden_dims=(64,), latent_dim=4, num_epochs=2, batch_size=100)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def trained_run(tmp_path_factory):
     from pyrovae.run import train_run
 
     run_dir = tmp_path_factory.mktemp("runs") / "small"
-    train_run(Config(**SMALL), run_dir, progress=False)
+    train_run(Config(**SMALL_OPTIONS), run_dir, progress=False)
     return run_dir
 
 
@@ -88,7 +88,7 @@ def trained_run_2d(tmp_path_factory):
     from pyrovae.run import train_run
 
     run_dir = tmp_path_factory.mktemp("runs") / "two_d"
-    train_run(Config(**{**SMALL, "latent_dim": 2, "num_epochs": 3}), run_dir, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "latent_dim": 2, "num_epochs": 3}), run_dir, progress=False)
     return run_dir
 
 
@@ -105,8 +105,8 @@ def colour_folder(tmp_path_factory):
         image = Image.new("RGB", (20, 20), "white")
         x, y, r = rng.integers(3, 10), rng.integers(3, 10), rng.integers(3, 8)
         draw = ImageDraw.Draw(image)
-        (draw.rectangle if kind == "squares" else draw.ellipse)([x, y, x + r, y + r],
-                                                               fill=((200, 30, 30) if kind == "squares" else (30, 30, 200)))
+        fill = (200, 30, 30) if kind == "squares" else (30, 30, 200)
+        (draw.rectangle if kind == "squares" else draw.ellipse)([x, y, x + r, y + r], fill=fill)
         (folder / kind).mkdir(parents=True, exist_ok=True)
         image.save(folder / kind / f"{i:03d}.png")
     (folder / "README.txt").write_text("shapes for the tests")

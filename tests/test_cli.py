@@ -16,7 +16,7 @@ from PIL import Image
 from pyrovae.cli import main
 from pyrovae.cli.options import HiddenDims, LogVarRange
 
-SMALL = ["--dataset", "mnist5k", "--z-dim", "4", "--hidden", "64", "--batch-size", "100"]
+SMALL_ARGS = ["--dataset", "mnist5k", "--z-dim", "4", "--hidden", "64", "--batch-size", "100"]
 PYROVAE = Path(sys.executable).with_name("pyrovae")
 
 
@@ -33,7 +33,7 @@ def assert_one_sentence(result, message, code=2):
 
 def test_train_evaluate_sample_end_to_end(tmp_path):
     run = tmp_path / "run"
-    result = invoke("train", *SMALL, "--epochs", 2, "--run-dir", run)
+    result = invoke("train", *SMALL_ARGS, "--epochs", 2, "--run-dir", run)
     assert result.exit_code == 0, result.output
     assert "Training on mnist5k (4000 train / 1000 test images" in result.output
     assert "epoch   2  train ELBO" in result.output and f"pyrovae evaluate {run}" in result.output
@@ -95,10 +95,10 @@ def test_impossible_options_are_usage_errors(tmp_path, args, message):
 
 
 def test_bad_inputs_get_one_sentence_and_exit_2(tmp_path, idx_folder, trained_run, offline):
-    assert_one_sentence(invoke("train", *SMALL, "--batch-size", 4001, "--run-dir", tmp_path / "r"),
+    assert_one_sentence(invoke("train", *SMALL_ARGS, "--batch-size", 4001, "--run-dir", tmp_path / "r"),
                         "--batch-size 4001 is larger than the 4000 training images")
     if not __import__("torch").cuda.is_available():
-        assert_one_sentence(invoke("train", *SMALL, "--cuda", "--run-dir", tmp_path / "r"),
+        assert_one_sentence(invoke("train", *SMALL_ARGS, "--cuda", "--run-dir", tmp_path / "r"),
                             "no CUDA device is available")
     assert_one_sentence(invoke("train", "--data-dir", tmp_path / "missing", "--run-dir", tmp_path / "r"),
                         "does not exist")
@@ -115,7 +115,7 @@ def test_bad_inputs_get_one_sentence_and_exit_2(tmp_path, idx_folder, trained_ru
     assert not (tmp_path / "r").exists()
     # An existing run is refused and left as it was.
     before = (trained_run / "checkpoint.pt").read_bytes()
-    assert_one_sentence(invoke("train", *SMALL, "--run-dir", trained_run), "already holds a run; pass --resume")
+    assert_one_sentence(invoke("train", *SMALL_ARGS, "--run-dir", trained_run), "already holds a run; pass --resume")
     assert (trained_run / "checkpoint.pt").read_bytes() == before
     assert_one_sentence(invoke("evaluate", tmp_path / "nope"), "Run directory")
     assert_one_sentence(invoke("sample", trained_run, "-o", tmp_path / "x.unknown"), "Cannot tell the image format")
@@ -126,7 +126,7 @@ def test_bad_inputs_get_one_sentence_and_exit_2(tmp_path, idx_folder, trained_ru
 
 
 def test_nan_exits_3_with_the_step(tmp_path):
-    result = invoke("train", *SMALL, "--lr", "1e30", "--run-dir", tmp_path / "run")
+    result = invoke("train", *SMALL_ARGS, "--lr", "1e30", "--run-dir", tmp_path / "run")
     assert_one_sentence(result, "The loss became nan at epoch 1, step", code=3)
     assert "try a lower learning rate (now 1e+30)" in result.output
 
@@ -176,7 +176,7 @@ def test_installed_command_and_module_entry_point(tmp_path):
         result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "train" in result.stdout and "evaluate" in result.stdout
     run = tmp_path / "run"
-    result = subprocess.run([str(PYROVAE), "train", *SMALL, "--epochs", "1", "--run-dir", str(run)],
+    result = subprocess.run([str(PYROVAE), "train", *SMALL_ARGS, "--epochs", "1", "--run-dir", str(run)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (run / "checkpoint.pt").is_file() and (run / "samples" / "epoch_0001.png").is_file()
@@ -342,11 +342,11 @@ def test_validation_early_stopping_and_the_best_checkpoint_from_the_command_line
     from pyrovae.train import Trainer
 
     scores = iter([-300, -200, -250, -260, -100])
-    real = Trainer.test_terms
-    monkeypatch.setattr(Trainer, "test_terms", lambda self, images=None: real(self, images) if images is None
+    real = Trainer.held_out_terms
+    monkeypatch.setattr(Trainer, "held_out_terms", lambda self, images=None: real(self, images) if images is None
                         else dataclasses.replace(real(self, images), elbo=next(scores)))
     run = tmp_path / "run"
-    result = invoke("train", *SMALL, "--epochs", 5, "--validation-size", 500, "--patience", 2, "--run-dir", run)
+    result = invoke("train", *SMALL_ARGS, "--epochs", 5, "--validation-size", 500, "--patience", 2, "--run-dir", run)
     assert result.exit_code == 0, result.output
     assert "Held out 500 of the 4000 training images (seed 1) as the validation set" in result.output
     assert "epoch   4  train ELBO" in result.output and "validation ELBO   -260.00" in result.output
@@ -378,13 +378,13 @@ def test_validation_early_stopping_and_the_best_checkpoint_from_the_command_line
     (["--validation-size", 4000], "--validation-size 4000 leaves none of the 4000 training images of mnist5k"),
 ])
 def test_impossible_validation_options_write_nothing(tmp_path, args, message):
-    assert_one_sentence(invoke("train", *SMALL, *args, "--run-dir", tmp_path / "run"), message)
+    assert_one_sentence(invoke("train", *SMALL_ARGS, *args, "--run-dir", tmp_path / "run"), message)
     assert not (tmp_path / "run").exists()
 
 
 def test_train_json_prints_one_object_per_epoch_and_a_summary_on_stdout(tmp_path):
     run = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", *SMALL, "--epochs", "2", "--run-dir", str(run), "--json",
+    result = CliRunner().invoke(main, ["train", *SMALL_ARGS, "--epochs", "2", "--run-dir", str(run), "--json",
                                        "--log", "tensorboard"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]

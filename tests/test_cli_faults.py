@@ -15,7 +15,7 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import SMALL as SMALL_CONFIG
+from conftest import SMALL_OPTIONS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,7 @@ from pyrovae.cli import EXIT_STATUSES, main
 from pyrovae.config import Config
 from pyrovae.run import load_run, train_run
 
-from test_cli import PYROVAE, SMALL, assert_one_sentence, invoke
+from test_cli import PYROVAE, SMALL_ARGS, assert_one_sentence, invoke
 
 
 def test_every_exit_status_the_code_uses_is_documented():
@@ -62,7 +62,7 @@ def test_a_second_train_on_a_run_being_written_is_refused_and_the_first_finishes
                      ["--resume", run, "--epochs", 20000]):
             assert_one_sentence(invoke("train", *args), f"is being written by process {first.pid} on", code=5)
 
-    first, _, _ = interrupt_after_first_epoch([*SMALL, "--epochs", 10000, "--run-dir", run], before=second_writers)
+    first, _, _ = interrupt_after_first_epoch([*SMALL_ARGS, "--epochs", 10000, "--run-dir", run], before=second_writers)
     assert first.returncode == 130
     config, _, state = load_run(run)
     assert config.latent_dim == 4 and state["epoch"] >= 1  # the first run's model, whole
@@ -74,7 +74,7 @@ def _run_that_died_before_its_first_checkpoint(run):
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        train_run(Config(**{**SMALL_CONFIG, "seed": 5}), run, progress=False, on_start=die)
+        train_run(Config(**{**SMALL_OPTIONS, "seed": 5}), run, progress=False, on_start=die)
     assert (run / "config.json").is_file() and not (run / "checkpoint.pt").exists()
 
 
@@ -87,14 +87,14 @@ def test_a_run_that_died_before_its_first_checkpoint_resumes_from_the_start(tmp_
     assert result.exit_code == 0, result.output
     assert "stopped before its first checkpoint; starting it again" in result.output
     straight = tmp_path / "straight"
-    train_run(Config(**{**SMALL_CONFIG, "seed": 5}), straight, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "seed": 5}), straight, progress=False)
     a, b = load_run(run)[1].state_dict(), load_run(straight)[1].state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a), "the same seed gives the same run"
 
 
 def test_a_run_whose_checkpoint_was_deleted_continues_from_a_kept_one(tmp_path):
     run = tmp_path / "run"
-    train_run(Config(**{**SMALL_CONFIG, "keep_checkpoints": 2}), run, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "keep_checkpoints": 2}), run, progress=False)
     (run / "checkpoint.pt").unlink()
     result = invoke("train", "--resume", run, "--epochs", 3)
     assert result.exit_code == 0, result.output
@@ -119,7 +119,7 @@ def _fail_writes(monkeypatch, code, after=0):
 
 def test_a_full_disk_mid_training_stops_in_one_sentence_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    invoke("train", *SMALL, "--epochs", 1, "--run-dir", run)
+    invoke("train", *SMALL_ARGS, "--epochs", 1, "--run-dir", run)
     before = (run / "checkpoint.pt").read_bytes()
     _fail_writes(monkeypatch, errno.ENOSPC, after=0)
     result = invoke("train", "--resume", run, "--epochs", 2)
@@ -135,7 +135,7 @@ def test_a_full_disk_mid_training_stops_in_one_sentence_with_the_last_checkpoint
                                          (errno.ENOSPC, "no space left on the device")])
 @pytest.mark.parametrize("command", [["plot", "{run}", "curves"], ["plot", "{run}", "samples", "-o", "{tmp}/s.pdf"],
                                      ["report", "{run}"], ["sample", "{run}", "-o", "{tmp}/s.png"],
-                                     ["train", *SMALL, "--epochs", "1", "--run-dir", "{tmp}/new"]])
+                                     ["train", *SMALL_ARGS, "--epochs", "1", "--run-dir", "{tmp}/new"]])
 def test_every_command_names_the_path_and_the_cause_when_it_cannot_write(trained_run, tmp_path, monkeypatch,
                                                                          command, code, cause):
     run = tmp_path / "run"
@@ -218,7 +218,7 @@ def test_plot_refuses_a_suffix_it_cannot_write_before_any_work(trained_run, tmp_
 # 8. Scripts: exit statuses and a resume command that survives the shell.
 def test_ctrl_c_exits_130_and_prints_a_resume_command_the_shell_can_run(tmp_path):
     run = tmp_path / "my run"
-    process, out, err = interrupt_after_first_epoch([*SMALL, "--epochs", 500, "--run-dir", run])
+    process, out, err = interrupt_after_first_epoch([*SMALL_ARGS, "--epochs", 500, "--run-dir", run])
     assert process.returncode == 130, err
     command = out.split("Resume with: ")[1].strip()
     assert command == f"pyrovae train --resume {shlex.quote(str(run))}"
@@ -232,7 +232,7 @@ def test_ctrl_c_exits_130_and_prints_a_resume_command_the_shell_can_run(tmp_path
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_save_a_checkpoint_and_exit_like_a_shell_says(tmp_path, sig, status):
     run = tmp_path / "run"
-    process, out, err = interrupt_after_first_epoch([*SMALL, "--epochs", 500, "--run-dir", run], sig)
+    process, out, err = interrupt_after_first_epoch([*SMALL_ARGS, "--epochs", 500, "--run-dir", run], sig)
     assert process.returncode == status, err
     assert "Interrupted; checkpoint saved" in out and load_run(run)[2]["epoch"] >= 1
 
@@ -240,7 +240,7 @@ def test_sigterm_and_sighup_save_a_checkpoint_and_exit_like_a_shell_says(tmp_pat
 # 9. Kept checkpoints, from the command line.
 def test_kept_checkpoints_are_evaluated_sampled_and_plotted_by_epoch(tmp_path):
     run = tmp_path / "run"
-    assert invoke("train", *SMALL, "--epochs", 4, "--keep-checkpoints", 3, "--run-dir", run).exit_code == 0
+    assert invoke("train", *SMALL_ARGS, "--epochs", 4, "--keep-checkpoints", 3, "--run-dir", run).exit_code == 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0003.pt",
                                                                       "epoch_0004.pt"]
     scores = {}
@@ -265,7 +265,7 @@ def test_a_mistyped_pyrovae_data_dir_is_refused_and_creates_nothing(tmp_path, mo
 
 @pytest.mark.parametrize("spelling", ["continuous-bernoulli", "continuous_bernoulli"])
 def test_choices_take_hyphens_and_underscores(tmp_path, spelling):
-    result = invoke("train", *SMALL, "--likelihood", spelling, "--epochs", 1, "--run-dir", tmp_path / "run")
+    result = invoke("train", *SMALL_ARGS, "--likelihood", spelling, "--epochs", 1, "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["likelihood"] == "continuous_bernoulli"
     result = invoke("train", "--dataset", "fashion_mnist", "--likelihood", "poisson")

@@ -106,6 +106,26 @@ def test_flow_density_matches_the_change_of_variables():
     assert features.shape == (1, 16)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_two_flows_make_every_latent_dimension_depend_on_every_other(seed):
+    # Pyro orders each flow by a random permutation unless told; two random orders leave the
+    # Jacobian of the flow stack with structural zeros in most builds.
+    torch.manual_seed(seed)
+    guide = IAFGuide(MLPEncoder(hidden_dims=(16,)), latent_dim=20, num_flows=2)
+    with torch.no_grad():  # no weight may happen to be zero where the structure allows one
+        for p in guide.flows.parameters():
+            p.normal_(0, 0.3)
+    q = guide.distribution(torch.rand(1, 1, 28, 28))
+
+    def flow(u):
+        for transform in q.transforms:
+            u = transform(u)
+        return u
+
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v.unsqueeze(0)).squeeze(0), torch.randn(20))
+    assert (jacobian != 0).all()
+
+
 def test_vamp_prior_density_is_the_mixture_of_the_guide_at_its_pseudo_inputs():
     vae = build_vae(_config("diag_normal", "vamp"))
     prior = vae.prior

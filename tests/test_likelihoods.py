@@ -98,6 +98,23 @@ def test_discretized_logistic_is_a_distribution_over_the_256_levels(loc, log_sca
     assert abs((probabilities * LEVELS).sum().item() - d.mean.item()) <= 0.5 / 255 + 1e-9
 
 
+@settings(max_examples=60, deadline=None)
+@given(level=st.integers(1, 254), log_scale=st.floats(-1e4, -7.0 - math.log(2)), mixtures=st.sampled_from([0, 1, 3]))
+def test_the_narrowest_logistic_can_put_almost_all_its_mass_on_one_value(level, log_scale, mixtures):
+    # A decoder as sure as it can be of an interior value: the scale floor alone decides how
+    # much mass the value gets. PixelCNN++'s floor, taken relative to a bin, gives 0.973.
+    value = torch.tensor(level / 255).view(1, 1, 1, 1)
+    if mixtures:
+        likelihood = DiscretizedLogisticMixtureLikelihood(mixtures)
+        logits = torch.zeros(mixtures)
+        params = [logits, torch.full((mixtures,), value.item() - 0.5), torch.full((mixtures,), log_scale)]
+        out = torch.cat(params).view(1, 3 * mixtures, 1, 1)
+    else:
+        likelihood = DiscretizedLogisticLikelihood()
+        out = torch.tensor([value.item() - 0.5, log_scale]).view(1, 2, 1, 1)
+    assert likelihood(out).log_prob(value).exp().item() >= 0.97
+
+
 def test_discretized_logistic_agrees_with_the_pixelcnn_formula_and_is_stable_in_float32():
     import sys
     from pathlib import Path

@@ -9,11 +9,11 @@ import textwrap
 import pytest
 
 from pyrovae.config import Config
-from pyrovae.errors import RunInUseError
+from pyrovae.errors import ConfigError, RunInUseError
 from pyrovae.lock import LOCK_FILE, RunLock
 from pyrovae.run import resume_run, train_run
 
-from conftest import SMALL
+from conftest import SMALL_OPTIONS
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -41,7 +41,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(holder):
     with pytest.raises(RunInUseError, match=f"being written by process {process.pid} on "):
         RunLock(run).acquire()
     with pytest.raises(RunInUseError, match=str(process.pid)):
-        train_run(Config(**SMALL), run, overwrite=True, progress=False)
+        train_run(Config(**SMALL_OPTIONS), run, overwrite=True, progress=False)
     assert sorted(p.name for p in run.iterdir()) == [LOCK_FILE], "nothing written, nothing removed"
 
 
@@ -57,9 +57,9 @@ def test_a_killed_holder_leaves_no_lock_behind(holder):
 
 def test_the_lock_is_released_when_training_ends_or_fails(tmp_path):
     run = tmp_path / "run"
-    train_run(Config(**{**SMALL, "num_epochs": 1}), run, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 1}), run, progress=False)
     RunLock(run).acquire().release()
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="has already trained for 1 epochs"):
         resume_run(run, 1, progress=False)  # already trained for 1 epoch: refused...
     RunLock(run).acquire().release()  # ...and the lock is free again
 

@@ -13,12 +13,12 @@ from pyrovae.m2 import CLASSIFIER_SITE, M2_ELBO, balanced_labels
 from pyrovae.registry import build_elbo, build_vae
 from pyrovae.train import Trainer, direct_call, fit
 
-SMALL = Config(model="m2", latent_dim=4, hidden_dims=(64,))
+SMALL_CONFIG = Config(model="m2", latent_dim=4, hidden_dims=(64,))
 
 
 def _m2():
     torch.manual_seed(0)
-    return build_vae(SMALL)
+    return build_vae(SMALL_CONFIG)
 
 
 def test_enumeration_sums_over_all_ten_classes(mnist5k):
@@ -41,7 +41,7 @@ def test_enumeration_sums_over_all_ten_classes(mnist5k):
     assert model_trace.nodes["x"]["fn"].batch_shape == (10, 7)
     # The enumerated bound equals the sum over classes written out by hand.
     pyro.set_rng_seed(3)
-    loss = build_elbo(SMALL).differentiable_loss(vae.model, vae.guide, x)
+    loss = build_elbo(SMALL_CONFIG).differentiable_loss(vae.model, vae.guide, x)
     pyro.set_rng_seed(3)
     qz = vae.guide.distribution(x, vae.all_classes())
     z = qz.rsample()
@@ -55,7 +55,7 @@ def test_labelled_and_unlabelled_batches_give_finite_losses(mnist5k):
     vae = _m2()
     x = torch.bernoulli(mnist5k.train_images[:32])
     model, guide = direct_call(vae.model), direct_call(vae.guide)
-    unlabelled = build_elbo(SMALL).differentiable_loss(model, guide, x)
+    unlabelled = build_elbo(SMALL_CONFIG).differentiable_loss(model, guide, x)
     labelled = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, x, mnist5k.train_labels[:32])
     assert torch.isfinite(unlabelled) and torch.isfinite(labelled)
     # Both are negative ELBOs per image of binarized digits: positive, and of the same order as a VAE's.
@@ -185,7 +185,7 @@ def test_sample_draws_the_asked_class_and_refuses_others():
 ])
 def test_impossible_m2_configurations(changes, message):
     with pytest.raises(ConfigError, match=message):
-        SMALL.replace(**changes).validate()
+        SMALL_CONFIG.replace(**changes).validate()
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +243,7 @@ def test_cli_digit_errors(m2_run, trained_run, tmp_path):
 def test_figure_kinds_of_an_m2_run():
     from pyrovae.plots import kinds_for
 
-    kinds = kinds_for(SMALL)
+    kinds = kinds_for(SMALL_CONFIG)
     assert "styles" in kinds and "manifold" not in kinds and "interpolate" not in kinds
     assert "styles" not in kinds_for(Config())
 
@@ -258,7 +258,7 @@ def test_a_weight_on_z_kl_trains_and_scores_the_true_elbo(mnist5k):
     vae = _m2()
     data = replace(mnist5k, train_images=mnist5k.train_images[:1000], train_labels=mnist5k.train_labels[:1000])
     trainer = Trainer(vae, data, labels=balanced_labels(data.train_labels, 50, 10, 0), batch_size=100,
-                      elbo=build_elbo(SMALL), beta=3.0)
+                      elbo=build_elbo(SMALL_CONFIG), beta=3.0)
     assert trainer.weighted
     metrics = trainer.run_epoch(progress=False)
     assert math.isfinite(metrics.train_elbo)

@@ -8,11 +8,11 @@ from pyrovae.config import Config
 from pyrovae.distributed import Distributed
 from pyrovae.errors import ConfigError
 from pyrovae.registry import build_vae
-from pyrovae.run import _trainer, fit_to_data
+from pyrovae.run import _trainer, config_for_data
 
 
 def _trainer_for(mnist5k, **options):
-    config = fit_to_data(Config(hidden_dims=(64,), **options), mnist5k)
+    config = config_for_data(Config(hidden_dims=(64,), **options), mnist5k)
     return _trainer(config, build_vae(config, init_images=mnist5k.train_images), mnist5k, Distributed())
 
 

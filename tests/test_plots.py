@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pyrovae.analysis import RunView, active_units, kl_per_dimension, principal_axes, slerp
+from pyro.distributions import Normal
+
+from pyrovae.analysis import Latents, RunView, active_units, describe_activity, kl_per_dimension, principal_axes, slerp
 from pyrovae.config import Config
 from pyrovae.plots import DPI, PLOTS, kinds_for, save_figure
 
@@ -54,6 +56,19 @@ def test_active_unit_count_matches_a_direct_computation(views):
     assert torch.allclose(activity, means.var(dim=0), atol=1e-6)
     title = PLOTS["kl"](view).axes[0].get_title()
     assert f"{direct} of 4 units active" in title
+
+
+def test_units_that_pass_burdas_test_on_a_collapsed_code_are_not_reported_as_a_used_code():
+    # What a collapsed run shows: posterior means that move a little (variance 0.0225 > 0.01),
+    # at the prior's scale, so each of the 20 units carries about 0.011 nats.
+    torch.manual_seed(0)
+    loc, scale = torch.randn(5000, 20) * 0.15, torch.ones(5000, 20)
+    _, active = active_units(loc)
+    kl = kl_per_dimension(Latents(loc, scale, torch.zeros(5000)), Normal(torch.zeros(20), torch.ones(20)).to_event(1))
+    assert int(active.sum()) == 20 and 0.15 < kl.sum() < 0.3
+    words = describe_activity(active, float(kl.sum()))
+    assert words.startswith("20 of 20 units active") and "carries 0.2 nats per image (collapsed" in words
+    assert "collapsed" not in describe_activity(active, 25.0)
 
 
 def test_kl_per_dimension_sums_to_the_total_kl(views):

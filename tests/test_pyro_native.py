@@ -21,7 +21,7 @@ from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import build_vae
 from pyrovae.train import fit, prepare_test_images
 
-SMALL = Config(latent_dim=4, hidden_dims=(32,))
+SMALL_CONFIG = Config(latent_dim=4, hidden_dims=(32,))
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ ELBOS = {
 @pytest.mark.parametrize("name", list(ELBOS))
 def test_textbook_svi_loop_with_every_stock_elbo_improves_the_held_out_elbo(batches, name):
     torch.manual_seed(0)
-    vae = build_vae(SMALL)
-    before, after, loss = _train_with_svi(vae, SMALL, batches, ELBOS[name]())
+    vae = build_vae(SMALL_CONFIG)
+    before, after, loss = _train_with_svi(vae, SMALL_CONFIG, batches, ELBOS[name]())
     assert after > before + 50, (before, after)
 
 
@@ -77,7 +77,7 @@ FAMILIES = {
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_textbook_svi_loop_trains_every_family_with_clipped_adam(batches, name):
-    config = SMALL.replace(**FAMILIES[name])
+    config = SMALL_CONFIG.replace(**FAMILIES[name])
     torch.manual_seed(0)
     vae = build_vae(config)
     before, after, _ = _train_with_svi(vae, config, batches, pyro.infer.Trace_ELBO(),
@@ -89,7 +89,7 @@ def test_textbook_svi_loop_trains_every_family_with_clipped_adam(batches, name):
 
 
 def test_two_vaes_trained_by_svi_side_by_side_keep_their_own_weights(batches):
-    first, second = build_vae(SMALL), build_vae(SMALL)
+    first, second = build_vae(SMALL_CONFIG), build_vae(SMALL_CONFIG)
     assert first.name != second.name
     elbo = pyro.infer.Trace_ELBO()
     svi_first = SVI(first.model, first.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
@@ -106,7 +106,7 @@ def test_two_vaes_trained_by_svi_side_by_side_keep_their_own_weights(batches):
 
 
 def test_a_name_taken_by_a_live_vae_is_refused():
-    vae = build_vae(SMALL)
+    vae = build_vae(SMALL_CONFIG)
     with pytest.raises(ValueError, match=f"already named '{vae.name}'"):
         type(vae)(vae.prior, vae.decoder, vae.likelihood, vae.guide, name=vae.name)
     named = type(vae)(vae.prior, vae.decoder, vae.likelihood, vae.guide, name="my_vae")
@@ -118,11 +118,11 @@ def test_state_dict_restores_a_model_trained_with_svi_and_the_param_store_holds_
     refers to the very tensors the VAE trains, so its save() holds the trained values; its
     load() does not write into an existing VAE's torch parameters (PyroModule keeps its own)."""
     torch.manual_seed(0)
-    vae = build_vae(SMALL)
-    _train_with_svi(vae, SMALL, batches, pyro.infer.Trace_ELBO(), steps=10)
+    vae = build_vae(SMALL_CONFIG)
+    _train_with_svi(vae, SMALL_CONFIG, batches, pyro.infer.Trace_ELBO(), steps=10)
     torch.save(vae.state_dict(), tmp_path / "vae.pt")
     pyro.get_param_store().save(tmp_path / "params.pt")
-    again = build_vae(SMALL)
+    again = build_vae(SMALL_CONFIG)
     again.load_state_dict(torch.load(tmp_path / "vae.pt", weights_only=True))
     x = prepare_test_images(batches[1], binary=True)
     assert elbo_terms(again, x).elbo == elbo_terms(vae, x).elbo
@@ -137,7 +137,7 @@ def test_autoguide_and_param_guide_train_through_svi_and_fit(mnist5k):
     training ELBO and no test figures (such a guide cannot encode new images)."""
     data = replace(mnist5k, train_images=mnist5k.train_images[:600])
     torch.manual_seed(0)
-    vae = build_vae(SMALL)
+    vae = build_vae(SMALL_CONFIG)
     vae.guide = AutoNormal(vae.model, create_plates=vae.create_plates)
     history = fit(vae, data, num_epochs=3, batch_size=100, lr=1e-2, progress=False)
     assert history[-1].train_elbo > history[0].train_elbo + 50
@@ -148,7 +148,7 @@ def test_autoguide_and_param_guide_train_through_svi_and_fit(mnist5k):
         vae.encode(data.test_images[:3])
 
     torch.manual_seed(0)
-    other = build_vae(SMALL)
+    other = build_vae(SMALL_CONFIG)
     other.guide = AutoNormal(other.model, create_plates=other.create_plates)
     svi = SVI(other.model, other.guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
     images = torch.bernoulli(data.train_images)
@@ -164,7 +164,7 @@ def test_fit_takes_the_pyro_param_guide_of_the_example(mnist5k):
     example = runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "param_guide.py"))
     data = replace(mnist5k, train_images=mnist5k.train_images[:500])
     torch.manual_seed(0)
-    vae = build_vae(SMALL.replace(latent_dim=example["LATENT_DIM"]))
+    vae = build_vae(SMALL_CONFIG.replace(latent_dim=example["LATENT_DIM"]))
     vae.guide = example["guide"]
     history = fit(vae, data, num_epochs=3, batch_size=100, lr=1e-2, progress=False)
     assert history[-1].train_elbo > history[0].train_elbo + 50
@@ -173,8 +173,8 @@ def test_fit_takes_the_pyro_param_guide_of_the_example(mnist5k):
 
 def test_predictive_draws_fresh_prior_and_posterior_predictive_images(batches):
     torch.manual_seed(0)
-    vae = build_vae(SMALL)
-    _train_with_svi(vae, SMALL, batches, pyro.infer.Trace_ELBO(), steps=20)
+    vae = build_vae(SMALL_CONFIG)
+    _train_with_svi(vae, SMALL_CONFIG, batches, pyro.infer.Trace_ELBO(), steps=20)
     prior = Predictive(vae.model, num_samples=3)(num_images=5)
     assert prior["z"].shape == (3, 5, 4) and prior["x"].shape == (3, 5, 1, 28, 28)
     assert set(prior["x"].unique().tolist()) <= {0.0, 1.0} and not torch.equal(prior["x"][0], prior["x"][1])
@@ -191,7 +191,7 @@ def test_predictive_draws_fresh_prior_and_posterior_predictive_images(batches):
 
 
 def test_the_plate_checks_its_arguments():
-    vae = build_vae(SMALL)
+    vae = build_vae(SMALL_CONFIG)
     x = torch.zeros(3, 1, 28, 28)
     with pytest.raises(ValueError, match="together with subsample"):
         vae.model(x, size=10)

@@ -51,7 +51,8 @@ def test_report_parses_and_embeds_every_figure(report):
         png = Image.open(io.BytesIO(base64.b64decode(image["src"].split(",", 1)[1])))
         assert png.format == "PNG" and png.size[0] > 300
     assert not re.search(r'(src|href)="(https?:)?//', text), "the page must need no network"
-    assert "latent units active" in text and "<td>2</td>" in text  # the second epoch's row
+    assert re.search(r"latent code: \d+ of 4 units active .*; the code carries [\d.]+ nats per image", text)
+    assert "<td>2</td>" in text  # the second epoch's row
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")

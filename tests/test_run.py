@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL_OPTIONS
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -49,9 +49,9 @@ def test_existing_run_is_refused_and_overwrite_keeps_other_files(trained_run, tm
     (run_dir / "notes.txt").write_text("mine")
     before = (run_dir / "checkpoint.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
-        train_run(Config(**SMALL), run_dir, progress=False)
+        train_run(Config(**SMALL_OPTIONS), run_dir, progress=False)
     assert (run_dir / "checkpoint.pt").read_bytes() == before
-    train_run(Config(**{**SMALL, "num_epochs": 1}), run_dir, overwrite=True, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 1}), run_dir, overwrite=True, progress=False)
     assert (run_dir / "notes.txt").read_text() == "mine"
     assert not (run_dir / "samples" / "epoch_0002.png").exists()
 
@@ -60,20 +60,21 @@ def test_unwritable_run_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(StorageError, match="Cannot create the run directory .*: a part of its path is not a folder"):
-        train_run(Config(**SMALL), blocker / "run", progress=False)
+        train_run(Config(**SMALL_OPTIONS), blocker / "run", progress=False)
 
 
 def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="--batch-size 5000 is larger"):
-        train_run(Config(**{**SMALL, "batch_size": 5000}), tmp_path / "run", progress=False)
+        train_run(Config(**{**SMALL_OPTIONS, "batch_size": 5000}), tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="--z-dim"):
-        train_run(Config(**{**SMALL, "latent_dim": 0}), tmp_path / "run", progress=False)
+        train_run(Config(**{**SMALL_OPTIONS, "latent_dim": 0}), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_resume_after_a_stop_matches_an_uninterrupted_run(trained_run, tmp_path):
     polls = iter(range(10**6))
-    stopped = train_run(Config(**SMALL), tmp_path / "run", progress=False, should_stop=lambda: next(polls) == 55)
+    stopped = train_run(Config(**SMALL_OPTIONS), tmp_path / "run", progress=False,
+                        should_stop=lambda: next(polls) == 55)
     assert not stopped.finished and len(stopped.history) == 1
     resumed = resume_run(tmp_path / "run", progress=False)
     assert resumed.finished
@@ -95,7 +96,7 @@ def test_resume_can_extend_a_finished_run(trained_run, tmp_path):
 
 def test_checkpoint_from_another_model_is_named(trained_run, tmp_path):
     other = tmp_path / "other"
-    train_run(Config(**{**SMALL, "latent_dim": 6, "num_epochs": 1}), other, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "latent_dim": 6, "num_epochs": 1}), other, progress=False)
     shutil.copy(other / "checkpoint.pt", tmp_path / "checkpoint.pt")
     shutil.copytree(trained_run, tmp_path / "run")
     shutil.copy(other / "checkpoint.pt", tmp_path / "run" / "checkpoint.pt")
@@ -113,7 +114,8 @@ def test_missing_run_and_devices():
     with pytest.raises(CheckpointError, match="does not exist"):
         load_run("/nonexistent/run")
     assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(ConfigError, match="no CUDA device is available" if not torch.cuda.is_available() else "does not exist"):
+    expected = "no CUDA device is available" if not torch.cuda.is_available() else "does not exist"
+    with pytest.raises(ConfigError, match=expected):
         resolve_device("cuda:99" if torch.cuda.is_available() else "cuda")
     with pytest.raises(ConfigError, match="Unknown device"):
         resolve_device("gpu0")
@@ -124,7 +126,8 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from pyrovae.errors import NumericalError
 
     built = []
-    monkeypatch.setattr(run_module, "build_vae", lambda config, **kw: built.append(build_vae(config, **kw)) or built[-1])
+    monkeypatch.setattr(run_module, "build_vae",
+                        lambda config, **kw: built.append(build_vae(config, **kw)) or built[-1])
 
     def poison_after_epoch_1(metrics):
         with torch.no_grad():
@@ -132,7 +135,8 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
     run_dir = tmp_path / "run"
     with pytest.raises(NumericalError, match="epoch 2, step 1"):
-        train_run(Config(**{**SMALL, "num_epochs": 3}), run_dir, progress=False, on_epoch_end=poison_after_epoch_1)
+        train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 3}), run_dir, progress=False,
+                  on_epoch_end=poison_after_epoch_1)
     config, vae, state = load_run(run_dir)
     assert state["epoch"] == 1 and all(torch.isfinite(p).all() for p in vae.parameters())
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
@@ -141,7 +145,7 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 def test_keep_checkpoints_keeps_that_many_distinct_epochs(tmp_path):
     run_dir = tmp_path / "run"
-    train_run(Config(**{**SMALL, "num_epochs": 5, "keep_checkpoints": 3}), run_dir, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 5, "keep_checkpoints": 3}), run_dir, progress=False)
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == ["epoch_0003.pt", "epoch_0004.pt", "epoch_0005.pt"]
     assert load_run(run_dir)[2]["epoch"] == 5
@@ -169,7 +173,7 @@ def test_stale_temporaries_are_removed_and_deleted_folders_remade_on_resume(trai
 
 def test_validation_set_picks_the_best_epoch_which_loads_by_default(tmp_path):
     run_dir = tmp_path / "run"
-    result = train_run(Config(**{**SMALL, "num_epochs": 3, "validation_size": 500}), run_dir, progress=False)
+    result = train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 3, "validation_size": 500}), run_dir, progress=False)
     scores = [m.validation_elbo for m in result.history]
     assert all(np.isfinite(scores))
     best = 1 + int(np.argmax(scores))
@@ -185,20 +189,20 @@ def test_validation_set_picks_the_best_epoch_which_loads_by_default(tmp_path):
 
 def scripted_validation(monkeypatch, scores):
     """Make the validation ELBO of epoch e be scores[e - 1]; the test set is scored as usual."""
-    real = Trainer.test_terms
+    real = Trainer.held_out_terms
 
-    def test_terms(self, images=None):
+    def held_out_terms(self, images=None):
         terms = real(self, images)
         if images is not None:
             terms = dataclasses.replace(terms, elbo=scores[self.epoch])
         return terms
 
-    monkeypatch.setattr(Trainer, "test_terms", test_terms)
+    monkeypatch.setattr(Trainer, "held_out_terms", held_out_terms)
 
 
 def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [-300, -200, -190, -250, -195, -180, -170, -160])
-    config = Config(**{**SMALL, "num_epochs": 8, "validation_size": 500, "patience": 2, "warmup_epochs": 1})
+    config = Config(**{**SMALL_OPTIONS, "num_epochs": 8, "validation_size": 500, "patience": 2, "warmup_epochs": 1})
     result = train_run(config, tmp_path / "run", progress=False)
     assert [m.epoch for m in result.history] == [1, 2, 3, 4, 5]  # epochs 4 and 5 did not beat epoch 3
     assert result.finished and result.stopped_early and result.best_epoch == 3
@@ -210,13 +214,13 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path, monkeypa
 
 def test_warmup_epochs_do_not_count_against_patience(tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [-100, -200, -300, -400, -500, -600])
-    config = Config(**{**SMALL, "num_epochs": 6, "validation_size": 500, "patience": 2, "warmup_epochs": 3})
+    config = Config(**{**SMALL_OPTIONS, "num_epochs": 6, "validation_size": 500, "patience": 2, "warmup_epochs": 3})
     result = train_run(config, tmp_path / "run", progress=False)
     assert len(result.history) == 5 and result.best_epoch == 1  # 3 warm-up epochs + 2 of patience
 
 
 def test_resume_with_validation_and_early_stopping_is_exact(tmp_path):
-    config = Config(**{**SMALL, "num_epochs": 3, "validation_size": 500, "patience": 5})
+    config = Config(**{**SMALL_OPTIONS, "num_epochs": 3, "validation_size": 500, "patience": 5})
     straight = train_run(config, tmp_path / "straight", progress=False)
     calls = []
     stopped = train_run(config, tmp_path / "stopped", progress=False,
@@ -225,7 +229,8 @@ def test_resume_with_validation_and_early_stopping_is_exact(tmp_path):
     resumed = resume_run(tmp_path / "stopped", progress=False)
     assert [m.validation_elbo for m in resumed.history] == [m.validation_elbo for m in straight.history]
     for name in ("checkpoint.pt", "best.pt"):
-        a, b = (torch.load(d / name, weights_only=False)["model"] for d in (tmp_path / "straight", tmp_path / "stopped"))
+        a, b = (torch.load(d / name, weights_only=False)["model"]
+                for d in (tmp_path / "straight", tmp_path / "stopped"))
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -272,8 +277,8 @@ def test_learning_rate_cuts(scores, patience, warmup, drops):
 
 def test_learning_rate_drops_at_each_plateau_then_the_run_stops(tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [-300, -200, -250, -260, -100, -90, -95, -96, -97, -98])
-    config = Config(**{**SMALL, "num_epochs": 10, "validation_size": 500, "patience": 2, "lr": 1e-3, "lr_drops": 1,
-                       "lr_drop_factor": 0.5})
+    config = Config(**{**SMALL_OPTIONS, "num_epochs": 10, "validation_size": 500, "patience": 2, "lr": 1e-3,
+                       "lr_drops": 1, "lr_drop_factor": 0.5})
     result = train_run(config, tmp_path / "run", progress=False)
     # Epochs 3 and 4 did not beat epoch 2: the rate halves; 7 and 8 did not beat 6: the run stops.
     assert [m.lr for m in result.history] == [1e-3] * 4 + [5e-4] * 4
@@ -286,7 +291,7 @@ def test_learning_rate_drops_at_each_plateau_then_the_run_stops(tmp_path, monkey
 
 def test_more_lr_drops_on_resume_continue_a_stopped_run_as_if_started_with_them(tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [-300, -200, -250, -260, -100, -90, -95, -96, -97, -98])
-    config = Config(**{**SMALL, "num_epochs": 10, "validation_size": 500, "patience": 2})
+    config = Config(**{**SMALL_OPTIONS, "num_epochs": 10, "validation_size": 500, "patience": 2})
     stopped = train_run(config, tmp_path / "stopped", progress=False)
     assert stopped.stopped_early and len(stopped.history) == 4
     with pytest.raises(ConfigError, match="resume it with --lr-drops 1"):
@@ -296,7 +301,8 @@ def test_more_lr_drops_on_resume_continue_a_stopped_run_as_if_started_with_them(
     assert [m.epoch for m in resumed.history] == [m.epoch for m in straight.history] == list(range(1, 9))
     assert resumed.config.lr_drops == 1 and load_run(tmp_path / "stopped", epoch="last")[0].lr_drops == 1
     for name in ("checkpoint.pt", "best.pt"):
-        a, b = (torch.load(d / name, weights_only=False)["model"] for d in (tmp_path / "straight", tmp_path / "stopped"))
+        a, b = (torch.load(d / name, weights_only=False)["model"]
+                for d in (tmp_path / "straight", tmp_path / "stopped"))
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -304,14 +310,14 @@ def test_a_view_of_the_best_epoch_still_plots_the_whole_run(tmp_path, monkeypatc
     from pyrovae.analysis import RunView
 
     scripted_validation(monkeypatch, [-300, -200, -250])
-    train_run(Config(**{**SMALL, "num_epochs": 3, "validation_size": 500}), tmp_path / "run", progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 3, "validation_size": 500}), tmp_path / "run", progress=False)
     view = RunView(tmp_path / "run", num_images=50)
     assert [m.epoch for m in view.history] == [1, 2, 3]
     assert load_run(tmp_path / "run")[2]["epoch"] == 2
 
 
 def test_an_adamnormgrad_run_trains_with_it_and_resumes_exactly(trained_run, tmp_path):
-    config = Config(**{**SMALL, "num_epochs": 1, "optimizer": "adamnormgrad"})
+    config = Config(**{**SMALL_OPTIONS, "num_epochs": 1, "optimizer": "adamnormgrad"})
     straight = train_run(config, tmp_path / "straight", progress=False)
     polls = iter(range(10**6))
     train_run(config, tmp_path / "stopped", progress=False, should_stop=lambda: next(polls) == 20)

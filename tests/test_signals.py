@@ -14,7 +14,7 @@ from pyrovae.config import Config
 from pyrovae.run import load_run, train_run
 
 PYROVAE = str(Path(sys.executable).with_name("pyrovae"))
-SMALL = ["--dataset", "mnist5k", "--z-dim", "4", "--hidden", "64", "--batch-size", "100", "--seed", "3"]
+SMALL_ARGS = ["--dataset", "mnist5k", "--z-dim", "4", "--hidden", "64", "--batch-size", "100", "--seed", "3"]
 
 
 def start(*args):
@@ -36,7 +36,7 @@ def metrics(run):
 
 def test_sigint_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     run = tmp_path / "interrupted"
-    process = start(*SMALL, "--epochs", 500, "--run-dir", run)
+    process = start(*SMALL_ARGS, "--epochs", 500, "--run-dir", run)
     try:
         wait_for_line(process, "epoch   2")
         time.sleep(0.05)  # land somewhere inside epoch 3 or later, between two steps

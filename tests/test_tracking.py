@@ -5,9 +5,12 @@ import sys
 
 import pytest
 import torch
-from conftest import SMALL
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from conftest import SMALL_OPTIONS
+
+# tensorboard is an optional extra (pip install -e ".[tensorboard]"): without it, skip.
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
@@ -25,7 +28,8 @@ def events(run_dir) -> EventAccumulator:
 
 def test_every_epoch_metric_the_running_elbo_pictures_options_and_latents(tmp_path):
     run = tmp_path / "run"
-    result = train_run(Config(**{**SMALL, "validation_size": 500}), run, progress=False, loggers=[TensorBoardLogger()])
+    result = train_run(Config(**{**SMALL_OPTIONS, "validation_size": 500}), run, progress=False,
+                       loggers=[TensorBoardLogger()])
     log = events(run)
     steps = 35  # 3,500 training images in batches of 100
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -59,7 +63,7 @@ def test_a_resumed_run_appends_and_drops_what_came_after_its_checkpoint(tmp_path
 
     run = tmp_path / "run"
     stops = iter([False] * 50 + [True])  # 40 steps an epoch: stop after step 10 of epoch 2
-    first = train_run(Config(**SMALL), run, progress=False, should_stop=lambda: next(stops, True),
+    first = train_run(Config(**SMALL_OPTIONS), run, progress=False, should_stop=lambda: next(stops, True),
                       loggers=[TensorBoardLogger()])
     assert not first.finished
     with SummaryWriter(str(run / "tensorboard")) as killed:  # what a killed process logged after step 50
@@ -88,7 +92,7 @@ def test_logging_adds_no_host_syncs_to_the_training_loop(mnist5k, monkeypatch):
 
     def syncs(callbacks):
         torch.manual_seed(0)
-        trainer = Trainer(build_vae(Config(**SMALL).replace(image_shape=(1, 28, 28))), mnist5k, batch_size=100,
+        trainer = Trainer(build_vae(Config(**SMALL_OPTIONS).replace(image_shape=(1, 28, 28))), mnist5k, batch_size=100,
                           callbacks=callbacks)
         counts = {"n": 0}
         for name in ("item", "__bool__"):
@@ -117,7 +121,7 @@ def test_a_missing_tensorboard_package_is_one_sentence(monkeypatch):
 
 def test_logging_that_starts_on_resume_gets_the_options_and_the_earlier_epochs(tmp_path):
     run = tmp_path / "run"
-    train_run(Config(**{**SMALL, "num_epochs": 1}), run, progress=False)
+    train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 1}), run, progress=False)
     resume_run(run, 2, progress=False, loggers=[TensorBoardLogger()])
     log = events(run)
     assert [e.step for e in log.Scalars("epoch/test_elbo")] == [40, 80]
