@@ -98,7 +98,7 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
     with _seeded(seed, device), eval_mode(vae):
         p = vae.prior()
         for x in images.split(batch_size):
-            reconstruction, kl = vae.elbo_parts(x.to(device, non_blocking=True), p)
+            reconstruction, kl = vae.elbo_parts(x.to(device, vae.dtype, non_blocking=True), p)
             totals += torch.stack([reconstruction.sum(), kl.sum()]).double()
     reconstruction, kl = (totals / len(images)).tolist()
     return ELBOTerms(reconstruction - kl, reconstruction, kl, len(images))
@@ -134,7 +134,7 @@ def log_likelihood(
     with _seeded(seed, device), eval_mode(vae):
         p = vae.prior()  # the same for every image: built once (the VampPrior encodes its pseudo-inputs)
         for x in images.split(images_per_chunk):
-            x = x.to(device, non_blocking=True)
+            x = x.to(device, vae.dtype, non_blocking=True)
             total += vae.log_marginal(x, p, num_samples, samples_per_chunk).double().sum()
             if progress is not None:
                 progress(len(x))

@@ -8,6 +8,22 @@ import torch
 __all__ = ["data_plate", "guide_plate"]
 
 
+class _DataPlate(pyro.plate):
+    """``pyro.plate("data", ...)`` that says in one sentence why it cannot open inside another
+    plate named ``"data"``, instead of Pyro's bare "duplicate plate 'data'"."""
+
+    def __enter__(self):
+        try:
+            return super().__enter__()
+        except ValueError as error:
+            if str(error) != f"duplicate plate '{self.name}'":
+                raise
+            raise ValueError(
+                f"pyrovae's model and guide open their own plate {self.name!r} over the images, so they cannot run "
+                f"inside another plate named {self.name!r}: call them outside it (for a minibatch of a larger data "
+                "set pass size=N and subsample=positions, and the plate scales the batch to the data set).") from None
+
+
 def data_plate(x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *, size: Optional[int] = None,
                subsample: Optional[torch.Tensor] = None) -> pyro.plate:
     """The ``"data"`` plate shared by a model and its guide, for the model's arguments (so it
@@ -28,10 +44,10 @@ def data_plate(x: Optional[torch.Tensor] = None, num_images: Optional[int] = Non
     if (size is None) != (subsample is None):
         raise ValueError("Pass size (the data set's size) together with subsample (the batch's positions in it).")
     if subsample is None:
-        return pyro.plate("data", num_images)
+        return _DataPlate("data", num_images)
     if len(subsample) != num_images:
         raise ValueError(f"subsample holds {len(subsample)} positions for {num_images} images.")
-    return pyro.plate("data", size, subsample=subsample)
+    return _DataPlate("data", size, subsample=subsample)
 
 
 def guide_plate(x: Optional[torch.Tensor], num_images: Optional[int] = None, *, size: Optional[int] = None,

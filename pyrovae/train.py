@@ -12,6 +12,7 @@ gets them as its second argument, and with ``torchrun`` the step is wrapped in
 :class:`~torch.nn.parallel.DistributedDataParallel`.
 """
 
+import inspect
 import math
 import sys
 import time
@@ -204,6 +205,19 @@ def adam(parameters, lr: float, normalize_gradients: bool = False) -> torch.opti
     return kind(parameters, lr=lr, fused=fused or None)
 
 
+def takes_subsample(guide) -> bool:
+    """Whether ``guide`` takes the model's subsampling keywords ``size`` and ``subsample`` (as
+    pyrovae's guides and Pyro's autoguides of ``vae.model`` do); a textbook ``guide(x)`` does not."""
+    try:
+        # A module's own call takes anything (*args, **kwargs): its forward says what it takes.
+        function = guide.forward if isinstance(guide, torch.nn.Module) else guide
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: pass them, as Pyro would
+        return True
+    names = {p.name for p in parameters}
+    return {"size", "subsample"} <= names or any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def watching() -> bool:
     """Whether a person watches this process's output: stderr is a terminal, or a notebook runs it."""
     return sys.stderr.isatty() or "ipykernel" in sys.modules
@@ -273,10 +287,12 @@ class Trainer:
                 raise DataError(f"The {split} images of {data.name} are not scaled to [0, 1].")
             if not self.binary:  # a binary likelihood sees binarized images, whatever the grey levels
                 vae.likelihood.check_support(images, f"The {split} images of {data.name}")
-        self.train_images = data.train_images.to(device)
-        self.test_images = prepare_test_images(data.test_images, self.binary).to(device)
+        # Images in the parameters' type: float32 data train a float64 model too.
+        dtype = vae.dtype
+        self.train_images = data.train_images.to(device, dtype)
+        self.test_images = prepare_test_images(data.test_images, self.binary).to(device, dtype)
         self.validation_images = (None if data.validation_images is None else
-                                  prepare_test_images(data.validation_images, self.binary).to(device))
+                                  prepare_test_images(data.validation_images, self.binary).to(device, dtype))
         self.labels = self.labelled = None
         if getattr(vae, "num_classes", None):
             labels = data.train_labels if labels is None else labels
@@ -291,6 +307,9 @@ class Trainer:
         # pyrovae's own guides are called directly (direct_call); any other guide as Pyro
         # would, with the batch's place in the data set, and its parameters found by tracing.
         self.amortized = vae.amortized and isinstance(vae.guide, torch.nn.Module)
+        # The batch's place in the data set goes to guides that take Pyro's subsampling keywords
+        # (per-image parameters, autoguides); a textbook guide(x) scores the batch alone.
+        self.subsampled = not self.amortized and takes_subsample(vae.guide)
         self.callbacks = [FiniteCheck(), Annealing()]
         if warmup_epochs > 0 or beta != 1:
             self.callbacks.append(KLWeight(warmup_epochs, beta))
@@ -437,7 +456,7 @@ class Trainer:
     def _train_step(self, model, guide, index: torch.Tensor) -> torch.Tensor:
         """One optimizer step on the images at ``index``; returns the summed objective (detached)."""
         args = self.batch(index)
-        kwargs = {} if self.amortized else {"size": len(self.train_images), "subsample": index}
+        kwargs = {"size": len(self.train_images), "subsample": index} if self.subsampled else {}
         world, rank = self.distributed.world_size, self.distributed.rank
         if self.distributed.active:  # this rank's rows; DDP averages the gradients
             args = tuple(a.tensor_split(world)[rank] for a in args)
@@ -479,8 +498,9 @@ class Trainer:
 class _StepLoss(torch.nn.Module):
     """One step's summed objective as a module whose parameters are the VAE's (what DDP wraps).
 
-    For a guide that is not amortized, the loss is computed over the batch's rows of the whole
-    data set (Pyro scales it by size / batch) and scaled back to the batch's sum, and any
+    For a guide that is not amortized and takes Pyro's subsampling keywords, the loss is
+    computed over the batch's rows of the whole data set (Pyro scales it by size / batch) and
+    scaled back to the batch's sum. For any guide that is not a pyrovae guide, any
     parameter the guide created (Pyro's param store, a lazily built autoguide) joins the
     optimizer the first time it is seen.
     """
@@ -494,7 +514,8 @@ class _StepLoss(torch.nn.Module):
         trainer = self._trainer
         if trainer.amortized:
             return trainer.elbo.differentiable_loss(model, guide, *args, **kwargs)
-        with poutine.trace(param_only=True) as params, poutine.scale(scale=len(kwargs["subsample"]) / kwargs["size"]):
+        scale = len(kwargs["subsample"]) / kwargs["size"] if kwargs else 1.0
+        with poutine.trace(param_only=True) as params, poutine.scale(scale=scale):
             loss = trainer.elbo.differentiable_loss(model, guide, *args, **kwargs)
         known = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
         found = {}

@@ -8,6 +8,7 @@ from typing import Optional, Set
 import pyro
 import torch
 from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -143,6 +144,11 @@ class VAE(PyroModule):
         return None
 
     @classmethod
+    def options_from_data(cls, config, data) -> dict:
+        """Config fields this family takes from the data it trains on (M2: its class names)."""
+        return {}
+
+    @classmethod
     def training_labels(cls, config, data) -> Optional[torch.Tensor]:
         """The labels training may see (-1 where hidden), for a family with classes; checked
         before anything is written."""
@@ -171,12 +177,38 @@ class VAE(PyroModule):
         """The prefix of this VAE's parameter names in Pyro's parameter store."""
         return self._pyro_name
 
+    # The parts the model holds: ``vae.decoder = other`` replaces the model's own.
+    MODEL_PARTS = ("prior", "decoder", "likelihood")
+
     def __setattr__(self, name, value):
-        if name == "guide" and not isinstance(value, nn.Module):  # a guide function replaces a guide module
-            self._modules.pop("guide", None)
-            object.__setattr__(self, name, value)
+        if name in self.MODEL_PARTS and "model" in self._modules:
+            parts = {part: getattr(self.model, part) for part in self.MODEL_PARTS}
+            parts[name] = value
+            _check_latent_sizes(parts["prior"], parts["decoder"], getattr(self, "guide", None))
+            setattr(self.model, name, value)
             return
+        if name == "guide":
+            if not isinstance(value, nn.Module):  # a guide function replaces a guide module
+                self._modules.pop("guide", None)
+                object.__setattr__(self, name, value)
+                return
+            if "model" in self._modules:
+                _check_latent_sizes(self.prior, self.decoder, value)
+            if not isinstance(value, PyroModule):
+                # A plain nn.Module guide (Pyro's tutorials write them) becomes a PyroModule in
+                # place, as pyro.nn.module.to_pyro_module_ does, so that SVI finds its parameters.
+                to_pyro_module_(value)
         super().__setattr__(name, value)
+
+    def __setstate__(self, state):
+        # A copy (copy.deepcopy, pickle, torch.save and torch.load) is a VAE of its own: with
+        # the original's name it would share the original's tensors in Pyro's parameter store,
+        # and SVI on the copy would train the original.
+        super().__setstate__(state)
+        old, new = self._pyro_name, _claim_name(self, None, self.name_prefix)
+        for module in self.modules():
+            if isinstance(module, PyroModule) and module._pyro_name.startswith(old):
+                module._pyro_name = new + module._pyro_name[len(old):]
 
     @property
     def prior(self):
@@ -193,6 +225,11 @@ class VAE(PyroModule):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the parameters, which images are converted to."""
+        return next(self.parameters()).dtype
 
     @property
     def amortized(self) -> bool:
@@ -254,9 +291,13 @@ class VAE(PyroModule):
         parameter = next(self.parameters())
         return z.to(device=parameter.device, dtype=parameter.dtype)
 
+    @torch.no_grad()
     def encode(self, x: torch.Tensor):
         """q(z|x) for a batch of images ``(N, C, H, W)``, pixels in [0, 1] (checked: one
-        :class:`~pyrovae.errors.DataError` sentence when they are not)."""
+        :class:`~pyrovae.errors.DataError` sentence when they are not).
+
+        Like :meth:`reconstruct` and :meth:`sample` it computes no gradients, so what it gives
+        can be plotted as it is; ``vae.guide.distribution(x)`` is q(z|x) with gradients."""
         if not self.amortized:
             raise TypeError(f"{type(self.guide).__name__} gives no q(z|x) for new images (it is not an amortized "
                             "guide with a distribution(x) method), so images cannot be encoded or scored with it.")
@@ -266,8 +307,10 @@ class VAE(PyroModule):
         """q(z|x) for images already checked (the evaluation's own loop)."""
         return self.guide.distribution(x)
 
+    @torch.no_grad()
     def decode(self, z: torch.Tensor):
-        """p(x|z) for a batch of latent codes ``(N, latent_dim)`` (checked)."""
+        """p(x|z) for a batch of latent codes ``(N, latent_dim)`` (checked), without gradients
+        (``vae.likelihood(vae.decoder(z))`` is p(x|z) with them)."""
         return self._decode(self._check_codes(z))
 
     def _decode(self, z: torch.Tensor):

@@ -20,6 +20,10 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert namespace["images"].shape == (16, 1, 28, 28)
     assert namespace["again"].shape == (8, 1, 28, 28) and namespace["codes"].shape == (8, 20)
     assert torch.equal(namespace["same"].decode(namespace["codes"]).mean, namespace["pictures"])
+    # What the README tells users to plot can be turned into numpy as it is.
+    for tensor in (namespace["pictures"], namespace["q"].mean, namespace["codes"], namespace["again"]):
+        assert not tensor.requires_grad
+        tensor.numpy()
 
 
 def test_readme_test_command_is_what_ci_runs():

@@ -1,5 +1,6 @@
 import math
 
+import pyro
 import pytest
 import torch
 from hypothesis import given
@@ -8,7 +9,7 @@ from hypothesis import strategies as st
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError, NumericalError
 from pyrovae.registry import LIKELIHOODS, build_elbo, build_vae
-from pyrovae.train import AdamNormGrad, Trainer, adam, fit
+from pyrovae.train import AdamNormGrad, Trainer, adam, fit, prepare_test_images
 
 
 def test_elbo_improves_over_a_few_hundred_steps_on_real_digits(mnist5k):
@@ -251,3 +252,45 @@ def test_adamnormgrad_is_adam_on_unit_norm_gradients_so_the_loss_scale_does_not_
     # Plain Adam steps differently: it sees the gradient's norm change from step to step.
     plain = _adam_step(lambda params: adam(params, 0.01), 1.0)
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, ours))
+
+
+def test_fit_takes_a_textbook_guide_of_the_images_alone(mnist5k):
+    """A guide written as Pyro's tutorials write it, ``guide(x)`` with pyro.module, takes no
+    subsampling keywords: fit scores each batch on its own and trains its encoder."""
+    from dataclasses import replace
+
+    import pyro.distributions as dist
+
+    encoder = torch.nn.Linear(784, 8)
+
+    def guide(x):
+        pyro.module("textbook_encoder", encoder)
+        h = encoder(x.flatten(1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(h[:, :4], torch.nn.functional.softplus(h[:, 4:]) + 1e-3).to_event(1))
+
+    vae = build_vae(Config(latent_dim=4, hidden_dims=(16,)))
+    vae.guide = guide
+    before = encoder.weight.clone()
+    data = replace(mnist5k, train_images=mnist5k.train_images[:512])
+    history = fit(vae, data, num_epochs=2, batch_size=64, progress=False)
+    assert not torch.equal(before, encoder.weight)
+    assert history[1].train_elbo > history[0].train_elbo and -800 < history[1].train_elbo < 0
+
+
+def test_a_float64_model_trains_and_evaluates_on_float32_data(mnist5k):
+    from dataclasses import replace
+
+    from pyrovae.evaluation import evaluate
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        vae = build_vae(Config(latent_dim=4, hidden_dims=(16,)))
+        data = replace(mnist5k, train_images=mnist5k.train_images[:512], test_images=mnist5k.test_images[:64])
+        history = fit(vae, data, num_epochs=1, batch_size=64, progress=False)
+        result = evaluate(vae, prepare_test_images(data.test_images, binary=True), num_samples=5)
+    finally:
+        torch.set_default_dtype(default)
+    assert vae.dtype == torch.float64 and data.train_images.dtype == torch.float32
+    assert math.isfinite(history[0].test_elbo) and result.log_likelihood >= result.elbo - 1

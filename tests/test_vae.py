@@ -118,3 +118,93 @@ def test_parts_of_different_latent_sizes_are_refused_when_the_vae_is_built():
     with pytest.raises(ConfigError, match="decoder takes codes of 8 numbers but the prior draws 20"):
         VAE(StandardNormalPrior(20), MLPDecoder(8), BernoulliLikelihood(),
             DiagonalNormalGuide(MLPEncoder(), latent_dim=20))
+
+
+def _svi_steps(vae, x, steps=3):
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
+    for _ in range(steps):
+        svi.step(x)
+
+
+@pytest.mark.parametrize("part", ["prior", "decoder", "likelihood", "guide"])
+def test_an_assigned_part_is_the_one_the_model_guide_svi_and_state_dict_use(part):
+    vae = _vae()
+    new = {"prior": StandardNormalPrior(4), "decoder": MLPDecoder(4, hidden_dims=(50,)),
+           "likelihood": GaussianLikelihood(scale=0.1),
+           "guide": DiagonalNormalGuide(MLPEncoder(hidden_dims=(24,)), latent_dim=4)}[part]
+    setattr(vae, part, new)
+    assert getattr(vae, part) is new
+    x = torch.rand(5, 1, 28, 28)
+    trace = pyro.poutine.trace(vae.model).get_trace(x)
+    if part == "likelihood":
+        assert trace.nodes["x"]["fn"].base_dist.scale.max().item() == pytest.approx(0.1)
+    prefix = "guide." if part == "guide" else f"model.{part}."
+    held = {k[len(prefix):]: v for k, v in vae.state_dict().items() if k.startswith(prefix)}
+    assert held.keys() == new.state_dict().keys()
+    assert all(torch.equal(held[k], v) for k, v in new.state_dict().items())
+    assert not any(k.startswith(part + ".") for k in vae.state_dict()) or part == "guide"
+    if part in ("decoder", "guide"):  # SVI trains the new part's weights
+        before = [p.clone() for p in new.parameters()]
+        _svi_steps(vae, x)
+        assert all(not torch.equal(a, b) for a, b in zip(before, new.parameters()))
+
+
+def test_assigning_a_part_of_another_code_size_is_one_sentence():
+    from pyrovae.errors import ConfigError
+
+    vae = _vae()
+    with pytest.raises(ConfigError, match="decoder takes codes of 8 numbers but the prior draws 4"):
+        vae.decoder = MLPDecoder(8, hidden_dims=(16,))
+    assert vae.decoder.latent_dim == 4
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_a_copied_vae_has_a_name_of_its_own_and_svi_trains_the_copy(how, recwarn):
+    import copy
+    import io
+    import pickle
+
+    original = _vae()
+    if how == "deepcopy":
+        twin = copy.deepcopy(original)
+    elif how == "pickle":
+        twin = pickle.loads(pickle.dumps(original))
+    else:
+        buffer = io.BytesIO()
+        torch.save(original, buffer)
+        buffer.seek(0)
+        twin = torch.load(buffer, weights_only=False)
+    assert not recwarn.list
+    assert twin.name != original.name and twin.model.likelihood._pyro_name.startswith(twin.name + ".")
+    frozen, before = [p.clone() for p in original.parameters()], [p.clone() for p in twin.parameters()]
+    _svi_steps(twin, torch.rand(5, 1, 28, 28))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, original.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, twin.parameters()))
+
+
+def test_a_plain_module_guide_becomes_a_pyro_module_that_svi_trains():
+    import pyro.distributions as dist
+
+    class TutorialGuide(torch.nn.Module):  # Pyro's VAE tutorial: no pyro.module call
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(784, 8)
+
+        def forward(self, x):
+            h = self.fc(x.flatten(1))
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(h[:, :4], torch.nn.functional.softplus(h[:, 4:]) + 1e-3).to_event(1))
+
+    vae, guide = _vae(), TutorialGuide()
+    vae.guide = guide
+    assert isinstance(guide, pyro.nn.PyroModule) and vae.guide is guide
+    before = guide.fc.weight.clone()
+    _svi_steps(vae, torch.rand(5, 1, 28, 28))
+    assert not torch.equal(before, guide.fc.weight)
+
+
+def test_inside_a_users_own_data_plate_the_model_says_how_in_one_sentence():
+    vae = _vae()
+    with pytest.raises(ValueError, match="open their own plate 'data' .* call them outside it"):
+        with pyro.plate("data", 5):
+            vae.model(torch.rand(5, 1, 28, 28))
