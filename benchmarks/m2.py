@@ -98,7 +98,7 @@ def main(argv=None):
         agree = []
         for digit in range(10):
             torch.manual_seed(digit)
-            samples = vae.sample(n, mean=True, digit=digit)
+            samples = vae.sample(n, mean=True, label=digit)
             agree.append(int((judge(samples).argmax(-1) == digit).sum()))
         row = {"labels": count, "m2_accuracy": vae.accuracy(data.test_images, data.test_labels),
                "logistic_regression_accuracy": baseline, "judge_accuracy": judge_accuracy,

@@ -114,7 +114,7 @@ class LabelCount(click.ParamType):
 
 
 def device_options(command):
-    """``--cuda`` and ``--device``, resolved later by :func:`pyrovae.run.resolve_device`."""
+    """``--cuda`` and ``--device``, resolved later by :func:`pyrovae.devices.resolve_device`."""
     command = click.option("--device", default=None, metavar="DEVICE",
                            help="Torch device, e.g. cpu, cuda or cuda:1 [default: cpu].")(command)
     return click.option("--cuda", is_flag=True, help="Use the GPU (same as --device cuda).")(command)
@@ -128,7 +128,7 @@ def data_options(command):
 
 
 class CheckpointName(click.ParamType):
-    """``best``, ``last`` or an epoch number (:func:`~pyrovae.run.load_run`)."""
+    """``best``, ``last`` or an epoch number (:func:`~pyrovae.rundir.load_run`)."""
 
     name = "checkpoint"
 
@@ -155,7 +155,7 @@ dataset_choice = Choice(DATASETS)
 
 
 # Fields of a run's config.json that the data decides, not an option.
-DERIVED_FIELDS = {"image_shape"}
+DERIVED_FIELDS = {"image_shape", "class_names"}
 
 
 def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict:

@@ -20,12 +20,13 @@ from pyrovae.cli.options import (COMMON_STATUSES, check_output, checkpoint_optio
                    "probability of being white); --sampled: pixels drawn from p(x|z), which look like noise "
                    "for a Bernoulli.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
-@click.option("--digit", type=click.IntRange(0, 9), default=None,
-              help="Draw this class (0-9) from a model with classes (--model m2).")
+@click.option("--class", "--digit", "label", default=None, metavar="CLASS",
+              help="Draw this class from a model with classes (--model m2): its name (a folder name of the "
+                   "training data) or its index from 0 (--digit is the same option, MNIST's word).")
 @json_option
 @checkpoint_option
 @device_options
-def sample(run, num_samples, output, mean, seed, digit, as_json, epoch, cuda, device):
+def sample(run, num_samples, output, mean, seed, label, as_json, epoch, cuda, device):
     """Decode NUM_SAMPLES draws from the prior of RUN's model into one image grid."""
     import torch
 
@@ -35,14 +36,18 @@ def sample(run, num_samples, output, mean, seed, digit, as_json, epoch, cuda, de
     check_output(output)
     device = resolve_device(device, cuda)
     config, vae, state = load_run(run, device, epoch)
-    if digit is not None and not hasattr(vae, "num_classes"):
-        raise ConfigError(f"--digit needs a model with classes (train with --model m2); {run} is a plain "
-                          f"{config.model} without them.")
+    index = None
+    if label is not None:
+        if not hasattr(vae, "class_index"):
+            raise ConfigError(f"--class needs a model with classes (train with --model m2); {run} is a plain "
+                              f"{config.model} without them.")
+        index = vae.class_index(label)  # a name or an index; anything else is one sentence
     if seed is not None:
         torch.manual_seed(seed)
-    images = vae.sample(num_samples, mean=mean) if digit is None else vae.sample(num_samples, mean=mean, digit=digit)
+    images = vae.sample(num_samples, mean=mean) if index is None else vae.sample(num_samples, mean=mean, label=index)
     save_grid(images, output, nrow=math.ceil(math.sqrt(num_samples)))
-    of_class = f" of class {digit}" if digit is not None else ""
+    of_class = f" of class {vae.class_names[index]}" if index is not None else ""
     emit(as_json, {"output": str(output), "num_samples": num_samples, "pixels": "mean" if mean else "sampled",
-                   "digit": digit, "run": str(run), "epoch": state["epoch"]},
+                   "class": index, "class_name": None if index is None else vae.class_names[index],
+                   "run": str(run), "epoch": state["epoch"]},
          f"Wrote {num_samples} {'mean images' if mean else 'images of sampled pixels'}{of_class} to {output}")

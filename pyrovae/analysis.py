@@ -54,7 +54,7 @@ def encode(vae: VAE, images: torch.Tensor, labels: torch.Tensor, batch_size: int
     """E_q[z|x] of every image (and q's standard deviations when q is a diagonal Normal)."""
     locs, scales = [], []
     for x in images.split(batch_size):
-        x = x.to(vae.device)
+        x = x.to(vae.device, vae.dtype)
         normal = diagonal_normal(vae.encode(x))
         # A categorical code's mean is (variables, categories) of probabilities: one unit each.
         locs.append((normal.loc if normal is not None else vae.posterior_mean(x).flatten(1)).cpu())
@@ -143,7 +143,8 @@ class RunView:
         index = spread_subset(num_images, len(data.test_images))
         self.images = prepare_test_images(data.test_images, self.vae.likelihood.binary_data)[index]
         self.labels = data.test_labels[index]
-        self.class_names = data.classes or [str(label) for label in range(int(data.test_labels.max()) + 1)]
+        self.class_names = list(self.config.class_names or data.classes
+                                or [str(label) for label in range(int(data.test_labels.max()) + 1)])
         self._progress = progress
 
     @cached_property

@@ -44,6 +44,7 @@ class Config:
     temperature: float = 1.0  # Gumbel-softmax temperature of the first epoch ...
     min_temperature: float = 0.5  # ... falling by exp(-0.2) an epoch to this
     num_labels: Optional[int] = None  # M2: labelled training images, balanced over classes; None = all
+    class_names: Optional[Tuple[str, ...]] = None  # the data's classes, label i named class_names[i] (M2 takes them)
     classifier_weight: float = 50.0  # M2: weight of the classifier's cross-entropy per labelled image
     warmup_epochs: float = 0  # KL weight rises linearly from 0 to beta over this many epochs (Sonderby et al.)
     beta: float = 1.0  # final KL weight; 1 is the true ELBO, > 1 a beta-VAE
@@ -71,6 +72,8 @@ class Config:
         self.image_shape = tuple(int(s) for s in self.image_shape)
         if self.logvar_range is not None:
             self.logvar_range = tuple(float(v) for v in self.logvar_range)
+        if self.class_names is not None:
+            self.class_names = tuple(str(name) for name in self.class_names)
 
     def validate(self) -> "Config":
         """Raise :class:`ConfigError` with one sentence for the first impossible value."""
@@ -160,7 +163,7 @@ class Config:
     # The options that define the model (its shape, and what its outputs mean): a checkpoint fits
     # only a model with these.
     MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels",
-                    "likelihood", "mixture_components", "guide", "logvar_range",
+                    "likelihood", "mixture_components", "guide", "logvar_range", "class_names",
                     "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
 
     def model_signature(self) -> dict:

@@ -11,12 +11,12 @@ sample of it. A labelled pair gives L(x,y), the ordinary ELBO with y observed; s
 not train q(y|x), :class:`M2_ELBO` adds ``classifier_weight`` times the classifier's
 log-likelihood of the known labels (the alpha term of the paper), the way
 ``pyro.contrib.cevae.TraceCausalEffect_ELBO`` adds its auxiliary terms: the guide scores a
-known label at an auxiliary site, masked out so that Pyro's stock ELBOs ignore it.
+known label at a masked factor, which Pyro's stock ELBOs ignore (value and gradient).
 """
 
 import math
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -36,11 +36,11 @@ from pyrovae.plates import data_plate, guide_plate
 from pyrovae.priors import StandardNormalPrior
 from pyrovae.vae import VAE, _claim_name, analytic_kl
 
-NUM_CLASSES = 10  # what the command line builds; M2VAE itself takes any number
+NUM_CLASSES = 10  # the classes of a config that names none (runs made before class_names); M2VAE takes any number
 
 __all__ = ["TwoInputMLP", "M2Model", "M2Guide", "M2VAE", "M2_ELBO", "balanced_labels", "CLASSIFIER_SITE"]
 
-# The guide's auxiliary site for the classifier's verdict on a known label.
+# The guide's masked factor holding the classifier's verdict on a known label.
 CLASSIFIER_SITE = "y_classifier"
 
 
@@ -116,8 +116,9 @@ class M2Guide(PyroModule):
     When y is not given, its site is marked for parallel enumeration: under
     ``TraceEnum_ELBO`` it takes all ``num_classes`` values at once (a leading dimension of
     size 10), and q(z|x,y) is computed for each. When y is given, the classifier's
-    log q(y|x) is recorded at the auxiliary site ``"y_classifier"``, masked out so
-    that a stock ELBO computes exactly L(x, y); :class:`M2_ELBO` adds it with its weight.
+    log q(y|x) is recorded at the masked factor ``"y_classifier"``, so that a stock ELBO
+    computes exactly L(x, y), value and gradient (the classifier gets none from it);
+    :class:`M2_ELBO` adds it with its weight.
     """
 
     def __init__(self, latent_dim: int, num_classes: int, image_shape=(1, 28, 28), hidden_dims=(400,),
@@ -146,18 +147,25 @@ class M2Guide(PyroModule):
             if y is None:
                 y = pyro.sample("y", classes, infer={"enumerate": "parallel"})
             else:
+                # A factor, not an observed sample site: Pyro masks a site's log-probability but
+                # not its score-function term, so a masked observed Categorical here still gave
+                # q(y|x) a REINFORCE gradient under every stock ELBO. As a factor marked
+                # reparameterized it has no score-function term, and the mask removes the rest.
                 with poutine.mask(mask=False):
-                    pyro.sample(CLASSIFIER_SITE, classes, obs=y, infer={"is_auxiliary": True})
+                    pyro.factor(CLASSIFIER_SITE, classes.log_prob(y), has_rsample=True)
             return pyro.sample("z", self.distribution(x, y))
 
 
 class M2_ELBO(TraceEnum_ELBO):
     """The M2 objective: Pyro's ``TraceEnum_ELBO`` (U(x) with the class summed out where it
     is unknown, L(x, y) where it is known) plus ``classifier_weight`` times log q(y|x) of the
-    known labels, read from the guide's auxiliary site ``"y_classifier"``.
+    known labels, read from the guide's masked factor ``"y_classifier"``.
 
     ``differentiable_loss(model, guide, x, y)`` takes class indices ``y`` with -1 where a
-    label is hidden: it scores the two kinds of rows in two passes.
+    label is hidden: it scores the two kinds of rows in two passes. ``loss`` and
+    ``loss_and_grads`` (what :class:`pyro.infer.SVI` calls) go through it too, as Pyro's
+    ``JitTraceEnum_ELBO`` does, so ``SVI(model, guide, optim, M2_ELBO())`` optimizes this
+    objective.
 
     :param float classifier_weight: alpha of Kingma et al. (2014), per labelled image.
     """
@@ -180,6 +188,16 @@ class M2_ELBO(TraceEnum_ELBO):
                     part["subsample"] = kwargs["subsample"][rows]
                 loss = loss + self._loss(model, guide, (x[rows], None if labels is None else labels[rows]) + args, part)
         return loss
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
 
     def _loss(self, model, guide, args, kwargs) -> torch.Tensor:
         loss = 0.0
@@ -207,12 +225,22 @@ class M2VAE(VAE):
     skipped_figures = frozenset({"manifold", "interpolate"})  # they decode z without a class
 
     @classmethod
-    def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU, num_classes: int = NUM_CLASSES) -> "M2VAE":
-        """The M2 model a :class:`~pyrovae.config.Config` describes: MLPs of ``hidden_dims``."""
+    def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "M2VAE":
+        """The M2 model a :class:`~pyrovae.config.Config` describes: MLPs of ``hidden_dims``, one
+        class for each of ``config.class_names``."""
+        num_classes = len(config.class_names) if config.class_names else NUM_CLASSES
         decoder = TwoInputMLP(config.latent_dim, num_classes, tuple(reversed(config.hidden_dims)),
                               math.prod(likelihood.decoder_shape(config.image_shape)), activation)
         return cls(M2Model(config.latent_dim, num_classes, decoder, likelihood, config.image_shape),
-                   M2Guide(config.latent_dim, num_classes, config.image_shape, config.hidden_dims, activation))
+                   M2Guide(config.latent_dim, num_classes, config.image_shape, config.hidden_dims, activation),
+                   class_names=config.class_names)
+
+    @classmethod
+    def options_from_data(cls, config, data) -> dict:
+        """One class for each class of the data: its folder names, else its labels 0 to the largest."""
+        labels = data.train_labels
+        names = data.classes or [str(label) for label in range(int(labels.max()) + 1 if len(labels) else 0)]
+        return {"class_names": tuple(names)}
 
     @classmethod
     def elbo_from_config(cls, config) -> "M2_ELBO":
@@ -225,15 +253,35 @@ class M2VAE(VAE):
         if not len(labels) or int(labels.max()) == 0:
             raise ConfigError(f"--model m2 learns from class labels, but the images of {data.name} have none; put "
                               "them in one folder per class, or pass labels with the array.")
-        if int(labels.max()) >= NUM_CLASSES:
-            raise ConfigError(f"--model m2 has {NUM_CLASSES} classes, but {data.name} has labels up to "
+        num_classes = len(config.class_names) if config.class_names else NUM_CLASSES
+        if int(labels.max()) >= num_classes:
+            raise ConfigError(f"--model m2 has {num_classes} classes, but {data.name} has labels up to "
                               f"{int(labels.max())}.")
-        return balanced_labels(labels, config.num_labels, NUM_CLASSES, config.seed)
+        return balanced_labels(labels, config.num_labels, num_classes, config.seed)
 
-    def __init__(self, model: M2Model, guide: M2Guide, name: Optional[str] = None):
+    def __init__(self, model: M2Model, guide: M2Guide, name: Optional[str] = None,
+                 class_names: Optional[Sequence[str]] = None):
         PyroModule.__init__(self, _claim_name(self, name, self.name_prefix))
         self.model = model
         self.guide = guide
+        names = tuple(class_names) if class_names else tuple(str(i) for i in range(guide.num_classes))
+        if len(names) != guide.num_classes:
+            raise ConfigError(f"{len(names)} class names given for a model of {guide.num_classes} classes.")
+        self.class_names = names
+
+    def class_index(self, label) -> int:
+        """The index of class ``label``, given by its name (:attr:`class_names`) or its index.
+
+        :raises ConfigError: in one sentence listing the classes, for any other label.
+        """
+        if isinstance(label, str) and label in self.class_names:
+            return self.class_names.index(label)
+        if isinstance(label, (int, str)) and not isinstance(label, bool) and str(label).strip().isdigit():
+            if int(label) < self.num_classes:
+                return int(label)
+        listed = ", ".join(self.class_names[:12]) + (", ..." if self.num_classes > 12 else "")
+        raise ConfigError(f"{label!r} is not a class of this model; name one of its {self.num_classes} classes "
+                          f"({listed}) or give its index, 0 to {self.num_classes - 1}.")
 
     @property
     def num_classes(self) -> int:
@@ -267,6 +315,7 @@ class M2VAE(VAE):
         show every class and draw nothing from the training random stream."""
         return (torch.arange(z.shape[:-1].numel(), device=z.device) % self.num_classes).view(z.shape[:-1])
 
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None):
         """p(x|z,y); ``y`` are class indices, the classes in turn when None."""
         z = self._check_codes(z)
@@ -282,16 +331,15 @@ class M2VAE(VAE):
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None,
-               digit: Optional[int] = None) -> torch.Tensor:
-        """Images of class ``digit`` (the classes in turn when None) from prior or given codes;
-        the likelihood's mean image unless ``mean`` is False (:meth:`VAE.sample`)."""
+               label: Union[int, str, None] = None) -> torch.Tensor:
+        """Images of class ``label`` (a name or an index; the classes in turn when None) from
+        prior or given codes; the likelihood's mean image unless ``mean`` is False
+        (:meth:`VAE.sample`)."""
         z = self.prior().sample((num_samples,)).to(self.device) if z is None else self._check_codes(z)
-        if digit is None:
+        if label is None:
             classes = self._cycle(z)
         else:
-            if not 0 <= digit < self.num_classes:
-                raise ConfigError(f"--digit must be a class from 0 to {self.num_classes - 1}, got {digit}.")
-            classes = torch.full(z.shape[:-1], digit, device=self.device)
+            classes = torch.full(z.shape[:-1], self.class_index(label), device=self.device)
         out = self.model.decoder_output(z, classes)
         return self.likelihood.mean(out) if mean else self.likelihood.sample(out)
 

@@ -552,6 +552,7 @@ def config_for_data(config: Config, data: ImageData) -> Config:
     if likelihood.startswith("dlogistic") and data.levels is None:
         raise ConfigError(f"--likelihood {likelihood} models the 256 values of 8-bit pixels, but {data.name} holds "
                           "values between them; pass uint8 images, or use gaussian or continuous_bernoulli.")
+    changes.update(model_family(config).options_from_data(config, data))
     return config.replace(**changes).validate()
 
 

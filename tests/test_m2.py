@@ -76,7 +76,7 @@ def test_m2_elbo_adds_the_weighted_classifier_term_to_the_stock_bound(mnist5k):
     ours = M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x, y)
     assert ours.item() == pytest.approx(stock.item() - 7.0 * log_q.item(), rel=1e-5)
     trace = pyro.poutine.trace(vae.guide).get_trace(x, y)
-    assert trace.nodes[CLASSIFIER_SITE]["infer"]["is_auxiliary"] and trace.nodes[CLASSIFIER_SITE]["mask"] is False
+    assert trace.nodes[CLASSIFIER_SITE]["mask"] is False
     hidden = torch.where(torch.arange(16) % 2 == 0, y, -1)
     pyro.set_rng_seed(5)
     mixed = M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x, hidden)
@@ -84,6 +84,57 @@ def test_m2_elbo_adds_the_weighted_classifier_term_to_the_stock_bound(mnist5k):
     parts = (M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x[1::2])
              + M2_ELBO(classifier_weight=7.0).differentiable_loss(model, guide, x[::2], y[::2]))
     assert mixed.item() == pytest.approx(parts.item(), rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+@pytest.mark.parametrize("elbo", ["TraceEnum_ELBO", "Trace_ELBO", "TraceGraph_ELBO"])
+def test_a_stock_elbo_on_labelled_images_gives_the_classifier_no_gradient(mnist5k, elbo):
+    """L(x, y) with y observed does not involve q(y|x): the classifier's only gradient is
+    M2_ELBO's weighted term. (A masked observed site in the guide kept its score function,
+    a gradient of norm ~1e4 that trained the classifier away from the labels.)"""
+    vae = _m2()
+    x, y = torch.bernoulli(mnist5k.train_images[:16]), mnist5k.train_labels[:16]
+    objective = getattr(pyro.infer, elbo)(max_plate_nesting=1)
+    objective.loss_and_grads(vae.model, vae.guide, x, y)  # what SVI calls
+    assert all(p.grad is None or not p.grad.any() for p in vae.guide.classifier.parameters())
+    assert all(p.grad is not None and p.grad.any() for p in vae.guide.encoder.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_stock_svi_on_labelled_batches_keeps_the_classifiers_accuracy(mnist5k):
+    vae = _m2()
+    fit(vae, mnist5k, num_epochs=1, labels=balanced_labels(mnist5k.train_labels, 100, 10, seed=0), progress=False)
+    test_x, test_y = mnist5k.test_images[:500], mnist5k.test_labels[:500]
+    before = vae.accuracy(test_x, test_y)
+    assert before > 0.5
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+                         pyro.infer.TraceEnum_ELBO(max_plate_nesting=1))
+    for index in torch.randperm(4000)[:2000].split(100):  # 20 steps
+        svi.step(torch.bernoulli(mnist5k.train_images[index]), mnist5k.train_labels[index])
+    assert vae.accuracy(test_x, test_y) >= before
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_svi_with_m2_elbo_optimizes_m2_elbo_hidden_labels_included(mnist5k):
+    """SVI calls loss_and_grads, not differentiable_loss: both must be M2's objective, with
+    -1 rows summed over the classes rather than refused as negative class values."""
+    vae = _m2()
+    x, y = torch.bernoulli(mnist5k.train_images[:16]), mnist5k.train_labels[:16]
+    hidden = torch.where(torch.arange(16) % 2 == 0, y, -1)
+    pyro.set_rng_seed(3)
+    expected = M2_ELBO(classifier_weight=7.0).differentiable_loss(vae.model, vae.guide, x, hidden)
+    expected.backward()
+    expected_grads = [p.grad.clone() for p in vae.parameters()]
+    vae.zero_grad()
+    pyro.set_rng_seed(3)
+    loss = M2_ELBO(classifier_weight=7.0).loss_and_grads(vae.model, vae.guide, x, hidden)
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    assert all(torch.allclose(p.grad, g) for p, g in zip(vae.parameters(), expected_grads))
+    pyro.set_rng_seed(3)
+    assert M2_ELBO(classifier_weight=7.0).loss(vae.model, vae.guide, x, hidden) == pytest.approx(loss, rel=1e-6)
+    pyro.set_rng_seed(3)
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), M2_ELBO(classifier_weight=7.0))
+    assert svi.step(x, hidden) == pytest.approx(loss, rel=1e-6)
 
 
 def test_textbook_svi_loop_trains_m2_with_trace_enum_elbo(mnist5k):
@@ -172,9 +223,11 @@ def test_log_likelihood_sums_classes_exactly_and_bounds_the_elbo(mnist5k):
 
 def test_sample_draws_the_asked_class_and_refuses_others():
     vae = _m2()
-    assert vae.sample(6, digit=7).shape == (6, 1, 28, 28)
-    with pytest.raises(ConfigError, match="from 0 to 9, got 10"):
-        vae.sample(2, digit=10)
+    assert vae.sample(6, label=7).shape == (6, 1, 28, 28)
+    assert torch.equal(vae.sample(2, label="7", z=torch.zeros(2, 4)), vae.sample(2, label=7, z=torch.zeros(2, 4)))
+    for wrong in (10, "ten", -1, True):
+        with pytest.raises(ConfigError, match="is not a class of this model; name one of its 10 classes .* 0 to 9"):
+            vae.sample(2, label=wrong)
     assert vae.styles(torch.zeros(3, 4)).shape == (30, 1, 28, 28)
 
 
@@ -226,9 +279,9 @@ def test_cli_digit_errors(m2_run, trained_run, tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(main, ["sample", str(m2_run), "--digit", "12", "-o", str(tmp_path / "a.png")])
-    assert result.exit_code == 2 and "12 is not in the range 0<=x<=9" in result.output
-    result = runner.invoke(main, ["sample", str(trained_run), "--digit", "3", "-o", str(tmp_path / "b.png")])
-    assert result.exit_code == 2 and "--digit needs a model with classes" in result.output
+    assert result.exit_code == 2 and "'12' is not a class of this model" in result.output
+    result = runner.invoke(main, ["sample", str(trained_run), "--class", "3", "-o", str(tmp_path / "b.png")])
+    assert result.exit_code == 2 and "--class needs a model with classes" in result.output
     assert not (tmp_path / "b.png").exists()
     result = runner.invoke(main, ["plot", str(trained_run), "styles", "-o", str(tmp_path / "c.png")])
     assert result.exit_code == 2 and "needs a model with classes" in result.output
@@ -238,6 +291,52 @@ def test_cli_digit_errors(m2_run, trained_run, tmp_path):
                                   "--run-dir", str(tmp_path / "r5")])
     assert result.exit_code == 2 and "fewer than one image per class" in result.output
     assert not (tmp_path / "r5").exists()
+
+
+def test_classes_come_from_the_data_a_folder_of_four_classes(tmp_path):
+    """M2 on a folder of 4 class subfolders has 4 classes, named by the folders: styles and the
+    report draw 4 columns, sample takes a class by name or index, and a fifth is one sentence."""
+    from PIL import ImageDraw
+
+    from pyrovae.cli import main
+
+    folder = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    names = ["circle", "cross", "square", "triangle"]
+    for name in names:
+        (folder / name).mkdir(parents=True)
+        for i in range(30):
+            image = Image.new("L", (16, 16), 0)
+            draw, (x, y) = ImageDraw.Draw(image), rng.integers(1, 6, 2)
+            left, top, right, bottom = int(x), int(y), int(x) + 9, int(y) + 9
+            if name == "circle":
+                draw.ellipse([left, top, right, bottom], fill=255)
+            elif name == "square":
+                draw.rectangle([left, top, right, bottom], fill=255)
+            elif name == "cross":
+                draw.line([left, top, right, bottom], fill=255, width=2)
+            else:
+                draw.polygon([left, bottom, right, bottom, (left + right) // 2, top], fill=255)
+            image.save(folder / name / f"{i}.png")
+    runner, run = CliRunner(), tmp_path / "run"
+    result = runner.invoke(main, ["train", "--model", "m2", "--data", str(folder), "--likelihood", "bernoulli",
+                                  "--z-dim", "2", "--hidden", "32", "--epochs", "1", "--batch-size", "24",
+                                  "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert json.loads((run / "config.json").read_text())["class_names"] == names
+    result = runner.invoke(main, ["plot", str(run), "styles", "-o", str(tmp_path / "styles.png")])
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "styles.png").size[0] > 0
+    result = runner.invoke(main, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    for label, shown in (("square", "square"), ("1", "cross")):
+        result = runner.invoke(main, ["sample", str(run), "--class", label, "-n", "4", "-o", str(tmp_path / "s.png")])
+        assert result.exit_code == 0 and f"of class {shown}" in result.output, result.output
+    result = runner.invoke(main, ["sample", str(run), "--digit", "7", "-o", str(tmp_path / "seven.png")])
+    assert result.exit_code == 2 and "name one of its 4 classes (circle, cross, square, triangle)" in result.output
+    assert not (tmp_path / "seven.png").exists()
 
 
 def test_figure_kinds_of_an_m2_run():
