@@ -26,7 +26,8 @@ def _load(run, inputs, epoch, cuda, device):
     from tqdm.auto import tqdm
 
     from pyrovae.images import images_for_model
-    from pyrovae.run import load_run, resolve_device
+    from pyrovae.devices import resolve_device
+    from pyrovae.rundir import load_run
 
     config, vae, _ = load_run(run, resolve_device(device, cuda), epoch)
     with tqdm(desc="reading images", unit="image", leave=False, disable=not progress_enabled()) as bar:
@@ -71,7 +72,7 @@ def reconstruct(run, inputs, output, as_json, epoch, cuda, device):
     import torch
 
     from pyrovae.errors import ConfigError
-    from pyrovae.run import save_grid
+    from pyrovae.grids import save_grid
 
     check_output(output)
     config, vae, images, names = _load(run, inputs, epoch, cuda, device)

@@ -30,7 +30,8 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epo
     from pyrovae.data import load_data, load_dataset, spread_subset
     from pyrovae.errors import DataError
     from pyrovae.evaluation import evaluate as score
-    from pyrovae.run import best_epoch, load_run, resolve_device, with_data_dir
+    from pyrovae.devices import resolve_device
+    from pyrovae.rundir import best_epoch, load_run, with_data_dir
     from pyrovae.train import EpochMetrics, prepare_test_images
 
     device = resolve_device(device, cuda)

@@ -14,7 +14,7 @@ def _view(run, num_images, epoch, data_dir, cuda, device):
     from tqdm.auto import tqdm
 
     from pyrovae.analysis import RunView
-    from pyrovae.run import resolve_device
+    from pyrovae.devices import resolve_device
 
     def progress(total, description):
         return tqdm(total=total, desc=description, unit="image", leave=False, disable=not progress_enabled())

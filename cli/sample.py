@@ -31,7 +31,9 @@ def sample(run, num_samples, output, mean, seed, label, as_json, epoch, cuda, de
     import torch
 
     from pyrovae.errors import ConfigError
-    from pyrovae.run import load_run, resolve_device, save_grid
+    from pyrovae.devices import resolve_device
+    from pyrovae.grids import save_grid
+    from pyrovae.rundir import load_run
 
     check_output(output)
     device = resolve_device(device, cuda)

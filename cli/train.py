@@ -168,7 +168,7 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classif
     from pyrovae.distributed import Distributed, launched_by_torchrun
     from pyrovae.errors import PyroVAEError
     from pyrovae.registry import build_loggers
-    from pyrovae.run import resolve_device
+    from pyrovae.devices import resolve_device
 
     for name in ("dataset", "data_dir", "fallback"):
         if data and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:

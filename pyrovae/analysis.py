@@ -117,7 +117,7 @@ class RunView:
         done once, lazily).
     :param progress: a factory ``progress(total, description)`` returning an object with
         ``update(n)`` and ``close()``, used while encoding the test set.
-    :param epoch: the checkpoint to show (:func:`~pyrovae.run.load_run`): ``"best"`` (the
+    :param epoch: the checkpoint to show (:func:`~pyrovae.rundir.load_run`): ``"best"`` (the
         default, the best-validation epoch where the run has one, else the newest), ``"last"``
         or an epoch number. The training curves always cover the whole run.
     :param data_dir: where the run's named data set is now, when it has moved.
@@ -125,9 +125,9 @@ class RunView:
 
     def __init__(self, run_dir, device="cpu", num_images: Optional[int] = None, progress=None,
                  epoch: Union[int, str] = "best", data_dir=None):
-        from pyrovae.data import load_data, spread_subset
-        from pyrovae.run import full_history, load_run, with_data_dir
-        from pyrovae.train import EpochMetrics, prepare_test_images
+        from pyrovae.data import load_data, prepare_test_images, spread_subset
+        from pyrovae.metrics import EpochMetrics
+        from pyrovae.rundir import full_history, load_run, with_data_dir
 
         self.run_dir = Path(run_dir)
         self.config: Config

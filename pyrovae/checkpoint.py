@@ -108,7 +108,7 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def mismatch_detail(error: RuntimeError) -> str:
+def mismatch_detail(error: Exception) -> str:
     """The line of ``load_state_dict``'s error that names what does not fit (a size, a
     missing or an unexpected name)."""
     lines = str(error).splitlines() or [type(error).__name__]

@@ -34,6 +34,8 @@ from pyrovae.images import (find_images, images_from_dataset, images_from_tensor
 
 __all__ = [
     "DATASETS",
+    "TEST_BINARIZATION_SEED",
+    "prepare_test_images",
     "ImageData",
     "DataFallbackWarning",
     "default_data_dir",
@@ -645,3 +647,13 @@ def binarize(images: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:
         return torch.bernoulli(images)
     generator = torch.Generator(device=images.device).manual_seed(seed)
     return torch.bernoulli(images, generator=generator)
+
+
+# The binary test set is drawn once with this seed, so that every model, whatever its own
+# training seed, is scored on the same images, as the published benchmarks do (docs/likelihoods.md).
+TEST_BINARIZATION_SEED = 0
+
+
+def prepare_test_images(images: torch.Tensor, binary: bool) -> torch.Tensor:
+    """The test images a model is scored on: binarized once, reproducibly, for binary likelihoods."""
+    return binarize(images, seed=TEST_BINARIZATION_SEED) if binary else images

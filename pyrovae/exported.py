@@ -7,98 +7,23 @@ as it is)::
     model.safetensors    the weights; safetensors holds tensors only, so loading it runs no code
     README.md            a model card: what was trained, its scores, how to load it
 
-:func:`load` reads such a folder, or any run directory, back as a VAE ready to use.
+:func:`load` (defined with the rest of the reading side, :mod:`pyrovae.rundir`) reads such a
+folder, or any run directory, back as a VAE ready to use.
 """
 
 import json
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Union
 
 from pyrovae import __version__
-from pyrovae.checkpoint import atomic_write, mismatch_detail
+from pyrovae.checkpoint import atomic_write
 from pyrovae.config import Config
-from pyrovae.errors import CheckpointError, ConfigError, StorageError, describe_os_error
-from pyrovae.vae import VAE
+from pyrovae.errors import ConfigError, StorageError, describe_os_error
+from pyrovae.metrics import EpochMetrics
+from pyrovae.rundir import (CARD_FILE, CHECKPOINT, CONFIG_FILE, FORMAT, METRICS, MODEL_FILE, best_epoch, is_exported,
+                            load, load_exported, load_run)
 
 __all__ = ["MODEL_FILE", "export", "load", "is_exported", "load_exported"]
-
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
-FORMAT = "pyrovae-model-v1"
-
-
-def is_exported(folder) -> bool:
-    """Whether ``folder`` holds an exported model rather than a training run."""
-    from pyrovae.run import CHECKPOINT
-
-    folder = Path(folder)
-    return (folder / MODEL_FILE).is_file() and not (folder / CHECKPOINT).is_file()
-
-
-def load(path, checkpoint: Union[str, int] = "best", device="cpu") -> VAE:
-    """The trained VAE of a run directory or of a folder written by :func:`export`, on
-    ``device``, in eval mode; ``vae.config`` is its :class:`~pyrovae.config.Config`.
-
-    :param checkpoint: for a run: ``"best"`` (the best validation epoch, else the newest),
-        ``"last"`` or an epoch kept by ``--keep-checkpoints``. An exported folder holds one.
-    :param device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a :class:`torch.device`.
-    :raises CheckpointError: when the folder holds no model, or a damaged or foreign one.
-
-    Example::
-
-        vae = pyrovae.load("runs/demo")
-        q = vae.encode(images)                  # q(z|x); images (N, C, H, W), pixels in [0, 1]
-        codes = vae.posterior_mean(images)      # E_q[z|x], (N, latent_dim)
-        pictures = vae.sample(16)               # mean images, pixels in [0, 1]
-    """
-    from pyrovae.run import load_run, resolve_device
-
-    config, vae, _ = load_run(path, resolve_device(str(device)), checkpoint)
-    vae.config = config
-    return vae
-
-
-def load_exported(folder, device="cpu", epoch: Union[str, int] = "best") -> Tuple[Config, VAE, dict]:
-    """:func:`~pyrovae.run.load_run` for an exported folder: the config, the VAE (eval mode,
-    on ``device``) and a state holding the exported epoch and the run's metrics."""
-    from safetensors import SafetensorError, safe_open
-
-    from pyrovae.registry import build_vae
-
-    folder = Path(folder)
-    path, config_path = folder / MODEL_FILE, folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{folder} holds {MODEL_FILE} but no {CONFIG_FILE}, which says what model the weights "
-                              "belong to.")
-    try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        detail = str(e).splitlines()[0] if str(e) else repr(e)
-        raise CheckpointError(f"{path} is truncated or corrupt ({detail}).") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a model exported by pyrovae.")
-    try:
-        state = {"epoch": int(metadata.get("epoch", 0)), "step": int(metadata.get("step", 0)),
-                 "history": json.loads(metadata.get("history", "[]"))}
-    except ValueError:
-        raise CheckpointError(f"The metadata of {path} is damaged.") from None
-    if epoch not in ("best", "last", state["epoch"]):
-        raise CheckpointError(f"{folder} is an exported model of epoch {state['epoch']} only; leave out --checkpoint.")
-    try:
-        config = Config.from_dict(json.loads(config_path.read_text()))
-    except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
-        detail = str(e).splitlines()[0] if str(e) else repr(e)
-        raise CheckpointError(f"{config_path} is damaged ({detail}); it describes the model the weights belong to.") \
-            from None
-    vae = build_vae(config)
-    try:
-        vae.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit the model {config_path} describes: {mismatch_detail(e)}") from None
-    return config, vae.to(device).eval(), state
 
 
 def export(run_dir, folder, checkpoint: Union[str, int] = "best", overwrite: bool = False) -> Path:
@@ -112,8 +37,6 @@ def export(run_dir, folder, checkpoint: Union[str, int] = "best", overwrite: boo
     """
     from safetensors.torch import save as save_tensors
 
-    from pyrovae.run import CHECKPOINT, METRICS, best_epoch, load_run
-    from pyrovae.train import EpochMetrics
 
     folder, run_dir = Path(folder), Path(run_dir)
     config, vae, state = load_run(run_dir, "cpu", checkpoint)

@@ -20,7 +20,7 @@ from pyrovae.analysis import (ACTIVITY_THRESHOLD, RunView, active_units, describ
 from pyrovae.checkpoint import atomic_write
 from pyrovae.data import spread_subset
 from pyrovae.errors import ConfigError
-from pyrovae.run import GRID_PADDING
+from pyrovae.grids import GRID_PADDING
 
 __all__ = ["PLOTS", "kinds_for", "figure_formats", "save_figure", "plot_curves", "plot_reconstructions", "plot_samples",
            "plot_evolution", "plot_latent", "plot_manifold", "plot_interpolate", "plot_kl", "plot_styles"]

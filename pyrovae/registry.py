@@ -5,12 +5,14 @@ through here, and an unknown name is answered with the list of valid ones. The t
 import nothing heavy, so the command line can list the names without loading torch.
 """
 
+import importlib
+
 from pyrovae.config import DATASETS, INITS, OPTIMIZERS, Config
 from pyrovae.errors import ConfigError
 
 __all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "OPTIMIZERS", "INITS", "NETS",
            "ACTIVATION_NAMES", "LOGGERS", "lookup", "model_family", "build_vae", "build_elbo", "build_optimizer",
-           "build_loggers"]
+           "build_loggers", "resolve"]
 
 
 def _bernoulli(c: Config):
@@ -148,32 +150,21 @@ GUIDES = {"diag_normal": _diag_normal, "lowrank": _lowrank, "iaf": _iaf, "catego
 PRIORS = {"standard_normal": _standard_normal, "vamp": _vamp, "categorical": _categorical_prior}
 
 
-def _plain_family():
-    from pyrovae.vae import VAE
-
-    return VAE
-
-
-def _m2_family():
-    from pyrovae.m2 import M2VAE
-
-    return M2VAE
+def resolve(target: str):
+    """The object a ``"module:attribute"`` target names, imported when first asked for: the
+    tables below name what they build without importing it (nor anything it imports)."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 # Each model family is a VAE class that builds itself from a Config and says what it needs.
-MODELS = {"vae": _plain_family, "m2": _m2_family}
+MODELS = {"vae": "pyrovae.vae:VAE", "m2": "pyrovae.m2:M2VAE"}
 ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
 ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 
 
-def _tensorboard():
-    from pyrovae.tracking import TensorBoardLogger
-
-    return TensorBoardLogger()
-
-
 # Where a run's progress is logged besides its own files (pyrovae.tracking).
-LOGGERS = {"tensorboard": _tensorboard}
+LOGGERS = {"tensorboard": "pyrovae.tracking:TensorBoardLogger"}
 
 
 def lookup(table: dict, kind: str, name: str):
@@ -225,12 +216,12 @@ def _build_vae(config: Config, init_images):
 def build_loggers(names) -> list:
     """The :class:`~pyrovae.tracking.RunLogger` of each name (``--log``), each once; a missing
     package is a :class:`ConfigError` here, before anything is written."""
-    return [lookup(LOGGERS, "logger", name)() for name in dict.fromkeys(names or ())]
+    return [resolve(lookup(LOGGERS, "logger", name))() for name in dict.fromkeys(names or ())]
 
 
 def model_family(config: Config):
     """The VAE class of ``config.model`` (``VAE``, ``M2VAE``)."""
-    return lookup(MODELS, "model", config.model)()
+    return resolve(lookup(MODELS, "model", config.model))
 
 
 def build_elbo(config: Config):

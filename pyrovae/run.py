@@ -1,6 +1,6 @@
-"""Run directories: what a training run writes, and how a run is rebuilt to resume or evaluate.
+"""Training runs: writing a run directory epoch by epoch, and resuming one where it stopped.
 
-A run directory holds::
+The layout of a run directory, and reading it back, is :mod:`pyrovae.rundir`. It holds::
 
     config.json                     the Config, including the data set actually used
     metrics.jsonl                   one EpochMetrics per line
@@ -23,46 +23,38 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
-from pyrovae.checkpoint import atomic_write, load_checkpoint, mismatch_detail, save_checkpoint
+from pyrovae.checkpoint import atomic_write, save_checkpoint
 from pyrovae.config import Config
 from pyrovae.data import MNIST_FAMILY, ImageData, load_data, spread_subset
 from pyrovae.distributed import Distributed
 from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageError, describe_os_error
 from pyrovae.evaluation import eval_mode
-from pyrovae.exported import is_exported, load_exported
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
 from pyrovae.registry import build_elbo, build_optimizer, build_vae, model_family
 from pyrovae.tracking import TENSORBOARD_DIR, RunLogger
-from pyrovae.train import EpochMetrics, Trainer, watching
+from pyrovae.devices import resolve_device
+from pyrovae.grids import save_grid
+from pyrovae.metrics import EpochMetrics
+from pyrovae.rundir import (BEST, CHECKPOINT, CHECKPOINTS, CONFIG, METRICS, RECONSTRUCTIONS, SAMPLES,
+                            RunRecoveryWarning, _absolute_paths, _kept_path, best_epoch, full_history, is_exported,
+                            kept_epochs, load_run, with_data_dir)
+from pyrovae.train import Trainer, watching
 from pyrovae.vae import VAE
 
 __all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "kept_epochs", "best_epoch",
            "stopped_early", "plateaus", "learning_rate", "full_history",
            "check_against_data", "with_data_dir", "resolve_device", "default_run_dir", "save_grid"]
 
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINTS = "checkpoints"
-BEST = "best.pt"
-SAMPLES = "samples"
-RECONSTRUCTIONS = "reconstructions"
 # Everything a run writes; --overwrite removes exactly these and nothing else.
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, CHECKPOINTS, BEST, SAMPLES, RECONSTRUCTIONS, TENSORBOARD_DIR)
 NUM_PICTURES = 64
 EVOLUTION_IMAGES = 16  # of each epoch's samples, kept as tensors for the evolution figure
-GRID_PADDING = 2  # pixels between the images of a saved grid
-
-
-class RunRecoveryWarning(UserWarning):
-    """A run's files were incomplete or damaged, and pyrovae carried on from what is intact."""
 
 
 @dataclass
@@ -81,12 +73,6 @@ class RunResult:
     def stopped_early(self) -> bool:
         """Whether early stopping ended the run before its last epoch (``--patience``)."""
         return stopped_early(self.history, self.config)
-
-
-def best_epoch(history: List[EpochMetrics]) -> Optional[int]:
-    """The first epoch with the highest validation ELBO, or None when none was measured."""
-    scored = [m for m in history if m.validation_elbo is not None and math.isfinite(m.validation_elbo)]
-    return max(scored, key=lambda m: (m.validation_elbo, -m.epoch)).epoch if scored else None
 
 
 def stopped_early(history: List[EpochMetrics], config: Config) -> bool:
@@ -124,39 +110,9 @@ def learning_rate(history: List[EpochMetrics], config: Config) -> float:
     return config.lr * config.lr_drop_factor ** len(plateaus(history, config)[0])
 
 
-def resolve_device(device: Optional[str] = None, cuda: bool = False) -> torch.device:
-    """The torch device for ``--device``/``--cuda``, or a :class:`ConfigError` if it is not there."""
-    name = "cuda" if cuda and not device else (device or "cpu")
-    try:
-        resolved = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"CUDA was requested ({name}) but no CUDA device is available on this machine.")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ConfigError(f"{name} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
-    elif resolved.type != "cpu":
-        raise ConfigError(f"Device {name!r} is not supported; use cpu, cuda or cuda:N.")
-    return resolved
-
-
 def default_run_dir(config: Config, root="runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(root) / f"{config.dataset}-z{config.latent_dim}-{config.likelihood}-{stamp}"
-
-
-def save_grid(images: torch.Tensor, path, nrow: int = 8) -> torch.Tensor:
-    """Save images in [0, 1] as one grid, in the format the file name says (written atomically).
-
-    :returns: the grid, ``(C, H, W)``.
-    """
-    from PIL import Image
-
-    grid = make_grid(images.detach().cpu(), nrow=nrow, padding=GRID_PADDING, pad_value=1.0)
-    image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write(path, lambda f: save_image(grid, f, format=image_format))
-    return grid
 
 
 def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, epoch: int) -> Dict[str, torch.Tensor]:
@@ -216,117 +172,6 @@ def _remove_run_files(run_dir: Path, names) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     except OSError as e:
         raise StorageError(f"Cannot replace the run in {run_dir}: {describe_os_error(e)}.") from None
-
-
-def _kept_path(run_dir: Path, epoch: int) -> Path:
-    return run_dir / CHECKPOINTS / f"epoch_{epoch:04d}.pt"
-
-
-def _load_state(run_dir: Path, epoch: Union[int, str]) -> Tuple[Path, dict]:
-    """The checkpoint to load and its state: ``"last"`` the newest (``checkpoint.pt``),
-    ``"best"`` the best-validation one (``best.pt``, else the newest), or the one kept at the
-    end of epoch ``epoch`` (``--keep-checkpoints``).
-
-    :raises CheckpointError: naming the epochs that are kept, when ``epoch`` is not one of them.
-    """
-    newest = run_dir / CHECKPOINT
-    if epoch == "best" and (run_dir / BEST).is_file():
-        return run_dir / BEST, load_checkpoint(run_dir / BEST)
-    if epoch in ("best", "last"):
-        if not newest.is_file() and (run_dir / CONFIG).is_file():
-            raise CheckpointError(f"Run {run_dir} has no checkpoint ({CHECKPOINT}): it stopped before saving one, or "
-                                  f"the file was removed; pyrovae train --resume {run_dir} starts it again.")
-        return newest, load_checkpoint(newest)
-    if not isinstance(epoch, int) or isinstance(epoch, bool):
-        raise ConfigError(f"Unknown checkpoint {epoch!r}; use 'best', 'last' or an epoch number.")
-    if _kept_path(run_dir, epoch).is_file():
-        return _kept_path(run_dir, epoch), load_checkpoint(_kept_path(run_dir, epoch))
-    for path in (newest, run_dir / BEST):  # with --keep-checkpoints 1 an epoch may live on only here
-        try:
-            state = load_checkpoint(path) if path.is_file() else {}
-            if state.get("epoch") == epoch and not state.get("step"):
-                return path, state
-        except CheckpointError:  # a missing or damaged checkpoint is no epoch's
-            pass
-    epochs = kept_epochs(run_dir)
-    have = (f"the kept ones are of epochs {', '.join(map(str, epochs))}" if epochs else
-            "it keeps only its newest (train with --keep-checkpoints N to keep more)")
-    raise CheckpointError(f"Run {run_dir} has no checkpoint of epoch {epoch}; {have}.")
-
-
-def full_history(run_dir, state: dict) -> List[EpochMetrics]:
-    """The metrics of every epoch of the run whose checkpoint ``state`` is: those of its
-    newest checkpoint when ``state`` is an earlier one (``best.pt``, a kept epoch)."""
-    history, run_dir = state["history"], Path(run_dir)
-    earlier_kept = (run_dir / BEST).is_file() or kept_epochs(run_dir)  # else ``state`` is the newest
-    if earlier_kept and (run_dir / CHECKPOINT).is_file():
-        try:
-            newest = load_checkpoint(run_dir / CHECKPOINT)["history"]
-            if len(newest) > len(history):
-                history = newest
-        except (CheckpointError, KeyError, TypeError):
-            pass  # the loaded checkpoint's own metrics are still true
-    return [EpochMetrics(**m) for m in history]
-
-
-def kept_epochs(run_dir) -> List[int]:
-    """The epochs whose end-of-epoch checkpoints ``run_dir`` keeps in ``checkpoints/``."""
-    folder = Path(run_dir) / CHECKPOINTS
-    epochs = []
-    for path in folder.glob("epoch_*.pt") if folder.is_dir() else ():
-        try:
-            epochs.append(int(path.stem.split("_")[1]))
-        except (IndexError, ValueError):
-            continue
-    return sorted(epochs)
-
-
-def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Config, VAE, dict]:
-    """Rebuild a run's model from its checkpoint (or a model written by ``pyrovae export``),
-    on ``device``.
-
-    :param epoch: ``"best"``: the epoch with the best validation ELBO of a run trained with
-        ``--validation-size`` (``best.pt``), else the newest; ``"last"``: the newest
-        (``checkpoint.pt``); a number: the checkpoint kept at the end of that epoch
-        (``--keep-checkpoints``).
-    :returns: the config, the VAE (in eval mode) and the raw checkpoint state.
-    :raises CheckpointError: if the directory, its config or its checkpoint is missing,
-        unsafe, corrupt, or describes a different model.
-    """
-    epoch = "best" if epoch is None else epoch
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"Run directory {run_dir} does not exist.")
-    if is_exported(run_dir):
-        return load_exported(run_dir, device, epoch)
-    path, state = _load_state(run_dir, epoch)
-    try:
-        config = Config.from_dict(state["config"])
-    except (KeyError, TypeError, ConfigError) as e:
-        raise CheckpointError(f"Checkpoint {path} holds no valid configuration ({e}).") from None
-    config_path = run_dir / CONFIG
-    if config_path.is_file():
-        try:
-            on_disk = Config.from_dict(json.loads(config_path.read_text()))
-        except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
-            # The checkpoint holds the whole configuration; resuming writes config.json again.
-            warnings.warn(RunRecoveryWarning(f"{config_path} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
-                                             f"using the configuration saved in {path}."), stacklevel=2)
-            on_disk = config
-        if on_disk.model_signature() != config.model_signature():
-            diff = [f"{k} {v} vs {config.model_signature()[k]}"
-                    for k, v in on_disk.model_signature().items() if v != config.model_signature()[k]]
-            raise CheckpointError(
-                f"Checkpoint {path} is from another model than {config_path} describes "
-                f"({'; '.join(diff)}); if {CONFIG} was edited, delete it: the checkpoint holds the run's "
-                "configuration, and resuming writes it again."
-            )
-    vae = build_vae(config)
-    try:
-        vae.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"Checkpoint {path} does not fit the model of its config: {mismatch_detail(e)}") from None
-    return config, vae.to(device).eval(), state
 
 
 def train_run(
@@ -505,23 +350,6 @@ def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Co
     warnings.warn(RunRecoveryWarning(f"Run {run_dir} stopped before its first checkpoint; starting it again from "
                                      f"its {CONFIG}."), stacklevel=2)
     return config.replace(num_epochs=num_epochs).validate() if num_epochs is not None else config
-
-
-def with_data_dir(config: Config, data_dir, run_dir) -> Config:
-    """A run's config with its named data set looked for in ``data_dir`` (where it has moved);
-    the config itself when ``data_dir`` is None."""
-    if data_dir is None:
-        return config
-    if config.data:
-        raise ConfigError(f"--data-dir finds the named data sets; {run_dir} was trained on images from {config.data}.")
-    return _absolute_paths(config.replace(data_dir=data_dir))
-
-
-def _absolute_paths(config: Config) -> Config:
-    """The config with its data paths made absolute, so the run finds them from anywhere."""
-    paths = {name: str(Path(getattr(config, name)).expanduser().resolve())
-             for name in ("data", "test_data", "data_dir") if getattr(config, name)}
-    return config.replace(**paths)
 
 
 def default_likelihood(data: ImageData, named: bool = True) -> str:

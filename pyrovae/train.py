@@ -17,7 +17,6 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence
 
 import pyro
@@ -27,46 +26,19 @@ from tqdm.auto import tqdm
 
 from pyrovae._pyro import direct_call
 from pyrovae.checkpoint import get_rng_state, set_rng_state
-from pyrovae.data import ImageData, binarize
+from pyrovae.data import TEST_BINARIZATION_SEED, ImageData, binarize, prepare_test_images
 from pyrovae.distributed import Distributed, ShardedSampling
 from pyrovae.errors import ConfigError, DataError, NumericalError
 from pyrovae.evaluation import ELBOTerms, elbo_terms
+from pyrovae.metrics import EpochMetrics
 from pyrovae.objectives import LatentScale, kl_weight
 from pyrovae.vae import VAE
 
 __all__ = ["EpochMetrics", "Trainer", "Callback", "ProgressBar", "KLWeight", "Annealing", "FiniteCheck",
            "StopRequest", "adam", "AdamNormGrad", "fit", "direct_call", "watching", "TEST_BINARIZATION_SEED"]
 
-# The binary test set is drawn once with this seed, so that every model, whatever its own
-# training seed, is scored on the same images, as the published benchmarks do (docs/likelihoods.md).
-TEST_BINARIZATION_SEED = 0
 # Progress refreshes per epoch; each costs one host-device sync.
 REFRESHES_PER_EPOCH = 50
-
-
-@dataclass
-class EpochMetrics:
-    """One line of ``metrics.jsonl``: per-image nats, and the seconds spent training.
-
-    ``train_elbo`` is minus the training objective per image of the epoch: the ELBO itself
-    unless a KL weight (warm-up, beta) or extra terms (M2's classifier) are part of the
-    objective. The test and validation figures are always the unweighted ELBO (and its two
-    terms); they are NaN for a guide that cannot encode new images (a non-amortized one), and
-    ``validation_elbo`` is None without a validation set. ``lr`` is the learning rate the
-    epoch trained with (None in the history of runs from before it was recorded).
-    """
-
-    epoch: int
-    train_elbo: float
-    test_elbo: float
-    test_reconstruction: float
-    test_kl: float
-    seconds: float
-    validation_elbo: Optional[float] = None
-    lr: Optional[float] = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Callback:
@@ -221,11 +193,6 @@ def takes_subsample(guide) -> bool:
 def watching() -> bool:
     """Whether a person watches this process's output: stderr is a terminal, or a notebook runs it."""
     return sys.stderr.isatty() or "ipykernel" in sys.modules
-
-
-def prepare_test_images(images: torch.Tensor, binary: bool) -> torch.Tensor:
-    """The test images a model is scored on: binarized once, reproducibly, for binary likelihoods."""
-    return binarize(images, seed=TEST_BINARIZATION_SEED) if binary else images
 
 
 class Trainer:
