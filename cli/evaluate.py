@@ -1,7 +1,6 @@
 """``pyrovae evaluate``: test ELBO and importance-sampled log-likelihood of a run."""
 
 import json
-import math
 
 import click
 
@@ -62,12 +61,14 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epo
     click.echo(f"  ELBO                 {result.elbo:10.2f}")
     click.echo(f"    reconstruction     {result.reconstruction:10.2f}")
     click.echo(f"    KL                 {result.kl:10.2f}")
-    click.echo(f"  log p(x), k={num_samples:<7d} {result.log_likelihood:10.2f}")
+    click.echo(f"  {result.likelihood_name}, k={num_samples:<7d} {result.log_likelihood:10.2f}")
     if result.bits_per_dim is not None:
-        click.echo(f"  bits per dimension   {result.bits_per_dim:10.4f}  (-log2 p(x) / {math.prod(config.image_shape)} "
-                   "pixel values)")
+        scored = vae.scored_values(config.image_shape)
+        click.echo(f"  bits per dimension   {result.bits_per_dim:10.4f}  (-log2 of it / {scored} pixel values)")
     else:
         click.echo(f"  bits per dimension          n/a  ({config.likelihood} is a density, not a probability of "
                    "the 8-bit image)")
     if result.accuracy is not None:
         click.echo(f"  classifier accuracy  {100 * result.accuracy:9.2f}%  (q(y|x) on the test labels)")
+    for name, value in result.extra.items():
+        click.echo(f"  {name}  {value:10.2f}")

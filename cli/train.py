@@ -17,7 +17,8 @@ from pyrovae.cli.options import (EXIT_STATUSES, Choice, HiddenDims, LabelCount, 
 from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, LOGGERS, MODELS, NETS, PRIORS
 
 # Options that define the model or its data; they cannot change when a run is resumed.
-FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model", "labels",
+FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model",
+                   "visible_quadrants", "labels",
                    "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net",
                    "activation", "init", "conv_channels", "likelihood", "likelihood_scale", "guide", "logvar_range",
                    "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta", "batch_size",
@@ -43,7 +44,10 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
               help="adam; or adamnormgrad: Adam on each weight tensor's gradient divided by its norm, the "
                    "optimizer of Tomczak & Welling's VampPrior code.")
 @click.option("--model", type=Choice(list(MODELS)), default="vae", show_default=True,
-              help="vae; or m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014).")
+              help="vae; m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014); cvae: the "
+                   "conditional VAE that completes an image from its visible part (Sohn et al. 2015).")
+@click.option("--visible-quadrants", type=click.IntRange(1, 3), default=1, show_default=True,
+              help="--model cvae: quadrants it sees (top-left, top-right, bottom-left in turn); it completes the rest.")
 @click.option("--labels", type=LabelCount(), default="all", show_default=True,
               help="--model m2: how many training labels it sees, balanced over classes, or 'all'.")
 @click.option("--classifier-weight", type=click.FloatRange(min=0), default=50.0, show_default=True,
@@ -144,11 +148,12 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
 @json_option
 @device_options
 @click.pass_context
-def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classifier_weight, categories, temperature,
-          min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, init, conv_channels,
-          mixtures, guide, logvar_range, rank, flows, prior, pseudo_inputs, elbo, particles, warmup, beta, dataset,
-          data_dir, data, test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite, resume, seed,
-          keep_checkpoints, validation_size, patience, lr_drops, lr_drop_factor, log, as_json, cuda, device):
+def train(ctx, config, epochs, batch_size, lr, optimizer, model, visible_quadrants, labels, classifier_weight,
+          categories, temperature, min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, init,
+          conv_channels, mixtures, guide, logvar_range, rank, flows, prior, pseudo_inputs, elbo, particles, warmup,
+          beta, dataset, data_dir, data, test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite,
+          resume, seed, keep_checkpoints, validation_size, patience, lr_drops, lr_drop_factor, log, as_json, cuda,
+          device):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
@@ -184,7 +189,8 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, labels, classif
         if launched_by_torchrun():
             distributed, device = Distributed.from_env(device)
         _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, loggers, as_json, Config(
-            model=model, num_labels=labels, classifier_weight=classifier_weight, num_categories=categories,
+            model=model, visible_quadrants=visible_quadrants, num_labels=labels, classifier_weight=classifier_weight,
+            num_categories=categories,
             temperature=temperature, min_temperature=min_temperature, latent_dim=z_dim, hidden_dims=hidden, net=net,
             activation=activation, init=init, conv_channels=conv_channels, likelihood=likelihood,
             likelihood_scale=likelihood_scale, mixture_components=mixtures, data=data, test_data=test_data,

@@ -44,6 +44,7 @@ class Config:
     temperature: float = 1.0  # Gumbel-softmax temperature of the first epoch ...
     min_temperature: float = 0.5  # ... falling by exp(-0.2) an epoch to this
     num_labels: Optional[int] = None  # M2: labelled training images, balanced over classes; None = all
+    visible_quadrants: int = 1  # CVAE: quadrants it sees (top-left, top-right, bottom-left); the rest it completes
     class_names: Optional[Tuple[str, ...]] = None  # the data's classes, label i named class_names[i] (M2 takes them)
     classifier_weight: float = 50.0  # M2: weight of the classifier's cross-entropy per labelled image
     warmup_epochs: float = 0  # KL weight rises linearly from 0 to beta over this many epochs (Sonderby et al.)
@@ -76,7 +77,9 @@ class Config:
             self.class_names = tuple(str(name) for name in self.class_names)
 
     def validate(self) -> "Config":
-        """Raise :class:`ConfigError` with one sentence for the first impossible value."""
+        """Raise :class:`ConfigError` with one sentence for the first impossible value. The
+        rules of a model family (``--model``) are its own: :func:`pyrovae.registry.validate`
+        checks both."""
         checks = [
             (self.latent_dim >= 1, f"--z-dim must be at least 1, got {self.latent_dim}."),
             (len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1,
@@ -103,9 +106,8 @@ class Config:
             (self.logvar_range is None or (len(self.logvar_range) == 2 and all(map(math.isfinite, self.logvar_range))
                                            and self.logvar_range[0] < self.logvar_range[1]),
              f"--logvar-range needs two finite numbers LO,HI with LO < HI, got {self.logvar_range}."),
-            (self.logvar_range is None or (self.model == "vae" and self.guide in ("diag_normal", "lowrank", "iaf")),
-             "--logvar-range clips a Normal guide's log-variance; use it with --guide diag_normal, lowrank or iaf "
-             "and --model vae."),
+            (self.logvar_range is None or self.guide in ("diag_normal", "lowrank", "iaf"),
+             "--logvar-range clips a Normal guide's log-variance; use it with --guide diag_normal, lowrank or iaf."),
             (self.rank >= 1, f"--rank must be at least 1, got {self.rank}."),
             (self.num_flows >= 1, f"--flows must be at least 1, got {self.num_flows}."),
             (self.num_pseudo_inputs >= 1, f"--pseudo-inputs must be at least 1, got {self.num_pseudo_inputs}."),
@@ -119,12 +121,6 @@ class Config:
              "--prior vamp mixes the guide's Normal posteriors; use it with --guide diag_normal or lowrank, not iaf."),
             (math.isfinite(self.likelihood_scale) and self.likelihood_scale > 0,
              f"--likelihood-scale must be a positive number, got {self.likelihood_scale}."),
-            (self.model in ("vae", "m2"), f"Unknown model {self.model!r}; choose one of: vae, m2."),
-            (self.model != "m2" or (self.guide, self.prior, self.net, self.elbo)
-             == ("diag_normal", "standard_normal", "mlp", "trace"),
-             "--model m2 has its own guide, prior, MLP networks and enumerated ELBO; "
-             "leave --guide, --prior, --net and --elbo at their defaults."),
-            (self.num_labels is None or self.model == "m2", "--labels only applies to --model m2."),
             (self.num_labels is None or self.num_labels >= 1, f"--labels must be at least 1, got {self.num_labels}."),
             (math.isfinite(self.classifier_weight) and self.classifier_weight >= 0,
              f"--classifier-weight must be zero or more, got {self.classifier_weight}."),
@@ -163,7 +159,7 @@ class Config:
     # The options that define the model (its shape, and what its outputs mean): a checkpoint fits
     # only a model with these.
     MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels",
-                    "likelihood", "mixture_components", "guide", "logvar_range", "class_names",
+                    "likelihood", "mixture_components", "guide", "logvar_range", "class_names", "visible_quadrants",
                     "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
 
     def model_signature(self) -> dict:

@@ -7,8 +7,8 @@ same model scores the same on every call and training's random stream is left un
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, field
+from typing import Dict, Optional
 
 import torch
 
@@ -48,6 +48,10 @@ class EvalResult:
     # -log2 p(x) per pixel value, for a likelihood that gives probabilities of the exact pixel
     # values (Bernoulli on binarized, discretized logistic on 8-bit images); None for densities.
     bits_per_dim: Optional[float] = None
+    # What log_likelihood is of ("log p(x)"; a conditional VAE's "log p(hidden | visible)"),
+    # and the model family's own further scores by name (a CVAE's baseline).
+    likelihood_name: str = "log p(x)"
+    extra: Dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +100,7 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
     device = vae.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     with _seeded(seed, device), eval_mode(vae):
-        p = vae.prior()
+        p = vae.prior_once()
         for x in images.split(batch_size):
             reconstruction, kl = vae.elbo_parts(x.to(device, vae.dtype, non_blocking=True), p)
             totals += torch.stack([reconstruction.sum(), kl.sum()]).double()
@@ -106,7 +110,7 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
 
 def _row_cost(vae: VAE) -> int:
     """Decoder rows each (image, sample) pair costs, relative to a plain VAE with a Normal prior."""
-    return getattr(vae, "row_cost", 1) * getattr(vae.prior, "row_cost", 1)
+    return vae.row_cost * getattr(vae.prior, "row_cost", 1)
 
 
 @torch.no_grad()
@@ -132,7 +136,7 @@ def log_likelihood(
     samples_per_chunk = min(num_samples, max(1, max_rows // images_per_chunk))
     total = torch.zeros((), dtype=torch.float64, device=device)
     with _seeded(seed, device), eval_mode(vae):
-        p = vae.prior()  # the same for every image: built once (the VampPrior encodes its pseudo-inputs)
+        p = vae.prior_once()  # the same for every image: built once (the VampPrior encodes its pseudo-inputs)
         for x in images.split(images_per_chunk):
             x = x.to(device, vae.dtype, non_blocking=True)
             total += vae.log_marginal(x, p, num_samples, samples_per_chunk).double().sum()
@@ -149,10 +153,12 @@ def evaluate(
     classifier's accuracy on ``labels`` for a model with classes."""
     terms = elbo_terms(vae, images, seed=seed)
     ll = log_likelihood(vae, images, num_samples, seed=seed, progress=progress)
-    accuracy = vae.accuracy(images, labels) if labels is not None and hasattr(vae, "accuracy") else None
-    bits = bits_per_dim(ll, images.shape[1:]) if getattr(vae.likelihood, "discrete", False) else None
+    extra = vae.extra_scores(images, labels)
+    accuracy = extra.pop("accuracy", None)
+    scored = vae.scored_values(images.shape[1:])
+    bits = -ll / (scored * math.log(2)) if getattr(vae.likelihood, "discrete", False) else None
     return EvalResult(terms.elbo, terms.reconstruction, terms.kl, ll, num_samples, len(images), dataset, accuracy,
-                      bits)
+                      bits, vae.likelihood_name, extra)
 
 
 def bits_per_dim(log_likelihood: float, image_shape) -> float:

@@ -47,8 +47,9 @@ class AmortizedGuide(PyroModule):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, num_images: Optional[int] = None, *, size: Optional[int] = None,
-                subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Sample site ``"z"`` from q(z|x); takes the model's arguments (:class:`~pyrovae.vae.VAEModel`)."""
+                subsample: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Sample site ``"z"`` from q(z|x); takes the model's arguments (:class:`~pyrovae.vae.VAEModel`;
+        a pixel ``mask`` only changes what the model scores)."""
         with guide_plate(x, num_images, size=size, subsample=subsample):
             return pyro.sample("z", self.distribution(x))
 

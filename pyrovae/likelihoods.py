@@ -19,6 +19,7 @@ from torch.distributions import constraints
 from pyrovae.errors import DataError
 
 __all__ = [
+    "score_pixels",
     "Likelihood",
     "BernoulliLikelihood",
     "GaussianLikelihood",
@@ -261,3 +262,15 @@ class DiscretizedLogisticMixtureLikelihood(_EightBitLikelihood):
         logits, loc, log_scale = out.unflatten(-3, (3, self.num_components, -1)).movedim(-4, -1).unbind(-5)
         components = DiscretizedLogistic(*_logistic_parameters(loc, log_scale))
         return dist.MixtureSameFamily(dist.Categorical(logits=logits), components).to_event(IMAGE_EVENT_DIM)
+
+
+def score_pixels(distribution: dist.TorchDistribution, mask: torch.Tensor) -> dist.TorchDistribution:
+    """p(x|z) that scores only the pixels where ``mask`` is True (a per-pixel mask broadcast
+    against the images, ``(C, H, W)`` or ``(N, C, H, W)``): the image's log-probability is
+    the sum over those pixels. ``poutine.mask`` masks whole images (the batch dimensions);
+    this masks inside one. Samples still draw every pixel.
+    """
+    if not isinstance(distribution, dist.Independent):
+        raise TypeError(f"score_pixels needs a likelihood whose image is an Independent event (pyrovae's are), "
+                        f"not {type(distribution).__name__}.")
+    return dist.Independent(distribution.base_dist.mask(mask), distribution.reinterpreted_batch_ndims)

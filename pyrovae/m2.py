@@ -223,6 +223,39 @@ class M2VAE(VAE):
 
     name_prefix = "m2"
     skipped_figures = frozenset({"manifold", "interpolate"})  # they decode z without a class
+    # Only z: the class is summed out exactly, and weighting its log-probabilities would
+    # reweight that sum (q(y|x) is its weights), not only its KL.
+    latent_sites = ("z",)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if (config.guide, config.prior, config.net, config.elbo) != ("diag_normal", "standard_normal", "mlp", "trace"):
+            raise ConfigError("--model m2 has its own guide, prior, MLP networks and enumerated ELBO; "
+                              "leave --guide, --prior, --net and --elbo at their defaults.")
+        if config.logvar_range is not None:
+            raise ConfigError("--logvar-range clips the plain VAE's guide; --model m2 has its own.")
+        if config.visible_quadrants != 1:
+            raise ConfigError("--visible-quadrants applies to a conditional model (--model cvae).")
+
+    def batch_source(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """Images and their labels (-1 where hidden). When only some are known, each step also
+        scores as many images again, drawn with replacement from the labelled ones, so that
+        some labels are seen every step: over an epoch this weights each labelled image about
+        N / N_labelled times more than the written M2 objective does (docs/m2.md)."""
+        if labels is None:
+            raise ConfigError("M2 trains on class labels (-1 where hidden); pass labels.")
+        labels = labels.to(images.device)
+        labelled = torch.nonzero(labels >= 0).flatten()
+        if not len(labelled):
+            raise ConfigError("A model with classes needs at least one labelled training image.")
+        if len(labelled) == len(labels):
+            return lambda index: (images[index], labels[index])
+
+        def batch(index):
+            pick = labelled[torch.randint(len(labelled), (len(index),), device=index.device)]
+            return torch.cat([images[index], images[pick]]), torch.cat([labels[index], labels[pick]])
+
+        return batch
 
     @classmethod
     def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "M2VAE":
@@ -315,13 +348,14 @@ class M2VAE(VAE):
         show every class and draw nothing from the training random stream."""
         return (torch.arange(z.shape[:-1].numel(), device=z.device) % self.num_classes).view(z.shape[:-1])
 
-    @torch.no_grad()
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None):
-        """p(x|z,y); ``y`` are class indices, the classes in turn when None."""
+        """p(x|z,y); ``y`` are class indices, the classes in turn when None (gradients as for
+        :meth:`VAE.encode <pyrovae.vae.VAE.encode>`)."""
         z = self._check_codes(z)
         if y is None:
             y = self._cycle(z)
-        return self.likelihood(self.model.decoder_output(z, y))
+        with torch.set_grad_enabled(self._wants_gradients(z)):
+            return self.likelihood(self.model.decoder_output(z, y))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -363,18 +397,18 @@ class M2VAE(VAE):
         kl = (weights * kl_z).sum(0) + torch.distributions.kl_divergence(qy, self.model.class_prior())
         return (weights * reconstruction).sum(0), kl
 
-    def log_marginal(self, x: torch.Tensor, p, num_samples: int, samples_per_chunk: int) -> torch.Tensor:
+    def importance_terms(self, x: torch.Tensor, p):
         """log p(x) = logsumexp_y [log p(y) + log p(x|y)], each log p(x|y) importance-sampled
-        from q(z|x,y): the sum over classes is exact."""
+        from q(z|x,y) for every class at once (a leading class dimension): the sum over classes
+        is exact."""
         y = self.all_classes()
-        qz = self.guide.distribution(x, y)
-        running = torch.full(qz.batch_shape, -math.inf, device=x.device)
-        for start in range(0, num_samples, samples_per_chunk):
-            z = qz.sample((min(samples_per_chunk, num_samples - start),))
-            log_w = p.log_prob(z) + self.likelihood(self.model.decoder_output(z, y)).log_prob(x) - qz.log_prob(z)
-            running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
         log_py = self.model.class_prior().log_prob(y)  # (K, 1)
-        return torch.logsumexp(running - math.log(num_samples) + log_py, dim=0)
+        return (self.guide.distribution(x, y),
+                lambda z: p.log_prob(z) + self.likelihood(self.model.decoder_output(z, y)).log_prob(x),
+                lambda log_px_given_y: torch.logsumexp(log_px_given_y + log_py, dim=0))
+
+    def extra_scores(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
+        return {} if labels is None else {"accuracy": self.accuracy(images, labels)}
 
     @torch.no_grad()
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:

@@ -122,8 +122,8 @@ def _continuous_code(view: RunView, kind: str) -> None:
 
 
 def _unconditional(view: RunView, kind: str) -> None:
-    if hasattr(view.vae, "num_classes"):
-        raise ConfigError(f"The {kind} figure decodes z alone, but {view.run_dir} is an M2 model that also needs "
+    if view.vae.num_classes:
+        raise ConfigError(f"The {kind} figure decodes z alone, but {view.run_dir} is a model that also needs "
                           "a class; the styles figure shows its codes for every class.")
 
 
@@ -287,7 +287,7 @@ def plot_kl(view: RunView) -> Figure:
 
 def plot_styles(view: RunView, styles: int = 10, seed: int = 0) -> Figure:
     """M2: each row one code z ~ p(z) (a handwriting style), each column one class."""
-    if not hasattr(view.vae, "num_classes"):
+    if not view.vae.num_classes:
         raise ConfigError(f"The styles figure needs a model with classes (--model m2); {view.run_dir} has none.")
     images = view.vae.styles(view.vae.fixed_latents(styles, seed))
     classes = view.vae.num_classes

@@ -12,7 +12,7 @@ from pyrovae.errors import ConfigError
 
 __all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "OPTIMIZERS", "INITS", "NETS",
            "ACTIVATION_NAMES", "LOGGERS", "lookup", "model_family", "build_vae", "build_elbo", "build_optimizer",
-           "build_loggers", "resolve"]
+           "build_loggers", "resolve", "validate"]
 
 
 def _bernoulli(c: Config):
@@ -158,7 +158,7 @@ def resolve(target: str):
 
 
 # Each model family is a VAE class that builds itself from a Config and says what it needs.
-MODELS = {"vae": "pyrovae.vae:VAE", "m2": "pyrovae.m2:M2VAE"}
+MODELS = {"vae": "pyrovae.vae:VAE", "m2": "pyrovae.m2:M2VAE", "cvae": "pyrovae.cvae:CVAE"}
 ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
 ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 
@@ -175,12 +175,20 @@ def lookup(table: dict, kind: str, name: str):
         raise ConfigError(f"Unknown {kind} {name!r}; choose one of: {', '.join(table)}.") from None
 
 
+def validate(config: Config) -> Config:
+    """``config.validate()`` and its model family's own rules (``check_config``): every
+    impossible option as one :class:`ConfigError` sentence, before anything is loaded or written."""
+    config.validate()
+    model_family(config).check_config(config)
+    return config
+
+
 def build_vae(config: Config, init_images=None):
     """Build the :class:`~pyrovae.vae.VAE` a configuration describes (on the CPU).
 
     :param init_images: training images some parts start from (the VampPrior's pseudo-inputs).
     """
-    config.validate()
+    validate(config)
     vae = _build_vae(config, init_images)
     if config.init == "he":
         from pyrovae.networks import he_init_

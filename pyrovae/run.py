@@ -36,7 +36,7 @@ from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageEr
 from pyrovae.evaluation import eval_mode
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
-from pyrovae.registry import build_elbo, build_optimizer, build_vae, model_family
+from pyrovae.registry import build_elbo, build_optimizer, build_vae, model_family, validate
 from pyrovae.tracking import TENSORBOARD_DIR, RunLogger
 from pyrovae.devices import resolve_device
 from pyrovae.grids import save_grid
@@ -118,7 +118,7 @@ def default_run_dir(config: Config, root="runs") -> Path:
 def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, epoch: int) -> Dict[str, torch.Tensor]:
     """Write the epoch's sample and reconstruction grids; returns them by name."""
     with eval_mode(vae):
-        samples = vae.sample(NUM_PICTURES, mean=True, z=vae.fixed_latents(NUM_PICTURES, config.seed))
+        samples = vae.epoch_samples(NUM_PICTURES, config.seed, trainer.test_images)
         samples_grid = save_grid(samples, run_dir / SAMPLES / f"epoch_{epoch:04d}.png")
         pixels = samples[:EVOLUTION_IMAGES].mul(255).round().to(torch.uint8).cpu()
         atomic_write(run_dir / SAMPLES / f"epoch_{epoch:04d}.pt", lambda f: torch.save(pixels, f))
@@ -213,7 +213,7 @@ def train_run(
     device = torch.device(device) if distributed.active else resolve_device(str(device))
     progress = watching() if progress is None else progress
     config = _absolute_paths(config)
-    config.validate()
+    validate(config)
     data = _main_first(distributed, device, lambda: load_data(config, fallback=fallback, progress=progress))
     config = config_for_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)

@@ -89,11 +89,12 @@ class ProgressBar(Callback):
 class KLWeight(Callback):
     """Weights the latent sites' log-densities (the KL term) by ``beta`` times a linear ramp
     from 0 to 1 over ``warmup_epochs``, updated before every step
-    (:class:`~pyrovae.objectives.LatentScale`)."""
+    (:class:`~pyrovae.objectives.LatentScale`). The trainer passes the model family's
+    ``latent_sites``, so a family with several levels of latents has every level weighted."""
 
-    def __init__(self, warmup_epochs: float = 0, beta: float = 1.0):
+    def __init__(self, warmup_epochs: float = 0, beta: float = 1.0, sites=("z",)):
         self.warmup_epochs, self.beta = warmup_epochs, beta
-        self.scale = LatentScale(1.0)
+        self.scale = LatentScale(1.0, sites)
 
     def wrap(self, model, guide):
         return self.scale(model), self.scale(guide)
@@ -215,10 +216,8 @@ class Trainer:
         many epochs, step by step (:class:`KLWeight`).
     :param beta: the KL term's final weight (1: the ELBO; > 1: a beta-VAE).
     :param labels: for a model with classes (M2): the training labels, -1 where hidden
-        (default: all of ``data.train_labels``). When only some are known, each step also
-        scores a batch of the same size drawn with replacement from the labelled images, so
-        that some labels are seen every step; over an epoch this weights each labelled image
-        about N / N_labelled times more than the written M2 objective does (docs/m2.md).
+        (default: all of ``data.train_labels``); the family decides how batches use them
+        (:meth:`M2VAE.batch_source <pyrovae.m2.M2VAE.batch_source>`).
     :param callbacks: more :class:`Callback` objects, run after the built-in ones.
     """
 
@@ -260,15 +259,7 @@ class Trainer:
         self.test_images = prepare_test_images(data.test_images, self.binary).to(device, dtype)
         self.validation_images = (None if data.validation_images is None else
                                   prepare_test_images(data.validation_images, self.binary).to(device, dtype))
-        self.labels = self.labelled = None
-        if getattr(vae, "num_classes", None):
-            labels = data.train_labels if labels is None else labels
-            self.labels = labels.to(device)
-            labelled = torch.nonzero(self.labels >= 0).flatten()
-            if not len(labelled):
-                raise ConfigError("A model with classes needs at least one labelled training image.")
-            if len(labelled) < len(self.labels):
-                self.labelled = labelled
+        self._batches = vae.batch_source(self.train_images, data.train_labels if labels is None else labels)
         self.elbo = elbo or vae.default_elbo()
         self.optimizer = optimizer or adam(vae.parameters(), lr)
         # pyrovae's own guides are called directly (direct_call); any other guide as Pyro
@@ -279,7 +270,7 @@ class Trainer:
         self.subsampled = not self.amortized and takes_subsample(vae.guide)
         self.callbacks = [FiniteCheck(), Annealing()]
         if warmup_epochs > 0 or beta != 1:
-            self.callbacks.append(KLWeight(warmup_epochs, beta))
+            self.callbacks.append(KLWeight(warmup_epochs, beta, sites=vae.latent_sites))
         self.callbacks += list(callbacks)
         self.epoch = 0  # completed epochs
         self.step = 0  # completed steps of the current epoch
@@ -409,16 +400,11 @@ class Trainer:
                                                                  device)
 
     def batch(self, index: torch.Tensor):
-        """The model's arguments for the training images at ``index``: the images (binarized
-        afresh for a binary likelihood) and, for a model with classes, their labels."""
-        x = self.train_images[index]
-        if self.labels is None:
-            return (binarize(x) if self.binary else x,)
-        y = self.labels[index]
-        if self.labelled is not None:  # few labels: a labelled batch every step
-            pick = self.labelled[torch.randint(len(self.labelled), (len(index),), device=index.device)]
-            x, y = torch.cat([x, self.train_images[pick]]), torch.cat([y, self.labels[pick]])
-        return (binarize(x) if self.binary else x, y)
+        """The model's arguments for the training images at ``index``, as the model family
+        makes them (:meth:`VAE.batch_source <pyrovae.vae.VAE.batch_source>`), with the images
+        binarized afresh for a binary likelihood."""
+        x, *rest = self._batches(index)
+        return (binarize(x) if self.binary else x, *rest)
 
     def _train_step(self, model, guide, index: torch.Tensor) -> torch.Tensor:
         """One optimizer step on the images at ``index``; returns the summed objective (detached)."""

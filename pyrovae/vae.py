@@ -3,7 +3,7 @@
 import itertools
 import math
 import weakref
-from typing import Optional, Set
+from typing import Callable, ClassVar, Optional, Set
 
 import pyro
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.likelihoods import Likelihood
+from pyrovae.likelihoods import Likelihood, score_pixels
 from pyrovae.plates import data_plate
 
 __all__ = ["VAE", "VAEModel", "analytic_kl"]
@@ -106,11 +106,17 @@ class VAEModel(PyroModule):
         self.likelihood = likelihood
 
     def forward(self, x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
-                size: Optional[int] = None, subsample: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """:returns: the images, observed or generated."""
+                size: Optional[int] = None, subsample: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:param mask: booleans broadcast against the images, True on the pixels p(x|z) scores
+            (:func:`~pyrovae.likelihoods.score_pixels`); ``poutine.mask`` masks whole images.
+        :returns: the images, observed or generated."""
         with data_plate(x, num_images, size=size, subsample=subsample):
             z = pyro.sample("z", self.prior())
-            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            likelihood = self.likelihood(self.decoder(z))
+            if mask is not None:
+                likelihood = score_pixels(likelihood, mask)
+            return pyro.sample("x", likelihood, obs=x)
 
 
 class VAE(PyroModule):
@@ -133,10 +139,27 @@ class VAE(PyroModule):
         svi.step(binary_images)
     """
 
+    # A model family is a subclass in one file, named by one line of pyrovae.registry.MODELS.
+    # It says everything about itself through what follows; the trainer, the run directory,
+    # the evaluation, the figures and the command line ask it and never test its name.
     name_prefix = "vae"
-    # What the command line needs to know of a model family (pyrovae.registry.MODELS).
-    from_config = None  # a classmethod building the family from a Config, where not from parts
+    # A classmethod (config, likelihood, activation) building the family, where not from parts.
+    from_config: ClassVar[Optional[Callable[..., "VAE"]]] = None
+    model: PyroModule  # VAEModel here; a family's own model (M2Model, CVAEModel) in others
     skipped_figures = frozenset({"styles"})  # figure kinds of pyrovae.plots that do not apply
+    latent_sites = ("z",)  # the sample sites whose log-densities warm-up and beta weight (the KL term)
+    num_classes = 0  # classes of a family that models them (M2); 0 for none
+    class_names: tuple = ()
+    row_cost = 1  # decoder rows one (image, sample) pair costs in evaluation, relative to this family
+    likelihood_name = "log p(x)"  # what log_marginal estimates, as evaluate prints it
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """:raises ConfigError: for options this family cannot take, in one sentence."""
+        if config.num_labels is not None:
+            raise ConfigError("--labels applies to a model with classes (--model m2).")
+        if config.visible_quadrants != 1:
+            raise ConfigError("--visible-quadrants applies to a conditional model (--model cvae).")
 
     @classmethod
     def elbo_from_config(cls, config):
@@ -146,6 +169,38 @@ class VAE(PyroModule):
     @classmethod
     def options_from_data(cls, config, data) -> dict:
         """Config fields this family takes from the data it trains on (M2: its class names)."""
+        return {}
+
+    def batch_source(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """The model's arguments for the training images at positions ``index``, images first:
+        a function ``index -> args`` (M2 adds the labels, and labelled images when few are known).
+
+        :param labels: the training labels (-1 where hidden), for a family that takes them.
+        """
+        return lambda index: (images[index],)
+
+    def prior_once(self):
+        """p(z) built once for a whole evaluation (the VampPrior encodes its pseudo-inputs once),
+        or None for a family whose prior depends on the image (a conditional VAE)."""
+        return self.prior()
+
+    def scored_values(self, image_shape) -> int:
+        """How many pixel values of an image the likelihood scores (bits per dimension divide by it)."""
+        return math.prod(image_shape)
+
+    def epoch_samples(self, num: int, seed: int, test_images: torch.Tensor) -> torch.Tensor:
+        """The images of a run's per-epoch samples grid: prior samples decoded from the same
+        codes every epoch (``seed``), as mean images."""
+        return self.sample(num, mean=True, z=self.fixed_latents(num, seed))
+
+    def complete(self, x: torch.Tensor, num_samples: int = 1, mean: bool = True) -> torch.Tensor:
+        """Completions of images from a visible part: only a conditional family draws them."""
+        raise ConfigError(f"Completing images needs a conditional model (--model cvae); this is a "
+                          f"{type(self).__name__}.")
+
+    def extra_scores(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
+        """Scores beside the ELBO and log p(x) that this family reports on test images, by name
+        (M2: its classifier's accuracy)."""
         return {}
 
     @classmethod
@@ -291,27 +346,33 @@ class VAE(PyroModule):
         parameter = next(self.parameters())
         return z.to(device=parameter.device, dtype=parameter.dtype)
 
-    @torch.no_grad()
+    def _wants_gradients(self, inputs: torch.Tensor) -> bool:
+        """Whether :meth:`encode` and :meth:`decode` track gradients: in training mode, or for
+        inputs that require them (a code optimized through a trained decoder). A trained model
+        (``pyrovae.load`` gives one in eval mode) then returns tensors that plot as they are."""
+        return torch.is_grad_enabled() and (self.training or inputs.requires_grad)
+
     def encode(self, x: torch.Tensor):
         """q(z|x) for a batch of images ``(N, C, H, W)``, pixels in [0, 1] (checked: one
-        :class:`~pyrovae.errors.DataError` sentence when they are not).
-
-        Like :meth:`reconstruct` and :meth:`sample` it computes no gradients, so what it gives
-        can be plotted as it is; ``vae.guide.distribution(x)`` is q(z|x) with gradients."""
+        :class:`~pyrovae.errors.DataError` sentence when they are not). With gradients in
+        training mode or for ``x`` that requires them; else without, ready to plot."""
         if not self.amortized:
             raise TypeError(f"{type(self.guide).__name__} gives no q(z|x) for new images (it is not an amortized "
                             "guide with a distribution(x) method), so images cannot be encoded or scored with it.")
-        return self._encode(self.as_batch(x))
+        x = self.as_batch(x)
+        with torch.set_grad_enabled(self._wants_gradients(x)):
+            return self._encode(x)
 
     def _encode(self, x: torch.Tensor):
         """q(z|x) for images already checked (the evaluation's own loop)."""
         return self.guide.distribution(x)
 
-    @torch.no_grad()
     def decode(self, z: torch.Tensor):
-        """p(x|z) for a batch of latent codes ``(N, latent_dim)`` (checked), without gradients
-        (``vae.likelihood(vae.decoder(z))`` is p(x|z) with them)."""
-        return self._decode(self._check_codes(z))
+        """p(x|z) for a batch of latent codes ``(N, latent_dim)`` (checked); gradients as for
+        :meth:`encode`."""
+        z = self._check_codes(z)
+        with torch.set_grad_enabled(self._wants_gradients(z)):
+            return self._decode(z)
 
     def _decode(self, z: torch.Tensor):
         """p(x|z) for codes already checked (the evaluation's own loop)."""
@@ -345,16 +406,23 @@ class VAE(PyroModule):
             kl = q.log_prob(z) - p.log_prob(z)
         return self._decode(z).log_prob(x), kl
 
+    def importance_terms(self, x: torch.Tensor, p):
+        """What importance sampling of log p(x) needs from this family: the proposal q(z|x), the
+        log joint ``log p(x, z)`` of a batch of samples, and how to reduce the per-proposal log
+        p(x) to one per image (M2 sums its classes here; the identity for a single code).
+        ``p`` is ``self.prior()``, built once by the caller."""
+        return self._encode(x), lambda z: p.log_prob(z) + self._decode(z).log_prob(x), lambda log_px: log_px
+
     def log_marginal(self, x: torch.Tensor, p, num_samples: int, samples_per_chunk: int) -> torch.Tensor:
         """log p(x) of each image ~ log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), drawing
-        at most ``samples_per_chunk`` samples at a time and accumulating the log-mean-exp."""
-        q = self._encode(x)
-        running = torch.full((len(x),), -math.inf, device=x.device)
+        at most ``samples_per_chunk`` samples at a time and accumulating the log-mean-exp. The
+        one loop of every family (:meth:`importance_terms`)."""
+        q, log_joint, reduce = self.importance_terms(x, p)
+        running = torch.full(q.batch_shape, -math.inf, device=x.device)
         for start in range(0, num_samples, samples_per_chunk):
             z = q.sample((min(samples_per_chunk, num_samples - start),))
-            log_w = p.log_prob(z) + self._decode(z).log_prob(x) - q.log_prob(z)
-            running = torch.logaddexp(running, torch.logsumexp(log_w, dim=0))
-        return running - math.log(num_samples)
+            running = torch.logaddexp(running, torch.logsumexp(log_joint(z) - q.log_prob(z), dim=0))
+        return reduce(running - math.log(num_samples))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ def test_relaxed_in_training_exact_in_evaluation(mnist5k):
     torch.manual_seed(0)
     vae = build_vae(CATEGORICAL)
     x = torch.bernoulli(mnist5k.test_images[:5])
-    relaxed = vae.guide.distribution(x).rsample()
+    relaxed = vae.encode(x).rsample()
     assert relaxed.shape == (5, 6, 4) and relaxed.requires_grad
     assert torch.allclose(relaxed.exp().sum(-1), torch.ones(5, 6))  # log of points on the simplex
     vae.eval()

@@ -233,12 +233,15 @@ def test_sample_draws_the_asked_class_and_refuses_others():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(guide="iaf"), "--model m2 has its own guide"),
-    (dict(model="vae", num_labels=100), "--labels only applies to --model m2"),
+    (dict(model="vae", num_labels=100), "--labels applies to a model with classes"),
+    (dict(logvar_range=(-6.0, 2.0)), "--model m2 has its own"),
     (dict(model="m3"), "Unknown model 'm3'"),
 ])
 def test_impossible_m2_configurations(changes, message):
+    from pyrovae.registry import validate
+
     with pytest.raises(ConfigError, match=message):
-        SMALL_CONFIG.replace(**changes).validate()
+        validate(SMALL_CONFIG.replace(**changes))
 
 
 @pytest.fixture(scope="module")

@@ -208,3 +208,16 @@ def test_inside_a_users_own_data_plate_the_model_says_how_in_one_sentence():
     with pytest.raises(ValueError, match="open their own plate 'data' .* call them outside it"):
         with pyro.plate("data", 5):
             vae.model(torch.rand(5, 1, 28, 28))
+
+
+def test_encode_and_decode_give_gradients_when_they_can_be_wanted():
+    vae, x = _vae(), torch.rand(3, 1, 28, 28)
+    assert vae.training and vae.encode(x).mean.requires_grad and vae.decode(torch.zeros(3, 4)).mean.requires_grad
+    vae.eval()  # a trained model, as pyrovae.load gives it: tensors that plot as they are
+    assert not vae.encode(x).mean.requires_grad and not vae.decode(torch.zeros(3, 4)).mean.requires_grad
+    code = torch.zeros(3, 4, requires_grad=True)  # a code optimized through the trained decoder
+    vae.decode(code).log_prob(x).sum().backward()
+    assert code.grad is not None and code.grad.any()
+    with torch.no_grad():
+        vae.train()
+        assert not vae.encode(x).mean.requires_grad
