@@ -212,10 +212,8 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
     from pyrovae.run import plateaus, resume_run, train_run
 
     main = distributed.is_main
-    report = _Report(as_json)
-    callbacks = dict(progress=progress_enabled() and main, on_start=report.start if main else None,
-                     on_epoch_end=report.epoch if main else None, device=device, distributed=distributed,
-                     loggers=loggers)
+    callbacks = dict(progress=progress_enabled() and main, device=device, distributed=distributed,
+                     callbacks=[_epoch_lines(as_json), *loggers])  # run hooks reach rank 0 alone
     with _stop_on_interrupt(quiet=not main) as requested:
         should_stop = lambda: bool(requested)  # noqa: E731
         if resume:
@@ -251,37 +249,44 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
         ctx.exit(128 + requested[0])
 
 
-class _Report:
-    """What the CLI says as a run goes: what is trained where, then a line per epoch (a JSON
-    object on stdout with ``as_json``, everything else then on stderr)."""
+def _epoch_lines(as_json: bool):
+    """What the CLI says as a run goes, as a training callback: what is trained where, then a
+    line per epoch once it is saved (a JSON object on stdout with ``as_json``, everything else
+    then on stderr). Built when training starts, so that ``--help`` imports no torch."""
+    from pyrovae.train import Callback
 
-    def __init__(self, as_json: bool):
-        self.as_json = as_json
-        self.lr = None
+    class EpochLines(Callback):
 
-    def start(self, run_dir, config, data, first_epoch):
-        self.lr = config.lr
-        echo = partial(click.echo, err=self.as_json)
-        shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
-        echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
-             f"{shape}, from {data.source}); run directory {run_dir}")
-        for note in data.notes:
-            echo(f"  {note[0].upper()}{note[1:]}")
-        echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
-        if first_epoch > 1:
-            echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
+        def __init__(self, as_json: bool):
+            self.as_json = as_json
+            self.lr = None
 
-    def epoch(self, m):
-        if m.lr is not None and self.lr is not None and m.lr != self.lr:
-            click.echo(f"Learning rate {m.lr:g} from epoch {m.epoch} on (--lr-drops: the validation ELBO had "
-                       "stopped improving).", err=self.as_json)
-        self.lr = m.lr
-        if self.as_json:
-            click.echo(json.dumps(m.to_dict()))
-            return
-        validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
-        click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
-                   f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
+        def on_run_start(self, run):
+            run_dir, config, data, first_epoch = run.run_dir, run.config, run.trainer.data, run.first_epoch
+            self.lr = config.lr
+            echo = partial(click.echo, err=self.as_json)
+            shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
+            echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
+                 f"{shape}, from {data.source}); run directory {run_dir}")
+            for note in data.notes:
+                echo(f"  {note[0].upper()}{note[1:]}")
+            echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
+            if first_epoch > 1:
+                echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
+
+        def on_epoch_saved(self, run, m, pictures):
+            if m.lr is not None and self.lr is not None and m.lr != self.lr:
+                click.echo(f"Learning rate {m.lr:g} from epoch {m.epoch} on (--lr-drops: the validation ELBO had "
+                           "stopped improving).", err=self.as_json)
+            self.lr = m.lr
+            if self.as_json:
+                click.echo(json.dumps(m.to_dict()))
+                return
+            validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
+            click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
+                       f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
+
+    return EpochLines(as_json)
 
 
 @contextmanager

@@ -62,7 +62,7 @@ _EXPORTS = {
     "load_run": "pyrovae.rundir",
     "load": "pyrovae.rundir",
     "export": "pyrovae.exported",
-    "RunLogger": "pyrovae.tracking",
+    "TrainingRun": "pyrovae.train",
     "TensorBoardLogger": "pyrovae.tracking",
     "PyroVAEError": "pyrovae.errors",
     "DataError": "pyrovae.errors",

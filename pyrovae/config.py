@@ -29,7 +29,9 @@ class Config:
     activation: str = "relu"
     init: str = "torch"  # "he": weights from N(0, 2 / fan_in), as in the VampPrior code
     conv_channels: int = 32  # channels of the first convolution with --net conv
-    likelihood: str = "bernoulli"  # binarized pixels give a true likelihood comparable with the literature
+    # None: follow the data, in Python as on the command line: bernoulli (binarized, comparable
+    # with the literature) for the MNIST family, dlogistic for other 8-bit images, gaussian else.
+    likelihood: Optional[str] = None
     likelihood_scale: float = 0.5  # fixed Gaussian scale, or the initial learned one
     mixture_components: int = 10  # logistics per pixel of dlogistic_mix (PixelCNN++ used 10)
     guide: str = "diag_normal"

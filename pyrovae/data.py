@@ -36,6 +36,7 @@ __all__ = [
     "DATASETS",
     "TEST_BINARIZATION_SEED",
     "prepare_test_images",
+    "named_likelihood",
     "ImageData",
     "DataFallbackWarning",
     "default_data_dir",
@@ -657,3 +658,10 @@ TEST_BINARIZATION_SEED = 0
 def prepare_test_images(images: torch.Tensor, binary: bool) -> torch.Tensor:
     """The test images a model is scored on: binarized once, reproducibly, for binary likelihoods."""
     return binarize(images, seed=TEST_BINARIZATION_SEED) if binary else images
+
+
+def named_likelihood(name: str) -> str:
+    """The likelihood a named data set is modelled with unless told otherwise: the Bernoulli on
+    binarized pixels for the MNIST family (as in the literature), the discretized logistic for
+    the 8-bit colour emoji."""
+    return "bernoulli" if name in MNIST_FAMILY else "dlogistic"

@@ -197,9 +197,20 @@ def build_vae(config: Config, init_images=None):
     return vae
 
 
+def _named_likelihood(config: Config) -> str:
+    """The likelihood a named data set takes when the config names none (``likelihood=None``);
+    for the user's own images the data decide, once loaded (``pyrovae.run.config_for_data``)."""
+    if config.data:
+        raise ConfigError(f"The likelihood of {config.data} follows its pixels: pass likelihood= (--likelihood), "
+                          "or the config through pyrovae.run.config_for_data with the loaded images.")
+    from pyrovae.data import named_likelihood
+
+    return named_likelihood(config.dataset)
+
+
 def _build_vae(config: Config, init_images):
     family = model_family(config)
-    likelihood = lookup(LIKELIHOODS, "likelihood", config.likelihood)(config)
+    likelihood = lookup(LIKELIHOODS, "likelihood", config.likelihood or _named_likelihood(config))(config)
     if family.from_config is not None:
         return family.from_config(config, likelihood=likelihood, activation=_activation(config))
     nets = lookup(NETS, "network", config.net)
@@ -222,7 +233,7 @@ def _build_vae(config: Config, init_images):
 
 
 def build_loggers(names) -> list:
-    """The :class:`~pyrovae.tracking.RunLogger` of each name (``--log``), each once; a missing
+    """The logging callback of each name (``--log``), each once; a missing
     package is a :class:`ConfigError` here, before anything is written."""
     return [resolve(lookup(LOGGERS, "logger", name))() for name in dict.fromkeys(names or ())]
 

@@ -30,21 +30,21 @@ import torch
 
 from pyrovae.checkpoint import atomic_write, save_checkpoint
 from pyrovae.config import Config
-from pyrovae.data import MNIST_FAMILY, ImageData, load_data, spread_subset
+from pyrovae.data import MNIST_FAMILY, ImageData, load_data, named_likelihood, spread_subset
 from pyrovae.distributed import Distributed
 from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageError, describe_os_error
 from pyrovae.evaluation import eval_mode
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
 from pyrovae.registry import build_elbo, build_optimizer, build_vae, model_family, validate
-from pyrovae.tracking import TENSORBOARD_DIR, RunLogger
+from pyrovae.tracking import TENSORBOARD_DIR
 from pyrovae.devices import resolve_device
 from pyrovae.grids import save_grid
 from pyrovae.metrics import EpochMetrics
 from pyrovae.rundir import (BEST, CHECKPOINT, CHECKPOINTS, CONFIG, METRICS, RECONSTRUCTIONS, SAMPLES,
                             RunRecoveryWarning, _absolute_paths, _kept_path, best_epoch, full_history, is_exported,
                             kept_epochs, load_run, with_data_dir)
-from pyrovae.train import Trainer, watching
+from pyrovae.train import Callback, Trainer, TrainingRun, observed, watching
 from pyrovae.vae import VAE
 
 __all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "kept_epochs", "best_epoch",
@@ -183,10 +183,8 @@ def train_run(
     fallback: bool = True,
     progress: Optional[bool] = None,
     should_stop: Optional[Callable[[], bool]] = None,
-    on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
-    on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
     distributed: Optional[Distributed] = None,
-    loggers: Sequence[RunLogger] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> RunResult:
     """Train a new run, writing its directory as it goes.
 
@@ -200,12 +198,11 @@ def train_run(
     :param progress: draw progress bars; default only where a person watches (a terminal).
     :param should_stop: polled before every step; when it returns True a checkpoint of the
         current step is saved and the run returns unfinished, ready for :func:`resume_run`.
-    :param on_start: called with the run directory, config, data and first epoch before training.
-    :param on_epoch_end: called with each epoch's metrics after its checkpoint is saved.
     :param distributed: this process's rank in a ``torchrun`` job (:mod:`pyrovae.distributed`);
         only rank 0 writes the run directory.
-    :param loggers: :class:`~pyrovae.tracking.RunLogger` objects told of every epoch, such as
-        :class:`~pyrovae.tracking.TensorBoardLogger` (rank 0 only).
+    :param callbacks: :class:`~pyrovae.train.Callback` objects (rank 0 only), told of the run
+        (with its directory and config), of every epoch once it is saved, and of every step:
+        :class:`~pyrovae.tracking.TensorBoardLogger`, or your own.
     :raises RunInUseError: when another process is writing ``run_dir``.
     :raises StorageError: when a file cannot be written; the last checkpoint is intact.
     """
@@ -218,12 +215,10 @@ def train_run(
     config = config_for_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
     claim = lambda: _claim_new_run_dir(run_dir, overwrite)  # noqa: E731
-    return _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end, distributed,
-                  loggers)
+    return _start(config, data, run_dir, claim, device, progress, should_stop, distributed, callbacks)
 
 
-def _start(config, data, run_dir, claim, device, progress, should_stop, on_start, on_epoch_end,
-           distributed, loggers) -> RunResult:
+def _start(config, data, run_dir, claim, device, progress, should_stop, distributed, callbacks) -> RunResult:
     """Build a fresh model for ``config``, check that it fits the data and the memory, then
     ``claim()`` the run directory (returning its held lock) and train."""
     check_against_data(config, data)
@@ -235,8 +230,7 @@ def _start(config, data, run_dir, claim, device, progress, should_stop, on_start
     check_step_memory(trainer, config.batch_size // distributed.world_size)
     lock = _main_first(distributed, device, claim, others=False)
     try:
-        return _train(run_dir, config, trainer, None, progress, should_stop, on_start, on_epoch_end, distributed,
-                      loggers)
+        return _train(run_dir, config, trainer, None, progress, should_stop, distributed, callbacks)
     finally:
         if lock is not None:
             lock.release()
@@ -259,10 +253,8 @@ def resume_run(
     device="cpu",
     progress: Optional[bool] = None,
     should_stop: Optional[Callable[[], bool]] = None,
-    on_start: Optional[Callable[[Path, Config, ImageData, int], None]] = None,
-    on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
     distributed: Optional[Distributed] = None,
-    loggers: Sequence[RunLogger] = (),
+    callbacks: Sequence[Callback] = (),
     lr_drops: Optional[int] = None,
 ) -> RunResult:
     """Continue a run from its checkpoint exactly where it stopped (with any number of
@@ -275,7 +267,7 @@ def resume_run(
     :param num_epochs: a new total number of epochs; default the run's own.
     :param lr_drops: a new number of learning-rate cuts (``Config.lr_drops``); more than the run
         had continues one that stopped early, as if it had been started with them.
-    :param loggers: as for :func:`train_run`; a TensorBoard log continues where it stopped.
+    :param callbacks: as for :func:`train_run`; a TensorBoard log continues where it stopped.
     :raises RunInUseError: when another process is writing ``run_dir``.
     """
     distributed = distributed or Distributed()
@@ -294,8 +286,7 @@ def resume_run(
             if restart is not None:  # nothing saved yet: start again, with the lock already held
                 data = _main_first(distributed, device, lambda: load_data(restart, fallback=False, progress=progress))
                 claim = lambda: _remove_run_files(run_dir, [n for n in RUN_FILES if (run_dir / n).exists()])  # noqa: E731
-                return _start(restart, data, run_dir, claim, device, progress, should_stop, on_start,
-                              on_epoch_end, distributed, loggers)
+                return _start(restart, data, run_dir, claim, device, progress, should_stop, distributed, callbacks)
         config, vae, state = load_run(run_dir, device, "last")
         if num_epochs is not None:
             config = config.replace(num_epochs=num_epochs).validate()
@@ -318,8 +309,7 @@ def resume_run(
                               f"trained on {config.image_shape}; have the files changed?")
         trainer = _trainer(config, vae, data, distributed)
         check_step_memory(trainer, config.batch_size // distributed.world_size)
-        return _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end, distributed,
-                      loggers)
+        return _train(run_dir, config, trainer, state, progress, should_stop, distributed, callbacks)
     finally:
         if lock is not None:
             lock.release()
@@ -356,7 +346,9 @@ def default_likelihood(data: ImageData, named: bool = True) -> str:
     """bernoulli for the MNIST family (binarized, as in the literature; ``named``: the data is
     a named data set, not the user's folder of the same name) and binary images, dlogistic
     for other 8-bit images, gaussian for continuous pixel values."""
-    if (named and data.name in MNIST_FAMILY) or data.levels == 2:
+    if named and data.name in MNIST_FAMILY:
+        return named_likelihood(data.name)
+    if data.levels == 2:
         return "bernoulli"
     return "dlogistic" if data.levels == 256 else "gaussian"
 
@@ -449,10 +441,9 @@ def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed
                    beta=config.beta, distributed=distributed, labels=labels)
 
 
-def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_epoch_end,
-           distributed, loggers) -> RunResult:
+def _train(run_dir, config, trainer, state, progress, should_stop, distributed, callbacks) -> RunResult:
     writes = distributed.is_main  # with torchrun, rank 0 alone writes the run directory
-    vae, data = trainer.vae, trainer.data
+    vae = trainer.vae
     if writes:
         _remove_stale_temporaries(run_dir)
         for name in (SAMPLES, RECONSTRUCTIONS):
@@ -466,24 +457,16 @@ def _train(run_dir, config, trainer, state, progress, should_stop, on_start, on_
     if writes:
         atomic_write(run_dir / CONFIG, lambda f: f.write(config.to_json().encode()))
         _write_metrics(run_dir, trainer.history)
-    if on_start is not None:
-        on_start(run_dir, config, data, trainer.epoch + 1)
-    loggers = list(loggers) if writes else []
-    try:
-        for logger in loggers:
-            logger.start(run_dir, config, trainer)
-        result = _epochs(run_dir, config, trainer, should_stop, progress, on_epoch_end, writes, loggers)
-    except BaseException:
-        for logger in loggers:
-            logger.close()
-        raise
-    for logger in loggers:
-        logger.finish(trainer)
-    return result
+    callbacks = list(callbacks) if writes else []
+    trainer.callbacks += callbacks  # they see every step too
+    with observed(TrainingRun(trainer, run_dir, config), callbacks) as run:
+        return _epochs(run, should_stop, progress, writes, callbacks)
 
 
-def _epochs(run_dir, config, trainer, should_stop, progress, on_epoch_end, writes, loggers) -> RunResult:
+def _epochs(run: TrainingRun, should_stop, progress, writes, callbacks) -> RunResult:
     """Train epoch after epoch until the last, early stopping, or a stop request."""
+    run_dir, config, trainer = run.run_dir, run.config, run.trainer
+
     def checkpoint():
         if writes:
             save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
@@ -503,8 +486,6 @@ def _epochs(run_dir, config, trainer, should_stop, progress, on_epoch_end, write
             if best_epoch(trainer.history) == metrics.epoch:
                 _link_checkpoint(run_dir, run_dir / BEST)
             _write_metrics(run_dir, trainer.history)
-            for logger in loggers:
-                logger.log_epoch(trainer, metrics, pictures)
-        if on_epoch_end is not None:
-            on_epoch_end(metrics)
+            for callback in callbacks:
+                callback.on_epoch_saved(run, metrics, pictures)
     return RunResult(run_dir, config, trainer.history, finished=True)

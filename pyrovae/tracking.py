@@ -1,8 +1,8 @@
 """Watching training in TensorBoard: what a run logs besides its own files.
 
-A :class:`RunLogger` is told when a run starts, after each epoch (with the metrics and the
-picture grids the run has just written) and when it stops. :class:`TensorBoardLogger`
-writes them with TensorBoard's own writer (``torch.utils.tensorboard``) to
+:class:`TensorBoardLogger` is a :class:`~pyrovae.train.Callback`: told when a run starts,
+a few times an epoch, after each epoch (with the metrics and the picture grids the run has
+just written) and when it stops, it writes them with TensorBoard's own writer (``torch.utils.tensorboard``) to
 ``RUN/tensorboard``, so ``tensorboard --logdir runs`` shows every run. Everything it logs is
 a value the training loop already has on the host: it adds no device syncs.
 """
@@ -10,15 +10,13 @@ a value the training loop already has on the host: it adds no device syncs.
 import importlib
 import math
 from pathlib import Path
-from typing import Dict
 
-import torch
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
 from pyrovae.train import Callback, EpochMetrics, Trainer
 
-__all__ = ["RunLogger", "TensorBoardLogger", "TENSORBOARD_DIR"]
+__all__ = ["TensorBoardLogger", "TENSORBOARD_DIR"]
 
 TENSORBOARD_DIR = "tensorboard"
 # TensorBoard's projector draws the label images from one sprite of at most 8192x8192 pixels.
@@ -27,42 +25,7 @@ MAX_EMBEDDED = 10000
 RUNNING_LOGS_PER_EPOCH = 5
 
 
-class RunLogger:
-    """Receives a run's progress; every method does nothing unless overridden."""
-
-    def start(self, run_dir: Path, config: Config, trainer: Trainer) -> None:
-        """Training starts (or resumes) in ``run_dir`` with ``trainer`` at its saved position."""
-
-    def log_epoch(self, trainer: Trainer, metrics: EpochMetrics, pictures: Dict[str, torch.Tensor]) -> None:
-        """An epoch ended; ``pictures`` are the grids the run wrote, ``(C, H, W)`` in [0, 1]."""
-
-    def finish(self, trainer: Trainer) -> None:
-        """Training stopped, finished or interrupted (a checkpoint is saved); then :meth:`close`."""
-        self.close()
-
-    def close(self) -> None:
-        """Release what the logger holds; all that is called when training fails."""
-
-
-class _RunningELBO(Callback):
-    """Logs the running training ELBO a few times an epoch, from the value the loop has
-    already read for its NaN check (``trainer.running_elbo``)."""
-
-    def __init__(self, writer):
-        self.writer = writer
-        self.every = self.next_step = 1
-
-    def on_epoch_start(self, trainer):
-        self.every = max(1, trainer.num_batches // RUNNING_LOGS_PER_EPOCH)
-        self.next_step = (trainer.step // self.every + 1) * self.every
-
-    def on_refresh(self, trainer, losses):
-        if trainer.step >= self.next_step or trainer.step == trainer.num_batches:
-            self.writer.add_scalar("train/running_elbo", trainer.running_elbo, trainer.global_step)
-            self.next_step = (trainer.step // self.every + 1) * self.every
-
-
-class TensorBoardLogger(RunLogger):
+class TensorBoardLogger(Callback):
     """Logs to ``RUN/tensorboard``, against the optimizer step:
 
     - ``epoch/*``: every field of :class:`~pyrovae.train.EpochMetrics` after each epoch;
@@ -84,10 +47,14 @@ class TensorBoardLogger(RunLogger):
             raise ConfigError("--log tensorboard needs the tensorboard package: pip install tensorboard "
                               '(or pip install -e ".[tensorboard]").') from None
         self.writer = None
+        self.every = self.next_step = 1
 
-    def start(self, run_dir, config, trainer):
+    def on_run_start(self, run):
         from torch.utils.tensorboard import SummaryWriter
 
+        if run.run_dir is None:
+            raise ConfigError("TensorBoardLogger writes into a run directory: train with pyrovae.run.train_run.")
+        run_dir, config, trainer = run.run_dir, run.config, run.trainer
         folder = Path(run_dir) / TENSORBOARD_DIR
         fresh = not folder.is_dir()
         self.writer = SummaryWriter(log_dir=str(folder), purge_step=None if fresh else trainer.global_step + 1)
@@ -95,7 +62,17 @@ class TensorBoardLogger(RunLogger):
             self._log_options(config, trainer)
             for metrics in trainer.history:
                 self._log_metrics(metrics, metrics.epoch * trainer.num_batches)
-        trainer.callbacks.append(_RunningELBO(self.writer))
+
+    def on_epoch_start(self, trainer):
+        # The running training ELBO a few times an epoch, from the value the loop has already
+        # read for its NaN check (trainer.running_elbo): no sync of its own.
+        self.every = max(1, trainer.num_batches // RUNNING_LOGS_PER_EPOCH)
+        self.next_step = (trainer.step // self.every + 1) * self.every
+
+    def on_refresh(self, trainer, losses):
+        if self.writer is not None and (trainer.step >= self.next_step or trainer.step == trainer.num_batches):
+            self.writer.add_scalar("train/running_elbo", trainer.running_elbo, trainer.global_step)
+            self.next_step = (trainer.step // self.every + 1) * self.every
 
     def _log_options(self, config: Config, trainer: Trainer) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -114,19 +91,16 @@ class TensorBoardLogger(RunLogger):
             if value is not None:
                 self.writer.add_scalar(f"epoch/{name}", value, step)
 
-    def log_epoch(self, trainer, metrics, pictures):
-        step = trainer.global_step
+    def on_epoch_saved(self, run, metrics, pictures):
+        step = run.trainer.global_step
         self._log_metrics(metrics, step)
         for name, grid in pictures.items():
             self.writer.add_image(name, grid, step)
         self.writer.flush()
 
-    def finish(self, trainer):
-        try:
-            if self.writer is not None and trainer.vae.amortized and trainer.history:
-                self._log_latents(trainer)
-        finally:
-            self.close()
+    def on_run_end(self, run):
+        if self.writer is not None and run.trainer.vae.amortized and run.trainer.history:
+            self._log_latents(run.trainer)
 
     def close(self):
         if self.writer is not None:

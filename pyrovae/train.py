@@ -14,10 +14,13 @@ gets them as its second argument, and with ``torchrun`` the step is wrapped in
 
 import inspect
 import math
+from contextlib import contextmanager
+from dataclasses import dataclass
 import sys
 import time
 import warnings
-from typing import Callable, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pyro
 import torch
@@ -34,15 +37,54 @@ from pyrovae.metrics import EpochMetrics
 from pyrovae.objectives import LatentScale, kl_weight
 from pyrovae.vae import VAE
 
-__all__ = ["EpochMetrics", "Trainer", "Callback", "ProgressBar", "KLWeight", "Annealing", "FiniteCheck",
+__all__ = ["EpochMetrics", "Trainer", "Callback", "TrainingRun", "observed",
+           "ProgressBar", "KLWeight", "Annealing", "FiniteCheck",
            "StopRequest", "adam", "AdamNormGrad", "fit", "direct_call", "watching", "TEST_BINARIZATION_SEED"]
 
 # Progress refreshes per epoch; each costs one host-device sync.
 REFRESHES_PER_EPOCH = 50
 
 
+@dataclass
+class TrainingRun:
+    """What a callback's run hooks see: the trainer (its model, data, history and position),
+    and, for a run of :func:`~pyrovae.run.train_run`, its directory and config (None in
+    :func:`fit`)."""
+
+    trainer: "Trainer"
+    run_dir: Optional[Path] = None
+    config: Optional[Any] = None  # a pyrovae.config.Config
+
+    @property
+    def first_epoch(self) -> int:
+        """The epoch training starts (or resumes) with."""
+        return self.trainer.epoch + 1
+
+
 class Callback:
-    """A hook into :meth:`Trainer.run_epoch`; every method does nothing unless overridden."""
+    """The one way to observe and steer training; every method does nothing unless overridden.
+
+    Around a run (:func:`~pyrovae.run.train_run`, :func:`~pyrovae.run.resume_run`, :func:`fit`):
+    :meth:`on_run_start`, :meth:`on_epoch_saved` after each epoch, :meth:`on_run_end` when
+    training stops (finished, stopped early or interrupted), then :meth:`close`, which also
+    runs when training fails. Inside each epoch (:meth:`Trainer.run_epoch`): :meth:`wrap`,
+    :meth:`on_epoch_start`, :meth:`on_step`, :meth:`on_refresh`, :meth:`stop_requested`,
+    :meth:`on_epoch_end`. The progress bar, the KL weight, TensorBoard logging and the command
+    line's epoch lines are callbacks.
+    """
+
+    def on_run_start(self, run: TrainingRun) -> None:
+        """Training starts or resumes (``run.first_epoch``)."""
+
+    def on_epoch_saved(self, run: TrainingRun, metrics: "EpochMetrics", pictures: Dict[str, torch.Tensor]) -> None:
+        """An epoch ended and the run saved it: its metrics, and the picture grids the run
+        wrote (``(C, H, W)`` in [0, 1]; none in :func:`fit`, nor on torchrun's other ranks)."""
+
+    def on_run_end(self, run: TrainingRun) -> None:
+        """Training stopped: finished, stopped early, or interrupted with a checkpoint saved."""
+
+    def close(self) -> None:
+        """Release what the callback holds; called after :meth:`on_run_end`, and when training fails."""
 
     def wrap(self, model: Callable, guide: Callable):
         """Return the model and guide to train this epoch (e.g. under a Pyro handler)."""
@@ -490,7 +532,6 @@ def fit(
     lr: float = 1e-3,
     elbo=None,
     progress: Optional[bool] = None,
-    on_epoch_end: Optional[Callable[[EpochMetrics], None]] = None,
     warmup_epochs: float = 0,
     beta: float = 1.0,
     labels: Optional[torch.Tensor] = None,
@@ -499,6 +540,7 @@ def fit(
     """Train ``vae`` on ``data`` for ``num_epochs`` and return the metrics of every epoch.
 
     :param progress: draw a progress bar; default only where a person watches (a terminal).
+    :param callbacks: :class:`Callback` objects, told of the run and of every step.
     Other arguments are :class:`Trainer`'s.
 
     Example::
@@ -511,8 +553,25 @@ def fit(
         progress = watching()
     trainer = Trainer(vae, data, batch_size=batch_size, lr=lr, elbo=elbo, warmup_epochs=warmup_epochs, beta=beta,
                       labels=labels, callbacks=callbacks)
-    while trainer.epoch < num_epochs:
-        metrics = trainer.run_epoch(num_epochs, progress=progress)
-        if on_epoch_end is not None:
-            on_epoch_end(metrics)
+    run = TrainingRun(trainer)
+    with observed(run, callbacks):
+        while trainer.epoch < num_epochs:
+            metrics = trainer.run_epoch(num_epochs, progress=progress)
+            for callback in callbacks:
+                callback.on_epoch_saved(run, metrics, {})
     return trainer.history
+
+
+@contextmanager
+def observed(run: TrainingRun, callbacks: Sequence[Callback]):
+    """Tell ``callbacks`` of a run: :meth:`~Callback.on_run_start` on entering,
+    :meth:`~Callback.on_run_end` when the body ends, and :meth:`~Callback.close` in any case."""
+    try:
+        for callback in callbacks:
+            callback.on_run_start(run)
+        yield run
+        for callback in callbacks:
+            callback.on_run_end(run)
+    finally:
+        for callback in callbacks:
+            callback.close()

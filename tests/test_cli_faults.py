@@ -70,11 +70,14 @@ def test_a_second_train_on_a_run_being_written_is_refused_and_the_first_finishes
 
 # 2. A run that dies before its first checkpoint.
 def _run_that_died_before_its_first_checkpoint(run):
-    def die(*args):
-        raise RuntimeError("killed")
+    from pyrovae.train import Callback
+
+    class Die(Callback):
+        def on_run_start(self, run):
+            raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        train_run(Config(**{**SMALL_OPTIONS, "seed": 5}), run, progress=False, on_start=die)
+        train_run(Config(**{**SMALL_OPTIONS, "seed": 5}), run, progress=False, callbacks=[Die()])
     assert (run / "config.json").is_file() and not (run / "checkpoint.pt").exists()
 
 

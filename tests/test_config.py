@@ -4,7 +4,7 @@ import pytest
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
-from pyrovae.registry import LIKELIHOODS, build_vae, lookup
+from pyrovae.registry import LIKELIHOODS, build_vae, lookup, validate
 
 
 @pytest.mark.parametrize(
@@ -24,12 +24,13 @@ from pyrovae.registry import LIKELIHOODS, build_vae, lookup
         ({"logvar_range": (-6, float("inf"))}, "--logvar-range needs two finite numbers"),
         ({"logvar_range": (-6, 2), "guide": "categorical", "prior": "categorical"},
          "--logvar-range clips a Normal guide's log-variance"),
-        ({"logvar_range": (-6, 2), "model": "m2"}, "--logvar-range clips a Normal guide's log-variance"),
+        ({"logvar_range": (-6, 2), "model": "m2"}, "--logvar-range clips the plain VAE's guide; --model m2 has"),
+        ({"model": "m3"}, "Unknown model 'm3'; choose one of: vae, m2, cvae"),
     ],
 )
 def test_impossible_values_get_one_sentence(changes, message):
     with pytest.raises(ConfigError, match=message):
-        Config(**changes).validate()
+        validate(Config(**changes))  # the config's rules and its model family's
 
 
 def test_json_round_trip_keeps_tuples():
@@ -69,3 +70,20 @@ def test_unknown_names_list_the_valid_ones():
         lookup(LIKELIHOODS, "likelihood", "poisson")
     with pytest.raises(ConfigError, match="Unknown guide 'flow'"):
         build_vae(Config(guide="flow"))
+
+
+def test_python_and_the_command_line_share_one_likelihood_default(colour_folder, mnist5k):
+    """likelihood=None follows the data in both: the library used to default to bernoulli and
+    refuse colour images that the command line gives dlogistic."""
+    from pyrovae.data import load_images
+    from pyrovae.run import config_for_data
+
+    assert Config().likelihood is None
+    colour = load_images(colour_folder)
+    assert config_for_data(Config(data=str(colour_folder)), colour).likelihood == "dlogistic"
+    assert config_for_data(Config(dataset="mnist5k"), mnist5k).likelihood == "bernoulli"
+    assert type(build_vae(Config(latent_dim=2, hidden_dims=(8,))).likelihood).__name__ == "BernoulliLikelihood"
+    assert type(build_vae(Config(dataset="emoji", image_shape=(3, 8, 8), latent_dim=2, hidden_dims=(8,)))
+                .likelihood).__name__ == "DiscretizedLogisticLikelihood"
+    with pytest.raises(ConfigError, match="follows its pixels: pass likelihood="):
+        build_vae(Config(data=str(colour_folder)))

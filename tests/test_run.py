@@ -17,7 +17,7 @@ from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import build_vae
 from pyrovae.run import (best_epoch, learning_rate, load_run, plateaus, resolve_device, resume_run, stopped_early,
                          train_run)
-from pyrovae.train import EpochMetrics, Trainer, prepare_test_images
+from pyrovae.train import Callback, EpochMetrics, Trainer, prepare_test_images
 
 
 def test_run_directory_holds_everything(trained_run):
@@ -129,14 +129,15 @@ def test_nan_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "build_vae",
                         lambda config, **kw: built.append(build_vae(config, **kw)) or built[-1])
 
-    def poison_after_epoch_1(metrics):
-        with torch.no_grad():
-            next(built[0].decoder.parameters()).fill_(float("nan"))
+    class PoisonAfterEpoch1(Callback):
+        def on_epoch_saved(self, run, metrics, pictures):
+            with torch.no_grad():
+                next(built[0].decoder.parameters()).fill_(float("nan"))
 
     run_dir = tmp_path / "run"
     with pytest.raises(NumericalError, match="epoch 2, step 1"):
         train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 3}), run_dir, progress=False,
-                  on_epoch_end=poison_after_epoch_1)
+                  callbacks=[PoisonAfterEpoch1()])
     config, vae, state = load_run(run_dir)
     assert state["epoch"] == 1 and all(torch.isfinite(p).all() for p in vae.parameters())
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1

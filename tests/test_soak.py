@@ -6,6 +6,7 @@ import pytest
 
 from pyrovae.config import Config
 from pyrovae.run import train_run
+from pyrovae.train import Callback
 
 EPOCHS = 200
 
@@ -22,7 +23,11 @@ def test_many_epochs_keep_memory_and_files_bounded(tmp_path, mnist5k):
     rss = []
     config = Config(dataset="mnist5k", latent_dim=8, hidden_dims=(64,), batch_size=500,
                     num_epochs=EPOCHS, keep_checkpoints=3)
-    train_run(config, tmp_path / "run", progress=False, on_epoch_end=lambda m: rss.append(rss_mib()))
+    class Memory(Callback):
+        def on_epoch_saved(self, run, metrics, pictures):
+            rss.append(rss_mib())
+
+    train_run(config, tmp_path / "run", progress=False, callbacks=[Memory()])
     assert len(rss) == EPOCHS
     # After warm-up, resident memory must not creep: 190 further epochs add under 25 MiB.
     assert max(rss[10:]) - rss[10] < 25, f"RSS grew from {rss[10]:.0f} to {max(rss[10:]):.0f} MiB"

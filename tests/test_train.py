@@ -9,15 +9,30 @@ from hypothesis import strategies as st
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError, NumericalError
 from pyrovae.registry import LIKELIHOODS, build_elbo, build_vae
-from pyrovae.train import AdamNormGrad, Trainer, adam, fit, prepare_test_images
+from pyrovae.train import AdamNormGrad, Callback, Trainer, adam, fit, prepare_test_images
 
 
 def test_elbo_improves_over_a_few_hundred_steps_on_real_digits(mnist5k):
     torch.manual_seed(0)
     vae = build_vae(Config())
-    seen = []
-    history = fit(vae, mnist5k, num_epochs=8, progress=False, on_epoch_end=seen.append)  # 8 x 32 steps
-    assert seen == history and [m.epoch for m in history] == list(range(1, 9))
+
+    class Seen(Callback):  # the run hooks, in their order
+        events: list = []
+
+        def on_run_start(self, run):
+            self.events.append(("start", run.first_epoch))
+
+        def on_epoch_saved(self, run, metrics, pictures):
+            self.events.append(metrics)
+
+        def on_run_end(self, run):
+            self.events.append("end")
+
+        def close(self):
+            self.events.append("close")
+
+    history = fit(vae, mnist5k, num_epochs=8, progress=False, callbacks=[Seen()])  # 8 x 32 steps
+    assert Seen.events == [("start", 1), *history, "end", "close"] and [m.epoch for m in history] == list(range(1, 9))
     assert history[-1].test_elbo > history[0].test_elbo + 40
     assert history[-1].train_elbo > history[0].train_elbo + 60
     assert all(m.test_kl > 0 and m.test_reconstruction < 0 for m in history)
