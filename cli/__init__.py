@@ -13,7 +13,8 @@ from pyrovae.errors import ConfigError, PyroVAEError, StorageError, describe_os_
 
 class _UserError(click.ClickException):
     def __init__(self, error: PyroVAEError):
-        super().__init__(str(error))
+        # A config error names options by their Config field; here they read as flags.
+        super().__init__(error.command_line_message() if isinstance(error, ConfigError) else str(error))
         self.exit_code = error.exit_code  # type: ignore[misc]  # click reads it from the instance
 
 

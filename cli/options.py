@@ -1,10 +1,12 @@
 """Parameter types and options shared by several commands."""
 
+import dataclasses
 import math
 import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -120,11 +122,49 @@ def device_options(command):
     return click.option("--cuda", is_flag=True, help="Use the GPU (same as --device cuda).")(command)
 
 
+def _config_option(field: dataclasses.Field):
+    """The click option of a :class:`~pyrovae.config.Config` field, from its metadata."""
+    from pyrovae import registry
+
+    meta, kind = field.metadata, field.metadata["kind"]
+    default = meta.get("cli_default", field.default)
+    kwargs = {"help": meta["help"]}
+    if "metavar" in meta:
+        kwargs["metavar"] = meta["metavar"]
+    if kind == "flag":
+        return click.option(meta["flag"], is_flag=True, **kwargs)
+    kind_type: Any
+    if kind == "int":
+        kind_type = click.IntRange(meta.get("min"), meta.get("max")) if {"min", "max"} & set(meta) else int
+    elif kind == "float":
+        kind_type = click.FloatRange(meta.get("min"), meta.get("max"), min_open=meta.get("min_open", False),
+                                     max_open=meta.get("max_open", False))
+    elif kind == "choice":
+        kind_type = Choice(list(getattr(registry, meta["table"])))
+    elif kind == "path":
+        kind_type = (click.Path(file_okay=False) if meta.get("directory")
+                     else click.Path(exists=True, path_type=str))
+    else:
+        kind_type = {"hidden": HiddenDims(), "labels": LabelCount(), "logvar": LogVarRange()}[kind]
+    if kind == "hidden":
+        default = ",".join(map(str, default))
+    return click.option(meta["flag"], type=kind_type, default=default, show_default=default is not None, **kwargs)
+
+
+def config_options(command, only=None):
+    """The click options of the :class:`~pyrovae.config.Config` fields (of those in ``only``),
+    in the order of the fields, built from each field's metadata: a new option is one field."""
+    from pyrovae.config import Config
+
+    for field in reversed(dataclasses.fields(Config)):
+        if "flag" in field.metadata and (only is None or field.name in only):
+            command = _config_option(field)(command)
+    return command
+
+
 def data_options(command):
     """``--data-dir``: where the named data sets are found (and downloaded to)."""
-    return click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                        help="Folder holding the IDX files (or torchvision's <dir>/MNIST/raw layout); "
-                             "downloads (and the emoji images) go here.")(command)
+    return config_options(command, only={"data_dir"})
 
 
 class CheckpointName(click.ParamType):
@@ -154,8 +194,11 @@ def checkpoint_option(command):
 dataset_choice = Choice(DATASETS)
 
 
-# Fields of a run's config.json that the data decides, not an option.
-DERIVED_FIELDS = {"image_shape", "class_names"}
+def derived_fields() -> set:
+    """Fields of a run's config.json that the data decides, not an option (no flag)."""
+    from pyrovae.config import Config
+
+    return {f.name for f in dataclasses.fields(Config) if "flag" not in f.metadata}
 
 
 def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict:
@@ -184,7 +227,7 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
             for field, value in fields.items():
                 if renamed.get(field, field) in valid:
                     values[renamed.get(field, field)] = value
-                elif field not in DERIVED_FIELDS:
+                elif field not in derived_fields():
                     unknown.append(field)
         else:
             try:

@@ -1,5 +1,6 @@
 """``pyrovae train``: train a new run, or resume one."""
 
+import dataclasses
 import json
 import shlex
 import signal
@@ -10,114 +11,22 @@ from typing import List
 import click
 from click.core import ParameterSource
 
-from pyrovae.config import INITS, OPTIMIZERS, Config
-from pyrovae.cli.options import (EXIT_STATUSES, Choice, HiddenDims, LabelCount, LogVarRange, config_file_option,
-                                 data_options, dataset_choice, device_options, exit_statuses, json_option,
-                                 progress_enabled)
-from pyrovae.registry import ACTIVATION_NAMES, ELBOS, GUIDES, LIKELIHOODS, LOGGERS, MODELS, NETS, PRIORS
+from pyrovae.cli.options import (EXIT_STATUSES, Choice, config_file_option, config_options, device_options,
+                                 exit_statuses, json_option, progress_enabled)
+from pyrovae.config import Config, flags, option_name
+from pyrovae.registry import LOGGERS
 
-# Options that define the model or its data; they cannot change when a run is resumed.
-FIXED_ON_RESUME = ("data", "test_data", "test_fraction", "image_size", "grayscale", "mixtures", "model",
-                   "visible_quadrants", "labels",
-                   "classifier_weight", "categories", "temperature", "min_temperature", "z_dim", "hidden", "net",
-                   "activation", "init", "conv_channels", "likelihood", "likelihood_scale", "guide", "logvar_range",
-                   "rank", "flows", "prior", "pseudo_inputs", "elbo", "particles", "warmup", "beta", "batch_size",
-                   "lr", "optimizer", "dataset", "data_dir", "seed", "run_dir", "overwrite", "fallback",
-                   "keep_checkpoints", "validation_size", "patience", "lr_drop_factor")
-
-# Config fields whose option has another name; every other field is its option's name.
-OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels": "labels",
-                   "num_categories": "categories", "num_flows": "flows", "num_pseudo_inputs": "pseudo_inputs",
-                   "num_particles": "particles", "warmup_epochs": "warmup", "num_epochs": "epochs",
-                   "mixture_components": "mixtures"}
+# Options that cannot change when a run is resumed: those of the config fields marked fixed
+# (the model, its data, its training), and where and how the run is written.
+FIXED_ON_RESUME = tuple(option_name(f.name) for f in dataclasses.fields(Config)
+                        if f.metadata.get("fixed")) + ("run_dir", "overwrite", "fallback")
+# Config fields whose option has another name (latent_dim: z_dim), for --config files.
+OPTION_OF_FIELD = {name: option_name(name) for name in flags() if option_name(name) != name}
 
 
 @click.command(epilog=exit_statuses(*EXIT_STATUSES))
 @config_file_option(OPTION_OF_FIELD)
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Number of epochs (the new total when resuming) [default: 10].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Images per optimizer step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Adam's learning rate.")
-@click.option("--optimizer", type=Choice(list(OPTIMIZERS)), default="adam", show_default=True,
-              help="adam; or adamnormgrad: Adam on each weight tensor's gradient divided by its norm, the "
-                   "optimizer of Tomczak & Welling's VampPrior code.")
-@click.option("--model", type=Choice(list(MODELS)), default="vae", show_default=True,
-              help="vae; m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014); cvae: the "
-                   "conditional VAE that completes an image from its visible part (Sohn et al. 2015).")
-@click.option("--visible-quadrants", type=click.IntRange(1, 3), default=1, show_default=True,
-              help="--model cvae: quadrants it sees (top-left, top-right, bottom-left in turn); it completes the rest.")
-@click.option("--labels", type=LabelCount(), default="all", show_default=True,
-              help="--model m2: how many training labels it sees, balanced over classes, or 'all'.")
-@click.option("--classifier-weight", type=click.FloatRange(min=0), default=50.0, show_default=True,
-              help="--model m2: weight of the classifier's cross-entropy on labelled images.")
-@click.option("--z-dim", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Size of the latent code (categorical variables with --guide categorical).")
-@click.option("--hidden", type=HiddenDims(), default="400", show_default=True,
-              help="Encoder layer widths, comma-separated; the decoder mirrors them.")
-@click.option("--likelihood", type=Choice(list(LIKELIHOODS)), default=None,
-              help="p(x|z): bernoulli binarizes grey pixels; dlogistic(_mix): 8-bit pixel values, in colour too; "
-                   "gaussian(_learned), continuous_bernoulli: densities on [0, 1] [default: bernoulli for the "
-                   "MNIST family, dlogistic for other 8-bit images, gaussian for other pixel values].")
-@click.option("--mixtures", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Logistics per pixel of --likelihood dlogistic_mix.")
-@click.option("--likelihood-scale", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
-              help="Pixel standard deviation of the gaussian likelihood (initial value for gaussian_learned).")
-@click.option("--net", type=Choice(list(NETS)), default="mlp", show_default=True,
-              help="Encoder and decoder networks: dense layers; gated: gated dense layers (Tomczak & Welling's "
-                   "VampPrior setup, --activation unused); conv: stride-2 convolutions each way.")
-@click.option("--activation", type=Choice(ACTIVATION_NAMES), default="relu", show_default=True,
-              help="Nonlinearity between the layers of the encoder and decoder.")
-@click.option("--init", type=Choice(list(INITS)), default="torch", show_default=True,
-              help="Initial weights: PyTorch's defaults; or he: every dense and convolutional layer's weights from "
-                   "N(0, 2 / fan_in), as in Tomczak & Welling's VampPrior code.")
-@click.option("--conv-channels", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Channels of the first convolution with --net conv.")
-@click.option("--guide", type=Choice(list(GUIDES)), default="diag_normal", show_default=True,
-              help="q(z|x): diagonal Normal, low-rank-plus-diagonal Normal, inverse autoregressive flows, "
-                   "or relaxed categoricals (with --prior categorical).")
-@click.option("--logvar-range", type=LogVarRange(), default=None, metavar="LO,HI",
-              help="A Normal guide's log-variance head clipped to [LO, HI] (the VampPrior code's: -6,2), so that "
-                   "q's standard deviation lies in [exp(LO/2), exp(HI/2)] [default: a softplus standard deviation].")
-@click.option("--rank", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Covariance rank of the lowrank guide.")
-@click.option("--flows", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Number of flows of the iaf guide.")
-@click.option("--prior", type=Choice(list(PRIORS)), default="standard_normal", show_default=True,
-              help="p(z): N(0, I), the VampPrior (a mixture of q at learned pseudo-inputs), "
-                   "or uniform categoricals.")
-@click.option("--pseudo-inputs", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Mixture components of the vamp prior.")
-@click.option("--categories", type=click.IntRange(min=2), default=10, show_default=True,
-              help="Values of each categorical latent (--guide and --prior categorical).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Gumbel-softmax temperature of the first epoch (categorical code).")
-@click.option("--min-temperature", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
-              help="The temperature falls by a factor exp(-0.2) each epoch down to this.")
-@click.option("--elbo", type=Choice(list(ELBOS)), default="trace", show_default=True,
-              help="trace: Pyro's Trace_ELBO; meanfield: TraceMeanField_ELBO with the analytic KL; "
-                   "iwae: the importance-weighted bound with --particles samples.")
-@click.option("--particles", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Importance samples per image of --elbo iwae.")
-@click.option("--warmup", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="Epochs over which the KL term's weight rises linearly from 0 to --beta.")
-@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Final weight of z's KL term (1: the ELBO; > 1: a beta-VAE; with --model m2, "
-                   "5 makes samples follow the asked class).")
-@click.option("--dataset", type=dataset_choice, default="mnist", show_default=True,
-              help="A named data set (emoji: 3,786 colour 64x64 Twemoji images, fetched with npm).")
-@data_options
-@click.option("--data", type=click.Path(exists=True, path_type=str), default=None, metavar="PATH",
-              help="Train on your own images: a folder (read recursively; class subfolders give labels) "
-                   "or a .npy/.npz array (N, H, W[, C]).")
-@click.option("--test-data", type=click.Path(exists=True, path_type=str), default=None, metavar="PATH",
-              help="Test images for --data [default: a held-out --test-fraction of it].")
-@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
-              show_default=True, help="Share of --data (and of emoji) held out, with a fixed seed, as the test set.")
-@click.option("--image-size", type=click.IntRange(min=2), default=None, metavar="N",
-              help="Resize images to NxN (shorter side scaled to N, centre cut).")
-@click.option("--grayscale", is_flag=True, help="Convert colour images to grey.")
+@config_options
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Use the offline mnist5k digits when MNIST cannot be found or downloaded.")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
@@ -125,35 +34,13 @@ OPTION_OF_FIELD = {"latent_dim": "z_dim", "hidden_dims": "hidden", "num_labels":
 @click.option("--overwrite", is_flag=True, help="Replace a run that already exists in --run-dir.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False), default=None, metavar="RUN",
               help="Continue the run in RUN from its last checkpoint.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the initial weights, data order and noise: the same seed gives the same run.")
-@click.option("--keep-checkpoints", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Keep the last N end-of-epoch checkpoints in RUN/checkpoints (evaluate --checkpoint EPOCH "
-                   "reads them); the newest is also checkpoint.pt.")
-@click.option("--validation-size", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="Hold out N training images (a fixed seed) as a validation set, scored every epoch; the epoch "
-                   "with the best validation ELBO is kept as RUN/best.pt, which evaluate, sample and plot use.")
-@click.option("--patience", type=click.IntRange(min=1), default=None, metavar="EPOCHS",
-              help="Early stopping: end the run when the validation ELBO has not improved for this many epochs "
-                   "(not counting the --warmup epochs) [default: train all --epochs].")
-@click.option("--lr-drops", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="With --patience: the first N times the validation ELBO stops improving, multiply the learning "
-                   "rate by --lr-drop-factor and go on instead of stopping. Can be raised when resuming, to go on "
-                   "with a run that stopped early.")
-@click.option("--lr-drop-factor", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
-              show_default=True, metavar="F", help="What each of the --lr-drops multiplies the learning rate by.")
 @click.option("--log", type=Choice(list(LOGGERS)), multiple=True, metavar="tensorboard",
               help="Also log to TensorBoard, in RUN/tensorboard: the metrics, the running train ELBO, the pictures, "
                    "the options as hyperparameters and the test set's latent means (tensorboard --logdir runs).")
 @json_option
 @device_options
 @click.pass_context
-def train(ctx, config, epochs, batch_size, lr, optimizer, model, visible_quadrants, labels, classifier_weight,
-          categories, temperature, min_temperature, z_dim, hidden, likelihood, likelihood_scale, net, activation, init,
-          conv_channels, mixtures, guide, logvar_range, rank, flows, prior, pseudo_inputs, elbo, particles, warmup,
-          beta, dataset, data_dir, data, test_data, test_fraction, image_size, grayscale, fallback, run_dir, overwrite,
-          resume, seed, keep_checkpoints, validation_size, patience, lr_drops, lr_drop_factor, log, as_json, cuda,
-          device):
+def train(ctx, config, fallback, run_dir, overwrite, resume, log, as_json, cuda, device, **options):
     """Train a VAE and write a run directory (config, metrics, checkpoint, pictures).
 
     Ctrl-C stops at the next step, saves a checkpoint and exits with status 130 (143 after
@@ -175,6 +62,7 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, visible_quadran
     from pyrovae.registry import build_loggers
     from pyrovae.devices import resolve_device
 
+    data, test_data = options["data"], options["test_data"]
     for name in ("dataset", "data_dir", "fallback"):
         if data and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
             raise click.UsageError(f"--data trains on your own images; leave out --{name.replace('_', '-')}.")
@@ -188,18 +76,10 @@ def train(ctx, config, epochs, batch_size, lr, optimizer, model, visible_quadran
     try:
         if launched_by_torchrun():
             distributed, device = Distributed.from_env(device)
-        _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, loggers, as_json, Config(
-            model=model, visible_quadrants=visible_quadrants, num_labels=labels, classifier_weight=classifier_weight,
-            num_categories=categories,
-            temperature=temperature, min_temperature=min_temperature, latent_dim=z_dim, hidden_dims=hidden, net=net,
-            activation=activation, init=init, conv_channels=conv_channels, likelihood=likelihood,
-            likelihood_scale=likelihood_scale, mixture_components=mixtures, data=data, test_data=test_data,
-            test_fraction=test_fraction, image_size=image_size, grayscale=grayscale, guide=guide,
-            logvar_range=logvar_range, rank=rank, num_flows=flows, prior=prior,
-            num_pseudo_inputs=pseudo_inputs, elbo=elbo, num_particles=particles, warmup_epochs=warmup, beta=beta,
-            num_epochs=epochs or Config.num_epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, dataset=dataset,
-            data_dir=data_dir, seed=seed, keep_checkpoints=keep_checkpoints, validation_size=validation_size,
-            patience=patience, lr_drops=lr_drops, lr_drop_factor=lr_drop_factor))
+        values = {name: options[option_name(name)] for name in flags()}
+        values["num_epochs"] = values["num_epochs"] or Config.num_epochs  # --epochs: the new total when resuming
+        _train(ctx, distributed, device, options["epochs"], resume, run_dir, overwrite, fallback, loggers, as_json,
+               Config(**values))
     except PyroVAEError as error:
         if not distributed.is_main:
             error.args = (f"[rank {distributed.rank}] {error}",)

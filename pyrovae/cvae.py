@@ -47,7 +47,7 @@ def quadrant_mask(image_shape, visible_quadrants: int) -> torch.Tensor:
     """``(C, H, W)`` booleans, True on the first ``visible_quadrants`` quadrants in the order
     top-left, top-right, bottom-left (the visible part)."""
     if not 1 <= visible_quadrants <= 3:
-        raise ConfigError(f"--visible-quadrants must be 1, 2 or 3, got {visible_quadrants}.")
+        raise ConfigError(f"{{visible_quadrants}} must be 1, 2 or 3, got {visible_quadrants}.")
     _, height, width = image_shape
     if height < 2 or width < 2:
         raise ConfigError(f"Quadrants need images of at least 2x2 pixels, got {height}x{width}.")
@@ -173,12 +173,12 @@ class CVAE(VAE):
     @classmethod
     def check_config(cls, config) -> None:
         if config.num_labels is not None:
-            raise ConfigError("--labels applies to a model with classes (--model m2).")
+            raise ConfigError("{num_labels} applies to a model with classes ({model} m2).")
         if (config.guide, config.prior, config.net, config.elbo) != ("diag_normal", "standard_normal", "mlp", "trace"):
-            raise ConfigError("--model cvae has its own guide, conditional prior, MLP networks and ELBO; "
-                              "leave --guide, --prior, --net and --elbo at their defaults.")
+            raise ConfigError("{model} cvae has its own guide, conditional prior, MLP networks and ELBO; "
+                              "leave {guide}, {prior}, {net} and {elbo} at their defaults.")
         if config.logvar_range is not None:
-            raise ConfigError("--logvar-range clips the plain VAE's guide; --model cvae has its own.")
+            raise ConfigError("{logvar_range} clips the plain VAE's guide; {model} cvae has its own.")
         quadrant_mask(config.image_shape, config.visible_quadrants)
 
     @classmethod

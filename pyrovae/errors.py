@@ -6,9 +6,13 @@ error's ``exit_code`` instead of showing a traceback (the table in the README).
 """
 
 import errno
+import re
 
 __all__ = ["PyroVAEError", "DataError", "CheckpointError", "ConfigError", "NumericalError", "StorageError",
            "RunInUseError", "describe_os_error"]
+
+
+_FIELD = re.compile(r"\{(\w+)\}")
 
 
 class PyroVAEError(Exception):
@@ -26,7 +30,29 @@ class CheckpointError(PyroVAEError):
 
 
 class ConfigError(PyroVAEError):
-    """An option or combination of options cannot work (with this data, on this machine)."""
+    """An option or combination of options cannot work (with this data, on this machine).
+
+    A message names an option as ``{field}``, the :class:`~pyrovae.config.Config` field: it
+    reads ``latent_dim`` for a Python user, and the command line shows the flag, ``--z-dim``
+    (:meth:`command_line_message`).
+    """
+
+    def __str__(self) -> str:
+        return self._render(lambda name: name)
+
+    def command_line_message(self) -> str:
+        """The message with each option named by its flag."""
+        from pyrovae.config import flags
+
+        flag_of = flags()
+        return self._render(lambda name: flag_of.get(name, name))
+
+    def _render(self, name_of) -> str:
+        from pyrovae.config import Config
+
+        fields = Config.__dataclass_fields__
+        message = str(self.args[0]) if self.args else ""
+        return _FIELD.sub(lambda m: name_of(m.group(1)) if m.group(1) in fields else m.group(0), message)
 
 
 class NumericalError(PyroVAEError):

@@ -230,12 +230,12 @@ class M2VAE(VAE):
     @classmethod
     def check_config(cls, config) -> None:
         if (config.guide, config.prior, config.net, config.elbo) != ("diag_normal", "standard_normal", "mlp", "trace"):
-            raise ConfigError("--model m2 has its own guide, prior, MLP networks and enumerated ELBO; "
-                              "leave --guide, --prior, --net and --elbo at their defaults.")
+            raise ConfigError("{model} m2 has its own guide, prior, MLP networks and enumerated ELBO; "
+                              "leave {guide}, {prior}, {net} and {elbo} at their defaults.")
         if config.logvar_range is not None:
-            raise ConfigError("--logvar-range clips the plain VAE's guide; --model m2 has its own.")
+            raise ConfigError("{logvar_range} clips the plain VAE's guide; {model} m2 has its own.")
         if config.visible_quadrants != 1:
-            raise ConfigError("--visible-quadrants applies to a conditional model (--model cvae).")
+            raise ConfigError("{visible_quadrants} applies to a conditional model ({model} cvae).")
 
     def batch_source(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """Images and their labels (-1 where hidden). When only some are known, each step also
@@ -284,11 +284,11 @@ class M2VAE(VAE):
         """``--labels`` of the training labels, balanced over the classes (:func:`balanced_labels`)."""
         labels = data.train_labels
         if not len(labels) or int(labels.max()) == 0:
-            raise ConfigError(f"--model m2 learns from class labels, but the images of {data.name} have none; put "
+            raise ConfigError(f"{{model}} m2 learns from class labels, but the images of {data.name} have none; put "
                               "them in one folder per class, or pass labels with the array.")
         num_classes = len(config.class_names) if config.class_names else NUM_CLASSES
         if int(labels.max()) >= num_classes:
-            raise ConfigError(f"--model m2 has {num_classes} classes, but {data.name} has labels up to "
+            raise ConfigError(f"{{model}} m2 has {num_classes} classes, but {data.name} has labels up to "
                               f"{int(labels.max())}.")
         return balanced_labels(labels, config.num_labels, num_classes, config.seed)
 
@@ -427,9 +427,9 @@ def balanced_labels(labels: torch.Tensor, count: Optional[int], num_classes: int
     if count is None:
         return labels.clone()
     if count < num_classes:
-        raise ConfigError(f"--labels {count} is fewer than one image per class; give at least {num_classes}.")
+        raise ConfigError(f"{{num_labels}} {count} is fewer than one image per class; give at least {num_classes}.")
     if count > len(labels):
-        raise ConfigError(f"--labels {count} is more than the {len(labels)} training images.")
+        raise ConfigError(f"{{num_labels}} {count} is more than the {len(labels)} training images.")
     generator = torch.Generator().manual_seed(seed)
     per_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     per_class = [members[torch.randperm(len(members), generator=generator)] for members in per_class]

@@ -92,9 +92,9 @@ def check_step_memory(trainer, batch_size: Optional[int] = None) -> None:
     if needed is None or available is None or needed <= available:
         return
     particles = getattr(trainer.elbo, "num_particles", 1)
-    options = f"--batch-size {batch_size or trainer.batch_size}"
-    options += f" and --particles {particles}" if particles > 1 else ""
-    lower = "--particles or --batch-size" if particles > 1 else "--batch-size (or the network's size)"
+    options = f"{{batch_size}} {batch_size or trainer.batch_size}"
+    options += f" and {{num_particles}} {particles}" if particles > 1 else ""
+    lower = "{num_particles} or {batch_size}" if particles > 1 else "{batch_size} (or the network's size)"
     raise ConfigError(f"One training step with {options} needs about {format_bytes(needed)} of memory, but only "
                       f"{format_bytes(available)} is available on {trainer.train_images.device}; lower {lower}.")
 

@@ -288,7 +288,7 @@ def plot_kl(view: RunView) -> Figure:
 def plot_styles(view: RunView, styles: int = 10, seed: int = 0) -> Figure:
     """M2: each row one code z ~ p(z) (a handwriting style), each column one class."""
     if not view.vae.num_classes:
-        raise ConfigError(f"The styles figure needs a model with classes (--model m2); {view.run_dir} has none.")
+        raise ConfigError(f"The styles figure needs a model with classes ({{model}} m2); {view.run_dir} has none.")
     images = view.vae.styles(view.vae.fixed_latents(styles, seed))
     classes = view.vae.num_classes
     figure = _figure(1.2 + 0.8 * classes, 1.0 + 0.8 * styles)

@@ -201,7 +201,7 @@ def _named_likelihood(config: Config) -> str:
     """The likelihood a named data set takes when the config names none (``likelihood=None``);
     for the user's own images the data decide, once loaded (``pyrovae.run.config_for_data``)."""
     if config.data:
-        raise ConfigError(f"The likelihood of {config.data} follows its pixels: pass likelihood= (--likelihood), "
+        raise ConfigError(f"The likelihood of {config.data} follows its pixels: pass {{likelihood}}, "
                           "or the config through pyrovae.run.config_for_data with the loaded images.")
     from pyrovae.data import named_likelihood
 

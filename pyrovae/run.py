@@ -241,8 +241,8 @@ def check_against_data(config: Config, data: ImageData) -> None:
     is written."""
     count = len(data.train_images)  # (the Trainer checks --batch-size against it)
     if config.prior == "vamp" and config.num_pseudo_inputs > count:
-        raise ConfigError(f"--pseudo-inputs {config.num_pseudo_inputs} is more than the {count} training images of "
-                          f"{data.name} they start from; use at most {count}.")
+        raise ConfigError(f"{{num_pseudo_inputs}} {config.num_pseudo_inputs} is more than the {count} training "
+                          f"images of {data.name} they start from; use at most {count}.")
     model_family(config).training_labels(config, data)
 
 
@@ -295,13 +295,13 @@ def resume_run(
         history = [EpochMetrics(**m) for m in state["history"]]
         if not state["step"] and stopped_early(history, config):
             raise ConfigError(f"Run {run_dir} stopped early at epoch {state['epoch']}: its validation ELBO has not "
-                              f"improved since epoch {best_epoch(history)} (--patience {config.patience}); "
+                              f"improved since epoch {best_epoch(history)} ({{patience}} {config.patience}); "
                               f"its best model is {run_dir / BEST}. To go on at a lower learning rate, resume it "
-                              f"with --lr-drops {config.lr_drops + 1}.")
+                              f"with {{lr_drops}} {config.lr_drops + 1}.")
         if state["epoch"] >= config.num_epochs and not state["step"]:
             raise ConfigError(
                 f"Run {run_dir} has already trained for {state['epoch']} epochs; "
-                "pass --epochs with a larger total to train longer."
+                "pass {num_epochs} with a larger total to train longer."
             )
         data = _main_first(distributed, device, lambda: load_data(config, fallback=False, progress=progress))
         if data.image_shape != config.image_shape:
@@ -367,10 +367,10 @@ def config_for_data(config: Config, data: ImageData) -> Config:
     alternatives = ("choose dlogistic or dlogistic_mix (8-bit pixels), gaussian, gaussian_learned or "
                     "continuous_bernoulli")
     if likelihood == "bernoulli" and data.image_shape[0] > 1 and data.levels != 2:
-        raise ConfigError(f"--likelihood bernoulli models black-and-white pixels, but {data.name} holds colour "
+        raise ConfigError(f"{{likelihood}} bernoulli models black-and-white pixels, but {data.name} holds colour "
                           f"images; {alternatives}.")
     if likelihood.startswith("dlogistic") and data.levels is None:
-        raise ConfigError(f"--likelihood {likelihood} models the 256 values of 8-bit pixels, but {data.name} holds "
+        raise ConfigError(f"{{likelihood}} {likelihood} models the 256 values of 8-bit pixels, but {data.name} holds "
                           "values between them; pass uint8 images, or use gaussian or continuous_bernoulli.")
     changes.update(model_family(config).options_from_data(config, data))
     return config.replace(**changes).validate()

@@ -178,7 +178,8 @@ def with_data_dir(config: Config, data_dir, run_dir) -> Config:
     if data_dir is None:
         return config
     if config.data:
-        raise ConfigError(f"--data-dir finds the named data sets; {run_dir} was trained on images from {config.data}.")
+        raise ConfigError(f"{{data_dir}} finds the named data sets; {run_dir} was trained on images from "
+                          f"{config.data}.")
     return _absolute_paths(config.replace(data_dir=data_dir))
 
 

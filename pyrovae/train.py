@@ -281,7 +281,8 @@ class Trainer:
             data = ImageData.from_dataset(data)
         if batch_size > len(data.train_images):
             raise ConfigError(
-                f"--batch-size {batch_size} is larger than the {len(data.train_images)} training images of {data.name}."
+                f"{{batch_size}} {batch_size} is larger than the {len(data.train_images)} training images of "
+                f"{data.name}."
             )
         self.vae = vae
         self.data = data
@@ -326,7 +327,7 @@ class Trainer:
         if self.distributed.active:
             self._loss = self.distributed.data_parallel(self._loss, self.train_images.device)
             if self.batch_size % self.distributed.world_size:
-                raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of the "
+                raise ConfigError(f"{{batch_size}} {self.batch_size} must be a multiple of the "
                                   f"{self.distributed.world_size} processes, so that every rank gets the same "
                                   "share of each batch.")
 

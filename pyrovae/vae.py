@@ -157,9 +157,9 @@ class VAE(PyroModule):
     def check_config(cls, config) -> None:
         """:raises ConfigError: for options this family cannot take, in one sentence."""
         if config.num_labels is not None:
-            raise ConfigError("--labels applies to a model with classes (--model m2).")
+            raise ConfigError("{num_labels} applies to a model with classes ({model} m2).")
         if config.visible_quadrants != 1:
-            raise ConfigError("--visible-quadrants applies to a conditional model (--model cvae).")
+            raise ConfigError("{visible_quadrants} applies to a conditional model ({model} cvae).")
 
     @classmethod
     def elbo_from_config(cls, config):
@@ -195,7 +195,7 @@ class VAE(PyroModule):
 
     def complete(self, x: torch.Tensor, num_samples: int = 1, mean: bool = True) -> torch.Tensor:
         """Completions of images from a visible part: only a conditional family draws them."""
-        raise ConfigError(f"Completing images needs a conditional model (--model cvae); this is a "
+        raise ConfigError(f"Completing images needs a conditional model ({{model}} cvae); this is a "
                           f"{type(self).__name__}.")
 
     def extra_scores(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:

@@ -10,21 +10,21 @@ from pyrovae.registry import LIKELIHOODS, build_vae, lookup, validate
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"latent_dim": 0}, "--z-dim must be at least 1"),
-        ({"lr": 0.0}, "--lr must be a positive number"),
-        ({"lr": -1e-3}, "--lr must be a positive number"),
-        ({"lr": float("nan")}, "--lr must be a positive number"),
-        ({"batch_size": 0}, "--batch-size"),
-        ({"num_epochs": 0}, "--epochs"),
-        ({"hidden_dims": (400, 0)}, "--hidden"),
-        ({"likelihood_scale": 0.0}, "--likelihood-scale"),
+        ({"latent_dim": 0}, "latent_dim must be at least 1"),
+        ({"lr": 0.0}, "lr must be a positive number"),
+        ({"lr": -1e-3}, "lr must be a positive number"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_epochs": 0}, "num_epochs"),
+        ({"hidden_dims": (400, 0)}, "hidden_dims"),
+        ({"likelihood_scale": 0.0}, "likelihood_scale"),
         ({"optimizer": "sgd"}, "Unknown optimizer 'sgd'; choose one of: adam, adamnormgrad"),
         ({"init": "xavier"}, "Unknown init 'xavier'; choose one of: torch, he"),
-        ({"logvar_range": (2, -6)}, "--logvar-range needs two finite numbers LO,HI with LO < HI"),
-        ({"logvar_range": (-6, float("inf"))}, "--logvar-range needs two finite numbers"),
+        ({"logvar_range": (2, -6)}, "logvar_range needs two finite numbers LO,HI with LO < HI"),
+        ({"logvar_range": (-6, float("inf"))}, "logvar_range needs two finite numbers"),
         ({"logvar_range": (-6, 2), "guide": "categorical", "prior": "categorical"},
-         "--logvar-range clips a Normal guide's log-variance"),
-        ({"logvar_range": (-6, 2), "model": "m2"}, "--logvar-range clips the plain VAE's guide; --model m2 has"),
+         "logvar_range clips a Normal guide's log-variance"),
+        ({"logvar_range": (-6, 2), "model": "m2"}, "logvar_range clips the plain VAE's guide; model m2 has"),
         ({"model": "m3"}, "Unknown model 'm3'; choose one of: vae, m2, cvae"),
     ],
 )
@@ -87,3 +87,40 @@ def test_python_and_the_command_line_share_one_likelihood_default(colour_folder,
                 .likelihood).__name__ == "DiscretizedLogisticLikelihood"
     with pytest.raises(ConfigError, match="follows its pixels: pass likelihood="):
         build_vae(Config(data=str(colour_folder)))
+
+
+def test_every_option_of_train_is_a_config_field_with_the_librarys_default():
+    """The click options are generated from the fields' metadata: parsing an empty command
+    line gives back Config() itself, and what cannot change on resume is what the fields say."""
+    import dataclasses
+
+    from pyrovae.cli.train import FIXED_ON_RESUME, train
+    from pyrovae.config import flags, option_name
+
+    context = train.make_context("train", [])
+    values = {name: context.params[option_name(name)] for name in flags()}
+    values["num_epochs"] = values["num_epochs"] or Config.num_epochs  # --epochs means the new total on resume
+    assert Config(**values) == Config()
+    options = {p.name for p in train.params}
+    for f in dataclasses.fields(Config):
+        if "flag" in f.metadata:
+            assert option_name(f.name) in options and f.metadata["flag"] in next(
+                p for p in train.params if p.name == option_name(f.name)).opts
+            assert (option_name(f.name) in FIXED_ON_RESUME) == f.metadata["fixed"]
+        else:
+            assert f.name in {"image_shape", "class_names"}  # decided by the data
+
+
+def test_a_config_error_names_the_python_field_and_the_command_line_shows_the_flag():
+    from click.testing import CliRunner
+
+    from pyrovae.cli import main
+
+    with pytest.raises(ConfigError) as caught:
+        validate(Config(latent_dim=0))
+    assert str(caught.value) == "latent_dim must be at least 1, got 0."
+    assert caught.value.command_line_message() == "--z-dim must be at least 1, got 0."
+    assert str(ConfigError("{not_a_field} stays {as} written")) == "{not_a_field} stays {as} written"
+    result = CliRunner().invoke(main, ["train", "--model", "m2", "--guide", "iaf", "--dataset", "mnist5k"])
+    assert result.exit_code == 2 and "--model m2 has its own guide" in result.output
+    assert "leave --guide, --prior, --net and --elbo at their defaults" in result.output

@@ -98,10 +98,10 @@ def test_completions_keep_the_visible_part_and_predictive_draws_them(mnist5k):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(guide="iaf"), "--model cvae has its own guide"),
-    (dict(num_labels=100), "--labels applies to a model with classes"),
-    (dict(visible_quadrants=4), "--visible-quadrants must be 1, 2 or 3"),
-    (dict(model="vae", visible_quadrants=2), "--visible-quadrants applies to a conditional model"),
+    (dict(guide="iaf"), "model cvae has its own guide"),
+    (dict(num_labels=100), "num_labels applies to a model with classes"),
+    (dict(visible_quadrants=4), "visible_quadrants must be 1, 2 or 3"),
+    (dict(model="vae", visible_quadrants=2), "visible_quadrants applies to a conditional model"),
 ])
 def test_impossible_cvae_configurations(changes, message):
     with pytest.raises(ConfigError, match=message):
