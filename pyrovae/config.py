@@ -330,3 +330,6 @@ def flags() -> Dict[str, str]:
 def option_name(field_name: str) -> str:
     """The name click gives the option of a field (``latent_dim``: ``z_dim``)."""
     return flags()[field_name].lstrip("-").replace("-", "_")
+
+
+ConfigError.fields = {f.name: f.metadata.get("flag") for f in dataclasses.fields(Config)}

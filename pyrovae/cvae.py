@@ -32,7 +32,7 @@ from pyrovae.errors import ConfigError, DataError
 from pyrovae.guides import DiagonalNormalGuide
 from pyrovae.likelihoods import Likelihood, score_pixels
 from pyrovae.networks import MLPDecoder, MLPEncoder
-from pyrovae.objectives import Trace_ELBO
+from pyrovae.objectives import ThroughDifferentiableLoss, Trace_ELBO
 from pyrovae.plates import data_plate, guide_plate
 from pyrovae.vae import VAE, _claim_name, analytic_kl
 
@@ -116,7 +116,7 @@ class CVAEGuide(DiagonalNormalGuide):
             return pyro.sample("z", self.distribution(x))
 
 
-class CVAE_ELBO(Trace_ELBO):
+class CVAE_ELBO(ThroughDifferentiableLoss, Trace_ELBO):
     """The CVAE's objective: Pyro's ``Trace_ELBO`` of log p(hidden | visible) plus the
     baseline's log-likelihood of the hidden pixels, read from the model's masked factor
     ``"baseline"`` (the way ``pyro.contrib.cevae`` adds its auxiliary terms). ``loss`` and
@@ -131,16 +131,6 @@ class CVAE_ELBO(Trace_ELBO):
             particle = loss_particle + (surrogate_particle - surrogate_particle.detach()) - baseline
             loss = loss + particle / self.num_particles
         return loss
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
 
 
 class CVAE(VAE):

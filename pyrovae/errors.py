@@ -7,6 +7,7 @@ error's ``exit_code`` instead of showing a traceback (the table in the README).
 
 import errno
 import re
+from typing import Dict, Optional
 
 __all__ = ["PyroVAEError", "DataError", "CheckpointError", "ConfigError", "NumericalError", "StorageError",
            "RunInUseError", "describe_os_error"]
@@ -37,22 +38,20 @@ class ConfigError(PyroVAEError):
     (:meth:`command_line_message`).
     """
 
+    # Every Config field and its flag (None for one that is not an option): pyrovae.config
+    # fills it in, so that this module imports nothing of pyrovae.
+    fields: Dict[str, Optional[str]] = {}
+
     def __str__(self) -> str:
         return self._render(lambda name: name)
 
     def command_line_message(self) -> str:
         """The message with each option named by its flag."""
-        from pyrovae.config import flags
-
-        flag_of = flags()
-        return self._render(lambda name: flag_of.get(name, name))
+        return self._render(lambda name: self.fields[name] or name)
 
     def _render(self, name_of) -> str:
-        from pyrovae.config import Config
-
-        fields = Config.__dataclass_fields__
         message = str(self.args[0]) if self.args else ""
-        return _FIELD.sub(lambda m: name_of(m.group(1)) if m.group(1) in fields else m.group(0), message)
+        return _FIELD.sub(lambda m: name_of(m.group(1)) if m.group(1) in self.fields else m.group(0), message)
 
 
 class NumericalError(PyroVAEError):

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from pyrovae._pyro import dice_elbo, get_traces
 from pyrovae.errors import ConfigError
 from pyrovae.guides import DiagonalNormalGuide
+from pyrovae.objectives import ThroughDifferentiableLoss
 from pyrovae.likelihoods import Likelihood
 from pyrovae.networks import _mlp
 from pyrovae.plates import data_plate, guide_plate
@@ -156,7 +157,7 @@ class M2Guide(PyroModule):
             return pyro.sample("z", self.distribution(x, y))
 
 
-class M2_ELBO(TraceEnum_ELBO):
+class M2_ELBO(ThroughDifferentiableLoss, TraceEnum_ELBO):
     """The M2 objective: Pyro's ``TraceEnum_ELBO`` (U(x) with the class summed out where it
     is unknown, L(x, y) where it is known) plus ``classifier_weight`` times log q(y|x) of the
     known labels, read from the guide's masked factor ``"y_classifier"``.
@@ -188,16 +189,6 @@ class M2_ELBO(TraceEnum_ELBO):
                     part["subsample"] = kwargs["subsample"][rows]
                 loss = loss + self._loss(model, guide, (x[rows], None if labels is None else labels[rows]) + args, part)
         return loss
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward()
-        return loss.item()
 
     def _loss(self, model, guide, args, kwargs) -> torch.Tensor:
         loss = 0.0

@@ -3,6 +3,7 @@ the end of each loss, the importance-weighted bound as a differentiable loss, an
 weight on the KL term (warm-up, beta-VAE)."""
 
 import math
+from typing import Callable
 
 import torch
 import pyro.infer
@@ -12,7 +13,7 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 
 from pyrovae._pyro import get_traces, trace_elbo_particle
 
-__all__ = ["Trace_ELBO", "TraceMeanField_ELBO", "IWAE_ELBO", "LatentScale", "kl_weight"]
+__all__ = ["Trace_ELBO", "TraceMeanField_ELBO", "IWAE_ELBO", "LatentScale", "kl_weight", "ThroughDifferentiableLoss"]
 
 
 class _NoEndSyncs:
@@ -37,6 +38,24 @@ class _NoEndSyncs:
         if not torch.is_tensor(surrogate):  # no sample sites: nothing to differentiate
             return loss
         return loss + (surrogate - surrogate.detach())
+
+
+class ThroughDifferentiableLoss:
+    """``loss`` and ``loss_and_grads`` (what :class:`pyro.infer.SVI` calls) computed through
+    the class's own ``differentiable_loss``, as Pyro's ``JitTraceEnum_ELBO`` does, so that SVI
+    optimizes an ELBO subclass's whole objective and not only its base class's bound."""
+
+    differentiable_loss: Callable[..., torch.Tensor]  # the ELBO subclass's own
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward()
+        return loss.item()
 
 
 class Trace_ELBO(_NoEndSyncs, pyro.infer.Trace_ELBO):

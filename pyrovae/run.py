@@ -1,17 +1,6 @@
 """Training runs: writing a run directory epoch by epoch, and resuming one where it stopped.
 
-The layout of a run directory, and reading it back, is :mod:`pyrovae.rundir`. It holds::
-
-    config.json                     the Config, including the data set actually used
-    metrics.jsonl                   one EpochMetrics per line
-    checkpoint.pt                   model, guide, optimizer, epoch, step, data order, RNG states
-    checkpoints/epoch_0001.pt       the last N end-of-epoch checkpoints, with --keep-checkpoints N > 1
-    best.pt                         the checkpoint of the epoch with the best validation ELBO (--validation-size)
-    samples/epoch_0001.png          decoded prior samples (the same z every epoch)
-    samples/epoch_0001.pt           the first 16 of them as 8-bit tensors (the evolution figure)
-    reconstructions/epoch_0001.png  rows of test images, each followed by its reconstruction
-    tensorboard/                    TensorBoard's event files, with --log tensorboard (pyrovae.tracking)
-    .lock                           held by the process writing the run (pyrovae.lock)
+The layout of a run directory, and reading one back, is :mod:`pyrovae.rundir`.
 """
 
 import json

@@ -85,7 +85,7 @@ def test_python_and_the_command_line_share_one_likelihood_default(colour_folder,
     assert type(build_vae(Config(latent_dim=2, hidden_dims=(8,))).likelihood).__name__ == "BernoulliLikelihood"
     assert type(build_vae(Config(dataset="emoji", image_shape=(3, 8, 8), latent_dim=2, hidden_dims=(8,)))
                 .likelihood).__name__ == "DiscretizedLogisticLikelihood"
-    with pytest.raises(ConfigError, match="follows its pixels: pass likelihood="):
+    with pytest.raises(ConfigError, match="follows its pixels: pass likelihood, or the config through"):
         build_vae(Config(data=str(colour_folder)))
 
 
