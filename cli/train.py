@@ -82,7 +82,7 @@ def train(ctx, config, fallback, run_dir, overwrite, resume, log, as_json, cuda,
                Config(**values))
     except PyroVAEError as error:
         if not distributed.is_main:
-            error.args = (f"[rank {distributed.rank}] {error}",)
+            error.args = (f"[rank {distributed.rank}] {error.args[0] if error.args else error}",)  # its template
         raise
     finally:
         distributed.close()

@@ -52,10 +52,10 @@ def test_temperature_schedule():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(prior="standard_normal"), "needs both --guide categorical and --prior categorical"),
-    (dict(elbo="meanfield"), "use --elbo trace"),
-    (dict(num_categories=1), "--categories must be at least 2"),
-    (dict(min_temperature=2.0), "0 < --min-temperature <= --temperature"),
+    (dict(prior="standard_normal"), "needs both guide categorical and prior categorical"),
+    (dict(elbo="meanfield"), "use elbo trace"),
+    (dict(num_categories=1), "num_categories must be at least 2"),
+    (dict(min_temperature=2.0), "0 < min_temperature <= temperature"),
 ])
 def test_impossible_categorical_configurations(changes, message):
     with pytest.raises(ConfigError, match=message):

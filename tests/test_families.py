@@ -69,7 +69,7 @@ def test_event_shapes(guide, prior):
 
 
 def test_vamp_with_iaf_is_refused():
-    with pytest.raises(ConfigError, match="--prior vamp"):
+    with pytest.raises(ConfigError, match="prior vamp mixes"):
         build_vae(_config("iaf", "vamp"))
 
 

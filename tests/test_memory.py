@@ -45,8 +45,8 @@ def test_a_step_that_cannot_fit_is_refused_in_one_sentence(mnist5k, monkeypatch)
     trainer = _trainer_for(mnist5k, elbo="iwae", num_particles=50)
     memory.check_step_memory(trainer)  # fits
     monkeypatch.setattr(memory, "available_memory", lambda device: 1024 ** 2)
-    with pytest.raises(ConfigError, match=r"--batch-size 128 and --particles 50 needs about .* MiB of memory, "
-                                          r"but only 1.0 MiB is available on cpu; lower --particles or --batch-size"):
+    with pytest.raises(ConfigError, match=r"batch_size 128 and num_particles 50 needs about .* MiB of memory, "
+                                          r"but only 1.0 MiB is available on cpu; lower num_particles or batch_size"):
         memory.check_step_memory(trainer)
 
 

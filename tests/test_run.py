@@ -64,9 +64,9 @@ def test_unwritable_run_directory(tmp_path):
 
 
 def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ConfigError, match="--batch-size 5000 is larger"):
+    with pytest.raises(ConfigError, match="batch_size 5000 is larger"):
         train_run(Config(**{**SMALL_OPTIONS, "batch_size": 5000}), tmp_path / "run", progress=False)
-    with pytest.raises(ConfigError, match="--z-dim"):
+    with pytest.raises(ConfigError, match="latent_dim"):
         train_run(Config(**{**SMALL_OPTIONS, "latent_dim": 0}), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -209,7 +209,7 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_epoch(tmp_path, monkeypa
     assert result.finished and result.stopped_early and result.best_epoch == 3
     assert load_run(tmp_path / "run")[2]["epoch"] == 3
     with pytest.raises(ConfigError, match=r"stopped early at epoch 5: its validation ELBO has not improved since "
-                                          r"epoch 3 \(--patience 2\)"):
+                                          r"epoch 3 \(patience 2\)"):
         resume_run(tmp_path / "run", progress=False)
 
 
@@ -295,7 +295,7 @@ def test_more_lr_drops_on_resume_continue_a_stopped_run_as_if_started_with_them(
     config = Config(**{**SMALL_OPTIONS, "num_epochs": 10, "validation_size": 500, "patience": 2})
     stopped = train_run(config, tmp_path / "stopped", progress=False)
     assert stopped.stopped_early and len(stopped.history) == 4
-    with pytest.raises(ConfigError, match="resume it with --lr-drops 1"):
+    with pytest.raises(ConfigError, match="resume it with lr_drops 1"):
         resume_run(tmp_path / "stopped", progress=False)
     resumed = resume_run(tmp_path / "stopped", progress=False, lr_drops=1)
     straight = train_run(config.replace(lr_drops=1), tmp_path / "straight", progress=False)
