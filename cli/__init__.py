@@ -5,6 +5,9 @@ the commands, so ``pyrovae --help`` answers at once. Errors the user can fix are
 one sentence with the error's exit status (:data:`EXIT_STATUSES`), never as a traceback.
 """
 
+import os
+import sys
+
 import click
 
 from pyrovae import __version__
@@ -26,6 +29,14 @@ class PyroVAEGroup(click.Group):
             with plain_warnings():
                 return super().invoke(ctx)
         except PyroVAEError as error:
+            if getattr(error, "group_lost", False):
+                # A torchrun peer died: the process group's threads still wait on it, and the
+                # interpreter's teardown can abort (SIGABRT) after the message. The checkpoint is
+                # already safe on disk (written atomically and synced), so leave at once.
+                _UserError(error).show()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(error.exit_code)
             raise _UserError(error) from None
         except KeyboardInterrupt:  # a second Ctrl-C while training, or one anywhere else
             click.echo("\nAborted; files already written are intact.", err=True)

@@ -31,7 +31,14 @@ TIMEOUT_ENV = "PYROVAE_DIST_TIMEOUT"
 
 
 class DistributedError(PyroVAEError):
-    """A rank lost contact with the others, or the process group could not be formed."""
+    """A rank lost contact with the others, or the process group could not be formed.
+
+    ``group_lost``: a peer died mid-training, and the process group's background threads
+    still wait on it; the process should leave without the interpreter's teardown, which can
+    then end in ``std::terminate`` (SIGABRT) after the message was printed.
+    """
+
+    group_lost = False
 
 
 def launched_by_torchrun() -> bool:
@@ -119,10 +126,12 @@ class Distributed:
         """The error to report when a collective failed because a peer died or hung."""
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         detail = detail.split("] ", 1)[-1].split(". ")[0][:160]  # drop gloo's source-file prefix and advice
-        return DistributedError(
+        error = DistributedError(
             f"Rank {self.rank} lost contact with the other ranks ({detail}); the last checkpoint of the run "
             "is intact: resume with the same torchrun command and --resume RUN."
         )
+        error.group_lost = True
+        return error
 
     @staticmethod
     def is_communication_error(error: BaseException) -> bool:

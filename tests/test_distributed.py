@@ -125,3 +125,29 @@ def test_killing_one_rank_stops_the_other_with_a_clear_error_and_keeps_the_check
     assert "Traceback" not in err
     _, _, state = load_run(run)
     assert state["epoch"] >= 1
+
+
+def test_a_lost_peer_prints_one_sentence_and_leaves_without_the_interpreters_teardown(monkeypatch, capsys):
+    """After a peer died, the process group's threads can abort the interpreter's exit
+    (SIGABRT, "terminate called without an active exception": the flake this test pins down);
+    the CLI prints its sentence and leaves with os._exit and the error's status instead."""
+    import click
+
+    from pyrovae.cli import PyroVAEGroup
+    from pyrovae.distributed import Distributed
+
+    left = []
+    monkeypatch.setattr(os, "_exit", lambda code: left.append(code) or (_ for _ in ()).throw(SystemExit(code)))
+
+    @click.group(cls=PyroVAEGroup)
+    def group():
+        pass
+
+    @group.command()
+    def step():
+        raise Distributed(rank=0, world_size=2, local_rank=0).lost_contact(RuntimeError("Connection reset by peer"))
+
+    with pytest.raises(SystemExit):
+        group.main(["step"], standalone_mode=False)
+    assert left == [2]
+    assert "Error: Rank 0 lost contact with the other ranks (Connection reset by peer)" in capsys.readouterr().err
