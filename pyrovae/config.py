@@ -38,8 +38,9 @@ class Config:
     # "m2": Kingma et al.'s semi-supervised VAE with the class as a discrete latent
     model: str = option(
         "vae", "--model", kind="choice", table="MODELS",
-        help="vae; m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014); cvae: the "
-             "conditional VAE that completes an image from its visible part (Sohn et al. 2015).")
+        help="vae; categorical: a code of categorical variables (with --guide categorical --prior categorical); "
+             "m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014); cvae: the conditional "
+             "VAE that completes an image from its visible part (Sohn et al. 2015).")
     # size of z (categorical variables with --guide categorical); 2 lets you plot it directly
     latent_dim: int = option(
         20, "--z-dim", kind="int", min=1,
@@ -229,6 +230,10 @@ class Config:
             self.logvar_range = tuple(float(v) for v in self.logvar_range)
         if self.class_names is not None:
             self.class_names = tuple(str(name) for name in self.class_names)
+        if self.model == "vae" and self.guide == "categorical":
+            # The categorical VAE is a model family; its older spelling, a plain VAE with a
+            # categorical guide (and prior), still means it, in old runs' configs too.
+            self.model = "categorical"
 
     def validate(self) -> "Config":
         """Raise :class:`ConfigError` with one sentence for the first impossible value. The

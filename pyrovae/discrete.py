@@ -28,10 +28,12 @@ from torch import nn
 from torch.distributions import relaxed_categorical
 from torch.nn import functional as F
 
+from pyrovae.errors import ConfigError
 from pyrovae.guides import AmortizedGuide
+from pyrovae.vae import VAE
 
-__all__ = ["ExpRelaxedCategorical", "CategoricalGuide", "UniformCategoricalPrior", "OneHotCodeDecoder",
-           "temperature_at"]
+__all__ = ["CategoricalVAE", "ExpRelaxedCategorical", "CategoricalGuide", "UniformCategoricalPrior",
+           "OneHotCodeDecoder", "temperature_at"]
 
 
 class ExpRelaxedCategorical(relaxed_categorical.ExpRelaxedCategorical, TorchDistributionMixin):
@@ -108,3 +110,26 @@ class OneHotCodeDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder((z.exp() if self.training else z).flatten(-2))
+
+
+class CategoricalVAE(VAE):
+    """The VAE whose code is ``latent_dim`` categorical variables of ``num_categories`` values
+    (``--model categorical``, or its older spelling ``--guide categorical --prior categorical``):
+    the plain VAE's parts, with a decoder that reads the code one-hot."""
+
+    skipped_figures = VAE.skipped_figures | {"latent", "manifold", "interpolate", "kl"}
+    continuous_code = False
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if (config.guide, config.prior) != ("categorical", "categorical"):
+            raise ConfigError("{model} categorical takes {guide} categorical and {prior} categorical.")
+
+    @classmethod
+    def code_features(cls, config) -> int:
+        return config.latent_dim * config.num_categories
+
+    @classmethod
+    def code_decoder(cls, decoder: nn.Module) -> nn.Module:
+        return OneHotCodeDecoder(decoder)

@@ -116,7 +116,7 @@ def plot_reconstructions(view: RunView, count: int = 32) -> Figure:
 
 
 def _continuous_code(view: RunView, kind: str) -> None:
-    if view.config.guide == "categorical":
+    if not view.vae.continuous_code:
         raise ConfigError(f"The {kind} figure walks a continuous latent space; {view.run_dir} has a categorical code "
                           "(try samples or reconstructions).")
 
@@ -319,6 +319,4 @@ def kinds_for(config) -> list:
     from pyrovae.registry import model_family
 
     skip = set(model_family(config).skipped_figures)
-    if config.guide == "categorical":
-        skip |= {"latent", "manifold", "interpolate", "kl"}
     return [kind for kind in PLOTS if kind not in skip]

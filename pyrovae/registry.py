@@ -158,7 +158,8 @@ def resolve(target: str):
 
 
 # Each model family is a VAE class that builds itself from a Config and says what it needs.
-MODELS = {"vae": "pyrovae.vae:VAE", "m2": "pyrovae.m2:M2VAE", "cvae": "pyrovae.cvae:CVAE"}
+MODELS = {"vae": "pyrovae.vae:VAE", "categorical": "pyrovae.discrete:CategoricalVAE", "m2": "pyrovae.m2:M2VAE",
+          "cvae": "pyrovae.cvae:CVAE"}
 ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
 ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 
@@ -215,14 +216,13 @@ def _build_vae(config: Config, init_images):
         return family.from_config(config, likelihood=likelihood, activation=_activation(config))
     nets = lookup(NETS, "network", config.net)
     output_shape = likelihood.decoder_shape(config.image_shape)
-    if config.guide == "categorical":  # the decoder reads the flattened one-hot code
-        from pyrovae.discrete import OneHotCodeDecoder
-
-        encoder, _ = nets(config, output_shape)
-        _, decoder = nets(config.replace(latent_dim=config.latent_dim * config.num_categories), output_shape)
-        decoder = OneHotCodeDecoder(decoder)
-    else:
+    features = family.code_features(config)
+    if features == config.latent_dim:
         encoder, decoder = nets(config, output_shape)
+    else:  # the code reaches the decoder in another shape (the categorical VAE's one-hot variables)
+        encoder, _ = nets(config, output_shape)
+        _, decoder = nets(config.replace(latent_dim=features), output_shape)
+    decoder = family.code_decoder(decoder)
     guide = lookup(GUIDES, "guide", config.guide)(config, encoder)
     return family(
         prior=lookup(PRIORS, "prior", config.prior)(config, guide, init_images),

@@ -152,6 +152,7 @@ class VAE(PyroModule):
     class_names: tuple = ()
     row_cost = 1  # decoder rows one (image, sample) pair costs in evaluation, relative to this family
     likelihood_name = "log p(x)"  # what log_marginal estimates, as evaluate prints it
+    continuous_code = True  # whether the code is a point in R^d (the latent-space figures walk it)
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -160,6 +161,16 @@ class VAE(PyroModule):
             raise ConfigError("{num_labels} applies to a model with classes ({model} m2).")
         if config.visible_quadrants != 1:
             raise ConfigError("{visible_quadrants} applies to a conditional model ({model} cvae).")
+
+    @classmethod
+    def code_features(cls, config) -> int:
+        """How many numbers a code hands the decoder, when the family builds from named parts."""
+        return config.latent_dim
+
+    @classmethod
+    def code_decoder(cls, decoder: nn.Module) -> nn.Module:
+        """The decoder as the family's code reaches it (the categorical VAE's reads it one-hot)."""
+        return decoder
 
     @classmethod
     def elbo_from_config(cls, config):

@@ -25,7 +25,7 @@ from pyrovae.registry import LIKELIHOODS, build_vae, lookup, validate
         ({"logvar_range": (-6, 2), "guide": "categorical", "prior": "categorical"},
          "logvar_range clips a Normal guide's log-variance"),
         ({"logvar_range": (-6, 2), "model": "m2"}, "logvar_range clips the plain VAE's guide; model m2 has"),
-        ({"model": "m3"}, "Unknown model 'm3'; choose one of: vae, m2, cvae"),
+        ({"model": "m3"}, "Unknown model 'm3'; choose one of: vae, categorical, m2, cvae"),
     ],
 )
 def test_impossible_values_get_one_sentence(changes, message):

@@ -78,3 +78,21 @@ def test_cli_train_and_figures(tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["plot", str(run), "manifold", "-o", str(tmp_path / "m.png"), "--num-images", "20"])
     assert result.exit_code == 2 and "categorical code" in result.output
+
+
+def test_the_categorical_vae_is_a_family_and_its_older_spelling_means_it(tmp_path):
+    """--guide categorical --prior categorical (old runs' configs too) is --model categorical,
+    whose family says how the decoder reads its code; the figures ask the family."""
+    from pyrovae.discrete import CategoricalVAE
+    from pyrovae.plots import kinds_for
+    from pyrovae.registry import validate
+
+    assert CATEGORICAL.model == "categorical"
+    assert Config.from_dict({**CATEGORICAL.to_dict(), "model": "vae"}) == CATEGORICAL  # an old run's config.json
+    vae = build_vae(CATEGORICAL)
+    assert isinstance(vae, CategoricalVAE) and not vae.continuous_code
+    assert vae.decoder.decoder.latent_dim == CATEGORICAL.latent_dim * CATEGORICAL.num_categories
+    assert {"latent", "manifold", "interpolate", "kl"}.isdisjoint(kinds_for(CATEGORICAL))
+    assert build_vae(CATEGORICAL.replace(model="categorical")).state_dict().keys() == vae.state_dict().keys()
+    with pytest.raises(ConfigError, match="model categorical takes guide categorical and prior categorical"):
+        validate(Config(model="categorical"))
