@@ -1,6 +1,6 @@
-"""Training objectives beyond Pyro's stock ELBOs: Pyro's ELBOs without the two host syncs at
-the end of each loss, the importance-weighted bound as a differentiable loss, and an explicit
-weight on the KL term (warm-up, beta-VAE)."""
+"""Training objectives beyond Pyro's stock ELBOs: Pyro's ELBOs without their host syncs, the
+importance-weighted bound as a differentiable loss, and an explicit weight on the KL term
+(warm-up, beta-VAE)."""
 
 import math
 from typing import Callable
@@ -11,15 +11,14 @@ from pyro.infer import RenyiELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from pyro.poutine.scale_messenger import ScaleMessenger
 
-from pyrovae._pyro import get_traces, trace_elbo_particle
+from pyrovae._pyro import get_traces, trace_elbo_particle, trace_elbo_particle_on_device
 
 __all__ = ["Trace_ELBO", "TraceMeanField_ELBO", "IWAE_ELBO", "LatentScale", "kl_weight", "ThroughDifferentiableLoss"]
 
 
 class _NoEndSyncs:
     """``differentiable_loss`` of Pyro's ``Trace_ELBO`` family without the two host syncs at
-    its end. (The per-particle loss is still Pyro's, which reads each sample site's
-    log-probability with ``torch_item``: those syncs remain, docs/benchmarks.md.)
+    its end (:class:`Trace_ELBO` also keeps its per-particle loss on the device).
 
     Pyro's version ends with ``warn_if_nan(surrogate)`` (a device-to-host copy to test for
     NaN, plus a backward hook) and ``loss + (surrogate - surrogate.item())`` (another copy,
@@ -60,7 +59,12 @@ class ThroughDifferentiableLoss:
 
 class Trace_ELBO(_NoEndSyncs, pyro.infer.Trace_ELBO):
     """:class:`pyro.infer.Trace_ELBO` (a Monte Carlo estimate of both ELBO terms) whose
-    ``differentiable_loss`` skips Pyro's two end-of-loss host syncs."""
+    ``differentiable_loss`` reads nothing from the device: it skips Pyro's two end-of-loss
+    syncs, and keeps each site's log-probability on the device where Pyro reads it
+    (:func:`pyrovae._pyro.trace_elbo_particle_on_device`)."""
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        return trace_elbo_particle_on_device(model_trace, guide_trace)
 
 
 class TraceMeanField_ELBO(_NoEndSyncs, pyro.infer.TraceMeanField_ELBO):

@@ -3,8 +3,8 @@
 Pyro's ELBO computes the loss (``elbo.differentiable_loss(model, guide, x)``) and a plain
 torch optimizer follows its gradient, the pattern of Pyro's ``examples/svi_torch.py``. Batches
 are slices of a random permutation of tensors already on the training device, and each
-step's loss stays there until one of the few progress refreshes of an epoch reads it (the
-ELBO itself still reads a value per sample site: docs/benchmarks.md).
+step's loss stays there until one of the few progress refreshes of an epoch reads it: a step
+hands no value to Python (tests/test_train.py counts them; docs/benchmarks.md).
 
 The loop knows no model family: a KL weight, a temperature schedule, the progress bar, stop
 requests and NaN checks are :class:`Callback` objects, a model that takes class labels (M2)
@@ -41,8 +41,11 @@ __all__ = ["EpochMetrics", "Trainer", "Callback", "TrainingRun", "observed",
            "ProgressBar", "KLWeight", "Annealing", "FiniteCheck",
            "StopRequest", "adam", "AdamNormGrad", "fit", "direct_call", "watching", "TEST_BINARIZATION_SEED"]
 
-# Progress refreshes per epoch; each costs one host-device sync.
+# Progress refreshes per epoch, at most, and steps between two, at least: a refresh is the one
+# host-device sync of the training loop (it reads the running ELBO), and the steps between
+# two make none, so a short epoch (32 steps of mnist5k) syncs 8 times, not at every step.
 REFRESHES_PER_EPOCH = 50
+MIN_STEPS_PER_REFRESH = 4
 
 
 @dataclass
@@ -380,7 +383,7 @@ class Trainer:
             guide = direct_call(guide)
         for callback in callbacks:
             model, guide = callback.wrap(model, guide)
-        refresh = max(1, self.num_batches // REFRESHES_PER_EPOCH)
+        refresh = max(MIN_STEPS_PER_REFRESH, self.num_batches // REFRESHES_PER_EPOCH)
         for callback in callbacks:
             callback.on_epoch_start(self)
         started = time.perf_counter()
