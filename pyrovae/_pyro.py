@@ -45,6 +45,11 @@ def trace_elbo_particle(elbo, model_trace: Trace, guide_trace: Trace):
     return elbo._differentiable_loss_particle(model_trace, guide_trace)
 
 
+def _detached(value):
+    """``value`` without its gradient, on the device; a plain number as it is (as ``torch_item`` takes both)."""
+    return value.detach() if torch.is_tensor(value) else value
+
+
 def trace_elbo_particle_on_device(model_trace: Trace, guide_trace: Trace):
     """``Trace_ELBO._differentiable_loss_particle`` with each site's log-probability kept on
     the device (``detach()``) where Pyro reads it to the host (``torch_item``, a sync per
@@ -55,12 +60,12 @@ def trace_elbo_particle_on_device(model_trace: Trace, guide_trace: Trace):
     log_r = None
     for site in model_trace.nodes.values():
         if site["type"] == "sample":
-            elbo_particle = elbo_particle + site["log_prob_sum"].detach()
+            elbo_particle = elbo_particle + _detached(site["log_prob_sum"])
             surrogate_elbo_particle = surrogate_elbo_particle + site["log_prob_sum"]
     for site in guide_trace.nodes.values():
         if site["type"] == "sample":
             _, score_function_term, entropy_term = site["score_parts"]
-            elbo_particle = elbo_particle - site["log_prob_sum"].detach()
+            elbo_particle = elbo_particle - _detached(site["log_prob_sum"])
             if not is_identically_zero(entropy_term):
                 surrogate_elbo_particle = surrogate_elbo_particle - entropy_term.sum()
             if not is_identically_zero(score_function_term):
