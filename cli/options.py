@@ -223,11 +223,11 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
                 raise ValueError("not a JSON object")
             if fields.get("data"):  # the user's own images: the data set is named after them
                 fields = {k: v for k, v in fields.items() if k not in ("dataset", "data_dir")}
-            values, unknown = {}, []
+            values, unknown, derived = {}, [], derived_fields()
             for field, value in fields.items():
                 if renamed.get(field, field) in valid:
                     values[renamed.get(field, field)] = value
-                elif field not in derived_fields():
+                elif field not in derived:
                     unknown.append(field)
         else:
             try:

@@ -155,12 +155,13 @@ def evaluate(
     ll = log_likelihood(vae, images, num_samples, seed=seed, progress=progress)
     extra = vae.extra_scores(images, labels)
     accuracy = extra.pop("accuracy", None)
-    scored = vae.scored_values(images.shape[1:])
-    bits = -ll / (scored * math.log(2)) if getattr(vae.likelihood, "discrete", False) else None
+    discrete = getattr(vae.likelihood, "discrete", False)
+    bits = bits_per_dim(ll, images.shape[1:], vae.scored_values(images.shape[1:])) if discrete else None
     return EvalResult(terms.elbo, terms.reconstruction, terms.kl, ll, num_samples, len(images), dataset, accuracy,
                       bits, vae.likelihood_name, extra)
 
 
-def bits_per_dim(log_likelihood: float, image_shape) -> float:
-    """Nats per image as bits per dimension: -log p(x) / (C H W log 2)."""
-    return -log_likelihood / (math.prod(image_shape) * math.log(2))
+def bits_per_dim(log_likelihood: float, image_shape, values: Optional[int] = None) -> float:
+    """Nats per image as bits per dimension: -log p(x) / (C H W log 2), or over the ``values``
+    the likelihood scores when they are fewer (a conditional VAE's hidden pixels)."""
+    return -log_likelihood / ((values or math.prod(image_shape)) * math.log(2))

@@ -204,6 +204,11 @@ class M2_ELBO(ThroughDifferentiableLoss, TraceEnum_ELBO):
         return loss / self.num_particles
 
 
+def _num_classes(config) -> int:
+    """The classes a config's M2 has: its data's (``class_names``), else the 10 of runs made before them."""
+    return len(config.class_names) if config.class_names else NUM_CLASSES
+
+
 class M2VAE(VAE):
     """An M2 model and guide with the helpers of :class:`~pyrovae.vae.VAE`.
 
@@ -252,7 +257,7 @@ class M2VAE(VAE):
     def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "M2VAE":
         """The M2 model a :class:`~pyrovae.config.Config` describes: MLPs of ``hidden_dims``, one
         class for each of ``config.class_names``."""
-        num_classes = len(config.class_names) if config.class_names else NUM_CLASSES
+        num_classes = _num_classes(config)
         decoder = TwoInputMLP(config.latent_dim, num_classes, tuple(reversed(config.hidden_dims)),
                               math.prod(likelihood.decoder_shape(config.image_shape)), activation)
         return cls(M2Model(config.latent_dim, num_classes, decoder, likelihood, config.image_shape),
@@ -277,7 +282,7 @@ class M2VAE(VAE):
         if not len(labels) or int(labels.max()) == 0:
             raise ConfigError(f"{{model}} m2 learns from class labels, but the images of {data.name} have none; put "
                               "them in one folder per class, or pass labels with the array.")
-        num_classes = len(config.class_names) if config.class_names else NUM_CLASSES
+        num_classes = _num_classes(config)
         if int(labels.max()) >= num_classes:
             raise ConfigError(f"{{model}} m2 has {num_classes} classes, but {data.name} has labels up to "
                               f"{int(labels.max())}.")
