@@ -23,14 +23,13 @@ def _run_and_inputs(default_output: str, output_help: str):
 
 def _load(run, inputs, epoch, cuda, device):
     """The run's model and the inputs prepared as its images, with notes printed on stderr."""
-    from tqdm.auto import tqdm
-
-    from pyrovae.images import images_for_model
     from pyrovae.devices import resolve_device
+    from pyrovae.images import images_for_model
+    from pyrovae.progress import progress
     from pyrovae.rundir import load_run
 
     config, vae, _ = load_run(run, resolve_device(device, cuda), epoch)
-    with tqdm(desc="reading images", unit="image", leave=False, disable=not progress_enabled()) as bar:
+    with progress(None, "reading images", "image", enabled=progress_enabled()) as bar:
         images, names, notes = images_for_model(inputs, config.image_shape, progress=bar.update)
     for note in notes:
         click.echo(f"Note: {note}", err=True)

@@ -24,14 +24,13 @@ from pyrovae.cli.options import (COMMON_STATUSES, checkpoint_option, data_option
 def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epoch, cuda, device):
     """Score RUN on test images: the ELBO with its reconstruction and KL terms, and
     log p(x) estimated with k importance samples (in nats per image; higher is better)."""
-    from tqdm.auto import tqdm
-
-    from pyrovae.data import load_data, load_dataset, spread_subset
+    from pyrovae.data import load_data, load_dataset, prepare_test_pixels, spread_subset
     from pyrovae.errors import DataError
     from pyrovae.evaluation import evaluate as score
     from pyrovae.devices import resolve_device
     from pyrovae.rundir import best_epoch, load_run, with_data_dir
-    from pyrovae.train import EpochMetrics, prepare_test_images
+    from pyrovae.progress import progress
+    from pyrovae.train import EpochMetrics
 
     device = resolve_device(device, cuda)
     config, vae, state = load_run(run, device, epoch)
@@ -43,10 +42,9 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epo
     if data.image_shape != config.image_shape:
         raise DataError(f"{data.name} holds images of shape {data.image_shape} but the run's model "
                         f"expects {config.image_shape}.")
-    images = prepare_test_images(data.test_images, vae.likelihood.binary_data)
+    images = prepare_test_pixels(data.test_pixels, vae.likelihood.binary_data)  # uint8 where 8-bit
     images = images[spread_subset(num_images, len(images))]
-    with tqdm(total=len(images), desc=f"log p(x), k={num_samples}", unit="image", leave=False,
-              disable=not progress_enabled()) as bar:
+    with progress(len(images), f"log p(x), k={num_samples}", "image", enabled=progress_enabled()) as bar:
         labels = data.test_labels[spread_subset(num_images, len(data.test_labels))]
         result = score(vae.to(device), images, num_samples=num_samples, seed=seed, dataset=data.name,
                        progress=bar.update, labels=labels)

@@ -115,8 +115,22 @@ class LabelCount(click.ParamType):
         return count
 
 
+def _set_threads(ctx, param, value):
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+    return value
+
+
 def device_options(command):
-    """``--cuda`` and ``--device``, resolved later by :func:`pyrovae.devices.resolve_device`."""
+    """``--cuda`` and ``--device``, resolved later by :func:`pyrovae.devices.resolve_device`,
+    and ``--threads``, applied at once."""
+    command = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N", expose_value=False,
+                           callback=_set_threads,
+                           help="CPU threads torch computes with [default: torch's choice, one per core]. On a "
+                                "machine whose cores other work shares, 1 is often several times faster "
+                                "(README: Speed).")(command)
     command = click.option("--device", default=None, metavar="DEVICE",
                            help="Torch device, e.g. cpu, cuda or cuda:1 [default: cpu].")(command)
     return click.option("--cuda", is_flag=True, help="Use the GPU (same as --device cuda).")(command)
@@ -289,10 +303,9 @@ def check_output(output: Path, suffixes=None) -> None:
 
 
 def progress_enabled() -> bool:
-    """Progress bars only where a person is watching."""
-    from pyrovae.train import watching
-
-    return watching()
+    """Long work reports its progress: a bar where a person watches, a line in the log every
+    few seconds otherwise (:func:`pyrovae.progress.progress`)."""
+    return True
 
 
 @contextmanager

@@ -11,15 +11,14 @@ KINDS = ("curves", "reconstructions", "samples", "evolution", "latent", "manifol
 
 
 def _view(run, num_images, epoch, data_dir, cuda, device):
-    from tqdm.auto import tqdm
-
     from pyrovae.analysis import RunView
     from pyrovae.devices import resolve_device
+    from pyrovae.progress import progress
 
-    def progress(total, description):
-        return tqdm(total=total, desc=description, unit="image", leave=False, disable=not progress_enabled())
+    def counter(total, description):
+        return progress(total, description, "image", enabled=progress_enabled())
 
-    return RunView(run, resolve_device(device, cuda), num_images=num_images, progress=progress, epoch=epoch,
+    return RunView(run, resolve_device(device, cuda), num_images=num_images, progress=counter, epoch=epoch,
                    data_dir=data_dir)
 
 
@@ -85,15 +84,13 @@ def plot(run, kind, output, num_images, as_json, epoch, data_dir, cuda, device):
 @view_options
 def report(run, output, num_images, as_json, epoch, data_dir, cuda, device):
     """Write one self-contained HTML page with RUN's configuration, metrics and every figure."""
-    from tqdm.auto import tqdm
-
     from pyrovae.plots import kinds_for
+    from pyrovae.progress import progress
     from pyrovae.report import write_report
 
     if output is not None:
         check_output(output, (".html", ".htm"))
     view = _view(run, num_images, epoch, data_dir, cuda, device)
-    with tqdm(total=len(kinds_for(view.config)), desc="figures", unit="figure", leave=False,
-              disable=not progress_enabled()) as bar:
+    with progress(len(kinds_for(view.config)), "figures", "figure", enabled=progress_enabled()) as bar:
         path = write_report(view, output, on_figure=lambda kind: bar.update())
     emit(as_json, {"output": str(path), "epoch": view.epoch}, f"Wrote {path}")

@@ -146,7 +146,7 @@ def _epoch_lines(as_json: bool):
             self.lr = config.lr
             echo = partial(click.echo, err=self.as_json)
             shape = "x".join(map(str, data.image_shape[1:])) + (" colour" if data.image_shape[0] == 3 else " grey")
-            echo(f"Training on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images, "
+            echo(f"Training on {data.name} ({len(data.train_pixels)} train / {len(data.test_pixels)} test images, "
                  f"{shape}, from {data.source}); run directory {run_dir}")
             for note in data.notes:
                 echo(f"  {note[0].upper()}{note[1:]}")

@@ -115,8 +115,9 @@ class RunView:
 
     :param num_images: use only N test images, spread evenly over the test set (encoding is
         done once, lazily).
-    :param progress: a factory ``progress(total, description)`` returning an object with
-        ``update(n)`` and ``close()``, used while encoding the test set.
+    :param progress: a factory ``progress(total, description)`` returning a context manager
+        whose value has ``update(n)`` (a tqdm bar, or :func:`pyrovae.progress.progress`), used
+        while encoding the test set.
     :param epoch: the checkpoint to show (:func:`~pyrovae.rundir.load_run`): ``"best"`` (the
         default, the best-validation epoch where the run has one, else the newest), ``"last"``
         or an epoch number. The training curves always cover the whole run.
@@ -125,7 +126,8 @@ class RunView:
 
     def __init__(self, run_dir, device="cpu", num_images: Optional[int] = None, progress=None,
                  epoch: Union[int, str] = "best", data_dir=None):
-        from pyrovae.data import load_data, prepare_test_images, spread_subset
+        from pyrovae.data import load_data, prepare_test_pixels, spread_subset
+        from pyrovae.pixels import to_unit
         from pyrovae.metrics import EpochMetrics
         from pyrovae.rundir import full_history, load_run, with_data_dir
 
@@ -140,8 +142,9 @@ class RunView:
             raise ConfigError(f"The images of {data.name} now have shape {data.image_shape}, but run {self.run_dir} "
                               f"was trained on {self.config.image_shape}; have the files changed?")
         # Binarize the whole test set first, so a subset shows the same pixels as the full set.
-        index = spread_subset(num_images, len(data.test_images))
-        self.images = prepare_test_images(data.test_images, self.vae.likelihood.binary_data)[index]
+        index = spread_subset(num_images, len(data.test_pixels))
+        pixels = prepare_test_pixels(data.test_pixels, self.vae.likelihood.binary_data)[index]
+        self.images = to_unit(pixels, self.vae.dtype)
         self.labels = data.test_labels[index]
         self.class_names = list(self.config.class_names or data.classes
                                 or [str(label) for label in range(int(data.test_labels.max()) + 1)])
@@ -149,10 +152,8 @@ class RunView:
 
     @cached_property
     def latents(self) -> Latents:
-        bar = self._progress(len(self.images), "encoding the test set") if self._progress else None
-        try:
-            return encode(self.vae, self.images, self.labels, progress=bar.update if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
+        if self._progress is None:
+            return encode(self.vae, self.images, self.labels)
+        with self._progress(len(self.images), "encoding the test set") as bar:
+            return encode(self.vae, self.images, self.labels, progress=bar.update)
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from pyrovae.errors import ConfigError
 
-__all__ = ["Config", "DATASETS", "OPTIMIZERS", "INITS", "option", "flags", "option_name"]
+__all__ = ["Config", "DATASETS", "OPTIMIZERS", "INITS", "STORAGES", "PRECISIONS", "option", "flags", "option_name"]
 
 # The named data sets (pyrovae.data loads them); here so the command line can list them without torch.
 DATASETS = ("mnist", "fashion-mnist", "mnist5k", "emoji")
@@ -16,6 +16,10 @@ DATASETS = ("mnist", "fashion-mnist", "mnist5k", "emoji")
 OPTIMIZERS = ("adam", "adamnormgrad")
 # torch: PyTorch's default initial weights; he: N(0, 2 / fan_in) (pyrovae.networks.he_init_).
 INITS = ("torch", "he")
+# Where training keeps its images (pyrovae.train.Trainer's storage).
+STORAGES = ("auto", "memory", "stream")
+# The arithmetic of the networks in training steps (pyrovae.networks.compute_dtype).
+PRECISIONS = ("fp32", "bf16")
 
 
 def option(default, flag: str, *, help: str, kind: str, fixed: bool = True, **spec) -> Any:
@@ -193,6 +197,23 @@ class Config:
     grayscale: bool = option(
         False, "--grayscale", kind="flag",
         help="Convert colour images to grey.")
+    # a folder with unreadable image files: refuse it (else they are skipped, with a note)
+    strict_images: bool = option(
+        False, "--strict-images", kind="flag",
+        help="Refuse a --data folder holding an image file that cannot be read [default: skip such files and say "
+             "how many].")
+    # where training keeps its images; any choice gives the same numbers
+    data_storage: str = option(
+        "auto", "--data-storage", kind="choice", table="STORAGES", fixed=False,
+        help="Where training keeps the images: memory (on the device, one byte a pixel for 8-bit images); "
+             "stream: read each batch from disk (a memory-mapped .npy or decoded folder) in a background thread; "
+             "auto streams a memory-mapped set larger than a quarter of the free memory. The numbers are the "
+             "same either way.")
+    # the networks' arithmetic in training steps; log-probabilities and the ELBO stay float32
+    precision: str = option(
+        "fp32", "--precision", kind="choice", table="PRECISIONS", fixed=False,
+        help="bf16: the encoder and decoder compute in bfloat16 (torch.autocast) during training, on CPU and "
+             "GPU; log-probabilities and the ELBO stay float32 (docs/benchmarks.md#scale has the trade-off).")
     image_shape: Tuple[int, ...] = (1, 28, 28)  # from the data, not an option
     seed: int = option(
         0, "--seed", kind="int",

@@ -33,6 +33,7 @@ from pyrovae.guides import DiagonalNormalGuide
 from pyrovae.likelihoods import Likelihood, score_pixels
 from pyrovae.networks import MLPDecoder, MLPEncoder
 from pyrovae.objectives import ThroughDifferentiableLoss, Trace_ELBO
+from pyrovae.pixels import to_unit
 from pyrovae.plates import data_plate, guide_plate
 from pyrovae.vae import VAE, _claim_name, analytic_kl
 
@@ -206,8 +207,10 @@ class CVAE(VAE):
     @torch.no_grad()
     def baseline_log_likelihood(self, images: torch.Tensor, batch_size: int = 1000) -> float:
         """The baseline's mean log p(hidden | visible) of ``images``, in nats per image."""
-        total = sum(float(self.model.baseline_distribution(x.to(self.device, self.dtype)).log_prob(
-            x.to(self.device, self.dtype)).sum()) for x in images.split(batch_size))
+        total = 0.0
+        for x in images.split(batch_size):
+            x = to_unit(x, self.dtype, self.device)
+            total += float(self.model.baseline_distribution(x).log_prob(x).sum())
         return total / len(images)
 
     def extra_scores(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
@@ -240,7 +243,7 @@ class CVAE(VAE):
         """Completions of the first ``num`` test images, one each, from codes drawn with ``seed``."""
         if not len(test_images):
             raise DataError("A conditional VAE's samples complete test images, and there are none.")
-        images = test_images[torch.arange(num) % len(test_images)].to(self.device, self.dtype)
+        images = to_unit(test_images[torch.arange(num) % len(test_images)], self.dtype, self.device)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             return self.complete(images)[0]

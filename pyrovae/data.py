@@ -31,11 +31,16 @@ from pyrovae.errors import DataError
 from pyrovae.config import DATASETS
 from pyrovae.images import (find_images, images_from_dataset, images_from_tensor, read_array, read_images,
                             resize_images, to_grayscale)
+from pyrovae.cache import CacheWriteError, Decoded, convert_array, decode_folder
+from pyrovae.memory import available_host_memory
+from pyrovae.pixels import CHUNK, MappedImages, Pixels, chunks, compact, pixel_levels, to_unit, value_range
 
 __all__ = [
     "DATASETS",
     "TEST_BINARIZATION_SEED",
     "prepare_test_images",
+    "prepare_test_pixels",
+    "cache_dir",
     "named_likelihood",
     "ImageData",
     "DataFallbackWarning",
@@ -72,7 +77,13 @@ class DataFallbackWarning(UserWarning):
 
 @dataclass
 class ImageData:
-    """A train/test split of images ``(N, C, H, W)`` with pixels in [0, 1], and integer labels.
+    """A train/test split of images ``(N, C, H, W)`` and their integer labels.
+
+    The images are stored as compactly as their values allow (:mod:`pyrovae.pixels`): 8-bit
+    images as uint8, one byte a pixel; other values as float32 in [0, 1]; a ``.npy`` or a
+    decoded folder as a memory-mapped file that is read only where used. ``train_pixels``
+    (``test_pixels``, ``validation_pixels``) hold them as stored; ``train_images`` (and so on)
+    give a whole split as float32 in [0, 1], four bytes a pixel, made on each access.
 
     :param str name: the data set actually loaded (``mnist5k`` after a fallback; a folder's
         or file's name for the user's own images).
@@ -82,36 +93,92 @@ class ImageData:
         skipped, resized, the split) and any attribution the data asks for.
 
     Build one from your own tensors with :meth:`from_tensor`, or from any torchvision data
-    set object with :meth:`from_dataset`.
+    set object with :meth:`from_dataset`. Positional image arguments may be uint8 pixels or
+    floats in [0, 1].
     """
 
     name: str
     source: str
-    train_images: torch.Tensor
+    train_pixels: Pixels
     train_labels: torch.Tensor
-    test_images: torch.Tensor
+    test_pixels: Pixels
     test_labels: torch.Tensor
     classes: Optional[List[str]] = None
     notes: List[str] = field(default_factory=list)
-    validation_images: Optional[torch.Tensor] = None  # held out of the training images (with_validation)
+    validation_pixels: Optional[Pixels] = None  # held out of the training images (with_validation)
     validation_labels: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        for split in ("train_pixels", "test_pixels", "validation_pixels"):
+            pixels = getattr(self, split)
+            if torch.is_tensor(pixels):
+                setattr(self, split, compact(pixels))
+
+    @property
+    def train_images(self) -> torch.Tensor:
+        """The training images as float32 in [0, 1], all in memory (``train_pixels`` as stored);
+        assigning images (floats or uint8) stores them."""
+        return _floats(self.train_pixels)
+
+    @train_images.setter
+    def train_images(self, images) -> None:
+        self._store("train_pixels", images)
+
+    @property
+    def test_images(self) -> torch.Tensor:
+        """The test images as float32 in [0, 1], all in memory (``test_pixels`` as stored)."""
+        return _floats(self.test_pixels)
+
+    @test_images.setter
+    def test_images(self, images) -> None:
+        self._store("test_pixels", images)
+
+    @property
+    def validation_images(self) -> Optional[torch.Tensor]:
+        """The validation images as float32 in [0, 1], or None (``validation_pixels`` as stored)."""
+        return None if self.validation_pixels is None else _floats(self.validation_pixels)
+
+    @validation_images.setter
+    def validation_images(self, images) -> None:
+        self._store("validation_pixels", images)
+
+    def _store(self, split: str, images) -> None:
+        setattr(self, split, compact(images) if torch.is_tensor(images) else images)
+        self.__dict__.pop("levels", None)  # worked out afresh
+
+    def replace(self, **changes) -> "ImageData":
+        """A copy with ``changes``; ``train_images=``, ``test_images=`` and ``validation_images=``
+        (floats in [0, 1] or uint8) set the stored pixels."""
+        for split in ("train", "test", "validation"):
+            if f"{split}_images" in changes:
+                changes[f"{split}_pixels"] = changes.pop(f"{split}_images")
+        return replace(self, **changes)
 
     @property
     def image_shape(self) -> Tuple[int, ...]:
-        return tuple(self.train_images.shape[1:])
+        return tuple(self.train_pixels.shape[1:])
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the training images are read from disk as they are used (a memory-mapped file)."""
+        return isinstance(self.train_pixels, MappedImages)
 
     @functools.cached_property
     def levels(self) -> Optional[int]:
         """Distinct pixel values the data can take: 2 (binary), 256 (8-bit) or None (continuous)."""
-        levels = {pixel_levels(chunk) for images in (self.train_images, self.test_images)
-                  for chunk in images.split(4096)}
+        levels = set()
+        for pixels in (self.train_pixels, self.test_pixels):
+            for chunk in chunks(pixels):
+                levels.add(pixel_levels(chunk))
+                if pixels.dtype == torch.uint8 and 256 in levels:
+                    break  # bytes can be nothing else: the rest need not be read
         return None if None in levels else max(levels)
 
     def __repr__(self) -> str:
-        validation = f"validation={len(self.validation_images)}, " if self.validation_images is not None else ""
+        validation = f"validation={len(self.validation_pixels)}, " if self.validation_pixels is not None else ""
         return (
-            f"ImageData(name={self.name!r}, train={len(self.train_images)}, {validation}"
-            f"test={len(self.test_images)}, image_shape={self.image_shape}, source={self.source!r})"
+            f"ImageData(name={self.name!r}, train={len(self.train_pixels)}, {validation}"
+            f"test={len(self.test_pixels)}, image_shape={self.image_shape}, source={self.source!r})"
         )
 
     def with_validation(self, count: int) -> "ImageData":
@@ -121,15 +188,15 @@ class ImageData:
 
         :raises DataError: when ``count`` would leave no training images.
         """
-        total = len(self.train_images)
+        total = len(self.train_pixels)
         if count >= total:
             raise DataError(f"--validation-size {count} leaves none of the {total} training images of {self.name} "
                             "to train on; hold out fewer.")
         order = torch.randperm(total, generator=torch.Generator().manual_seed(VALIDATION_SEED))
         held, kept = order[:count].sort().values, order[count:].sort().values
         note = f"held out {count} of the {total} training images (seed {VALIDATION_SEED}) as the validation set"
-        return replace(self, train_images=self.train_images[kept], train_labels=self.train_labels[kept],
-                       validation_images=self.train_images[held], validation_labels=self.train_labels[held],
+        return replace(self, train_pixels=take(self.train_pixels, kept), train_labels=self.train_labels[kept],
+                       validation_pixels=take(self.train_pixels, held), validation_labels=self.train_labels[held],
                        notes=self.notes + [note])
 
     @classmethod
@@ -179,12 +246,13 @@ class ImageData:
                                classes=classes)
 
 
-def pixel_levels(images: torch.Tensor) -> Optional[int]:
-    """2 when every pixel is 0 or 1, 256 when every pixel is a multiple of 1/255, else None."""
-    if bool(((images == 0) | (images == 1)).all()):
-        return 2
-    scaled = images * 255
-    return 256 if bool(((scaled - scaled.round()).abs() < 1e-3).all()) else None
+def take(pixels: Pixels, rows: torch.Tensor) -> Pixels:
+    """The images at ``rows``: indexed in memory, or another view of a memory-mapped file."""
+    return pixels.take(rows) if isinstance(pixels, MappedImages) else pixels[rows]
+
+
+def _floats(pixels: Pixels) -> torch.Tensor:
+    return to_unit(pixels.load() if isinstance(pixels, MappedImages) else pixels)
 
 
 def _as_labels(labels, count: int, what: str) -> torch.Tensor:
@@ -214,7 +282,8 @@ def _split(name, source, images, labels, test_fraction: float, classes, notes) -
     test, train = order[:held_out].sort().values, order[held_out:].sort().values
     notes = notes + [f"held out {held_out} of {len(images)} images ({test_fraction:.0%}, seed {SPLIT_SEED}) "
                      "as the test set"]
-    return ImageData(name, source, images[train], labels[train], images[test], labels[test], classes, notes)
+    return ImageData(name, source, take(images, train), labels[train], take(images, test), labels[test], classes,
+                     notes)
 
 
 def default_data_dir() -> Path:
@@ -287,8 +356,7 @@ def _read_split(images_path: Path, labels_path: Path,
         )
     if len(images) == 0:
         raise DataError(f"Data file {images_path} holds no images.")
-    images = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-    return images, torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 def _find(folder: Path, stem: str) -> Optional[Path]:
@@ -361,7 +429,7 @@ def load_mnist5k() -> ImageData:
     that is the same on every machine without any random seed.
     """
     pixels, labels = _mnist5k_arrays()
-    images = torch.from_numpy(pixels / np.float32(255.0)).reshape(-1, *IMAGE_SHAPE)
+    images = torch.from_numpy(pixels.astype(np.uint8)).reshape(-1, *IMAGE_SHAPE)
     labels = torch.from_numpy(labels.copy())
     held_out = torch.zeros(len(labels), dtype=torch.bool)
     for digit in labels.unique():
@@ -380,8 +448,11 @@ def load_dataset(
     fallback: bool = True,
     test_fraction: float = 0.1,
     progress: bool = False,
+    image_size: Optional[int] = None,
+    grayscale: bool = False,
 ) -> ImageData:
-    """Load a data set into memory.
+    """Load a named data set: the MNIST family into memory (one byte a pixel), the emoji
+    decoded once into the cache and memory-mapped (:func:`load_images`).
 
     :param str name: one of :data:`DATASETS`.
     :param data_dir: a folder holding the IDX files (plain or ``.gz``), or torchvision's
@@ -391,6 +462,8 @@ def load_dataset(
     :param bool download: let torchvision download missing files.
     :param bool fallback: when ``name`` is ``mnist``, no ``data_dir`` was given and MNIST
         can be neither found nor downloaded, load ``mnist5k`` and warn instead of failing.
+    :param image_size: resize every image so its shorter side is N, then cut the centre NxN.
+    :param bool grayscale: convert colour images to grey.
     :param float test_fraction: ``emoji``, which has no test split of its own: the seeded
         fraction held out.
     :raises DataError: when the data cannot be found, downloaded or read.
@@ -398,12 +471,12 @@ def load_dataset(
     Example::
 
         data = load_dataset("fashion-mnist")
-        data.train_images.shape  # torch.Size([60000, 1, 28, 28])
+        data.train_pixels.shape  # torch.Size([60000, 1, 28, 28]), uint8
     """
     if name not in DATASETS:
         raise DataError(f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}.")
     if name == "mnist5k":
-        return load_mnist5k()
+        return _transformed(load_mnist5k(), image_size, grayscale)
     explicit = data_dir is not None
     root = Path(data_dir).expanduser() if explicit else default_data_dir()
     if explicit and not root.is_dir():
@@ -414,27 +487,27 @@ def load_dataset(
                         "variable.")
     if name == "emoji":
         data = load_images(_emoji_folder(root, download), test_fraction=test_fraction, progress=progress,
-                           name="emoji")
+                           name="emoji", image_size=image_size, grayscale=grayscale)
         data.source = f"npm {EMOJI_PACKAGE} {EMOJI_VERSION}, cached in {root}"
         data.notes.append(EMOJI_CREDIT)
         return data
     for folder in _candidate_folders(name, root, explicit):
         data = _load_folder(name, folder)
         if data is not None:
-            return data
+            return _transformed(data, image_size, grayscale)
     if explicit and not download:
         raise DataError(f"Data directory {root} holds no {name} files (looked for {_FILES['train_images']}[.gz]).")
     try:
         if not download:
             raise DataError(f"No {name} files found in {root} and downloading is off.")
-        return _load_folder(name, _download(name, root))
+        return _transformed(_load_folder(name, _download(name, root)), image_size, grayscale)
     except DataError as error:
         if name != "mnist" or explicit or not fallback:
             raise
         warnings.warn(
             DataFallbackWarning(f"{error} Falling back to the 5,000 offline digits of mnist5k."), stacklevel=2
         )
-        return load_mnist5k()
+        return _transformed(load_mnist5k(), image_size, grayscale)
 
 
 EMOJI_PACKAGE, EMOJI_VERSION = "emoji-datasource-twitter", "16.0.0"
@@ -508,7 +581,8 @@ def _extract_emoji(tarball: Path, folder: Path) -> None:
 
 
 def load_images(path, test=None, *, test_fraction: float = 0.1, image_size: Optional[int] = None,
-                grayscale: bool = False, progress: bool = False, name: Optional[str] = None) -> ImageData:
+                grayscale: bool = False, progress: bool = False, name: Optional[str] = None,
+                strict: bool = False) -> ImageData:
     """The user's own images: a folder of image files (read recursively; class subfolders
     give the labels, as in torchvision's ``ImageFolder``), a ``.npy``/``.npz`` array (see
     :func:`~pyrovae.images.read_array`), or a folder of MNIST-style IDX files.
@@ -516,20 +590,27 @@ def load_images(path, test=None, *, test_fraction: float = 0.1, image_size: Opti
     :param test: a folder or array of test images; default a seeded ``test_fraction`` of ``path``.
     :param image_size: resize every image so its shorter side is N, then cut the centre NxN.
     :param bool grayscale: convert colour images to grey.
-    :param bool progress: show a progress bar while decoding image files.
+    :param bool progress: report progress while decoding image files (:func:`pyrovae.progress.progress`).
+    :param bool strict: refuse a folder that holds a file that cannot be read, instead of
+        skipping such files with a note.
     :raises DataError: naming the file, for anything that cannot be read or used.
+
+    A folder of image files is decoded once (in parallel) into a cache (:func:`cache_dir`)
+    and memory-mapped from then on; a ``.npy`` is memory-mapped where it is (converted into
+    the cache first if it must be resized, made grey or has alpha); a ``.npz`` is read into
+    memory. Either way only the images a batch uses are read.
 
     Example::
 
         data = load_images("~/photos/cats", image_size=64)
     """
     path = Path(path).expanduser()
-    images, labels, classes, notes, given_test = _read_source(path, image_size, grayscale, progress)
+    images, labels, classes, notes, given_test = _read_source(path, image_size, grayscale, progress, strict)
     name = name or path.stem or "images"
     if test is not None:
         test_path = Path(test).expanduser()
         test_images, test_labels, test_classes, test_notes, _ = _read_source(test_path, image_size, grayscale,
-                                                                             progress)
+                                                                             progress, strict)
         if test_images.shape[1:] != images.shape[1:]:
             raise DataError(f"The test images in {test_path} have shape {tuple(test_images.shape[1:])} but the "
                             f"training images in {path} {tuple(images.shape[1:])}; pass --image-size or --grayscale.")
@@ -548,28 +629,20 @@ def load_images(path, test=None, *, test_fraction: float = 0.1, image_size: Opti
     return data
 
 
-def _read_source(path: Path, image_size, grayscale, progress):
+def _read_source(path: Path, image_size, grayscale, progress, strict=False):
     """Images, labels, classes, notes and (for an array file with x_test) the test split."""
-    notes = []
     if path.is_dir():
         idx = _load_folder(path.name, path, size=None)
         if idx is not None:
-            images = torch.cat([idx.train_images, idx.test_images])
-            images, notes = _transform(images, image_size, grayscale)
-            return images[: len(idx.train_images)], idx.train_labels, None, notes, (
-                images[len(idx.train_images):], idx.test_labels)
+            count = len(idx.train_pixels)
+            images, notes = _transform(torch.cat([idx.train_pixels, idx.test_pixels]), image_size, grayscale)
+            return images[:count], idx.train_labels, None, notes, (images[count:], idx.test_labels)
         files = find_images(path)
-        if files.skipped:
-            examples = ", ".join(p.name for p in files.skipped[:3])
-            notes.append(f"skipped {len(files.skipped)} file(s) that are not images by their extension ({examples})")
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(files.paths), desc="reading images", unit="image", leave=False,
-                  disable=not progress) as bar:
-            images = read_images(files.paths, image_size, grayscale, progress=bar.update)
-        if image_size is not None:
-            notes.append(f"resized to {image_size}x{image_size} (shorter side scaled, centre cut)")
-        return images, torch.tensor(files.labels), files.classes, notes, None
+        decoded = _decode_folder(path, files, image_size, grayscale, progress, strict)
+        return decoded.pixels, decoded.labels, decoded.classes, decoded.notes, None
+    if path.suffix.lower() == ".npy" and path.is_file():
+        decoded = _map_array(path, image_size, grayscale)
+        return decoded.pixels, decoded.labels, None, decoded.notes, None
     if path.suffix.lower() in (".npy", ".npz"):
         train, train_labels, test, test_labels = read_array(path)
         both, notes = _transform(train if test is None else torch.cat([train, test]), image_size, grayscale)
@@ -583,21 +656,109 @@ def _read_source(path: Path, image_size, grayscale, progress):
     raise DataError(f"{path} is neither a folder of images nor a .npy/.npz array.")
 
 
-def _transform(images: torch.Tensor, image_size: Optional[int], grayscale: bool):
-    """Resize and convert images already in memory, keeping 8-bit data on its 256 levels."""
+def cache_dir() -> Path:
+    """Where decoded images are cached: ``$PYROVAE_CACHE_DIR``, else ``decoded`` in
+    :func:`default_data_dir`. Delete it to free the space; it is rebuilt when needed."""
+    if os.environ.get("PYROVAE_CACHE_DIR"):
+        return Path(os.environ["PYROVAE_CACHE_DIR"]).expanduser()
+    return default_data_dir() / "decoded"
+
+
+def _decode_folder(path: Path, files, image_size, grayscale, progress, strict) -> Decoded:
+    """The folder's images from the cache, decoded into it first when needed; decoded into
+    memory instead when the cache cannot be written and the images fit in a quarter of the
+    free memory."""
+    from pyrovae.progress import progress as counter
+
+    with counter(len(files.paths), "decoding images", enabled=progress) as bar:
+        try:
+            return decode_folder(path, files, image_size, grayscale, cache_dir(), bar, strict)
+        except CacheWriteError as error:
+            channels_guess = 3
+            size = (image_size or 64) ** 2 * channels_guess * len(files.paths)
+            if size > available_host_memory() / 4:
+                raise
+            reason = str(error)
+    images = compact(read_images(files.paths, image_size, grayscale))
+    notes = [f"decoded into memory: {reason}"]
+    if files.skipped:
+        examples = ", ".join(p.name for p in files.skipped[:3])
+        notes.append(f"skipped {len(files.skipped)} file(s) that are not images by their extension ({examples})")
+    return Decoded(images, torch.tensor(files.labels), files.classes, notes)
+
+
+def _map_array(path: Path, image_size, grayscale) -> Decoded:
+    """A ``.npy`` of images, memory-mapped; converted into the cache first when it must be
+    resized, made grey, composited (alpha) or cast."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npy file ({e}).") from None
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape[1:3]:
+        raise DataError(f"{path} has shape {array.shape}; images must be (N, H, W) or (N, H, W, C) with "
+                        "C = 1, 3 or 4 and at least one pixel.")
+    if not len(array):
+        raise DataError(f"{path} holds no images.")
+    kind = array.dtype.kind
+    if not (array.dtype == np.uint8 or kind in "bf"):
+        raise DataError(f"{path} holds {array.dtype} values; save uint8 pixels (0-255) or floats in [0, 1].")
+    pixels = MappedImages(array, str(path))
+    if kind == "f":
+        low, high = value_range(pixels)
+        if not (0 <= low and high <= 1):
+            raise DataError(f"{path} holds floats outside [0, 1] (from {low:g} to {high:g}); scale pixels to [0, 1] "
+                            "or save uint8.")
+    channels, size = pixels.shape[1], tuple(pixels.shape[2:])
+    resize = image_size is not None and size != (image_size, image_size)
+    grey = grayscale and channels in (3, 4)
+    if not (resize or grey or channels == 4 or array.dtype not in (np.uint8, np.float32)):
+        return Decoded(pixels, torch.zeros(len(pixels), dtype=torch.long), None, [])
+    eight_bit = channels != 4 and (kind in "ub" or all(pixel_levels(c) is not None for c in pixels.split(CHUNK)))
+    notes = (["alpha composited onto white"] if channels == 4 else []) + (["converted to grey"] if grey else [])
+    notes += [f"resized to {image_size}x{image_size} (shorter side scaled, centre cut)"] if resize else []
+
+    def convert(chunk: torch.Tensor) -> torch.Tensor:
+        images = images_from_tensor(chunk, str(path))  # floats in [0, 1], alpha composited
+        images, _ = _transform(images, image_size, grayscale, eight_bit)
+        return images if images.dtype == torch.uint8 else images.float()
+
+    dtype = np.uint8 if eight_bit else np.float32
+    return convert_array(path, pixels, convert, (image_size, grayscale), cache_dir(), dtype,
+                         [0] * len(pixels), notes + ["converted into the cache"])
+
+
+def _transform(images: torch.Tensor, image_size: Optional[int], grayscale: bool, eight_bit: Optional[bool] = None):
+    """Resize and convert images in memory (uint8 or floats), chunk by chunk, keeping 8-bit
+    data on its 256 levels (as uint8)."""
     notes: List[str] = []
     if image_size is None and not (grayscale and images.shape[1] == 3):
         return images, notes
-    eight_bit = all(pixel_levels(chunk) is not None for chunk in images.split(4096))
-    if grayscale and images.shape[1] == 3:
-        images = to_grayscale(images)
-        notes.append("converted to grey")
-    if image_size is not None and images.shape[-2:] != (image_size, image_size):
-        images = resize_images(images, image_size)
-        notes.append(f"resized to {image_size}x{image_size} (shorter side scaled, centre cut)")
-    if eight_bit:
-        images = images.mul(255).round_().div_(255)
-    return images, notes
+    if eight_bit is None:
+        eight_bit = images.dtype == torch.uint8 or all(pixel_levels(chunk) is not None for chunk in images.split(CHUNK))
+    grey = grayscale and images.shape[1] == 3
+    resize = image_size is not None and images.shape[-2:] != (image_size, image_size)
+    out = []
+    for chunk in images.split(1024):
+        chunk = to_unit(chunk)
+        if grey:
+            chunk = to_grayscale(chunk)
+        if resize:
+            chunk = resize_images(chunk, image_size)
+        out.append(chunk.mul(255).round_().to(torch.uint8) if eight_bit else chunk)
+    notes += ["converted to grey"] if grey else []
+    notes += [f"resized to {image_size}x{image_size} (shorter side scaled, centre cut)"] if resize else []
+    return torch.cat(out), notes
+
+
+def _transformed(data: ImageData, image_size: Optional[int], grayscale: bool) -> ImageData:
+    """``data`` (in memory) resized and converted as asked."""
+    count = len(data.train_pixels)
+    both, notes = _transform(torch.cat([data.train_pixels, data.test_pixels]), image_size, grayscale)
+    if not notes:
+        return data
+    return replace(data, train_pixels=both[:count], test_pixels=both[count:], notes=data.notes + notes)
 
 
 def load_data(config, fallback: bool = True, progress: bool = False) -> ImageData:
@@ -614,18 +775,13 @@ def _load_data(config, fallback: bool, progress: bool) -> ImageData:
             if not Path(path).exists():
                 raise DataError(f"The images {path} do not exist (moved or deleted?).")
         return load_images(config.data, config.test_data, test_fraction=config.test_fraction,
-                           image_size=config.image_size, grayscale=config.grayscale, progress=progress)
+                           image_size=config.image_size, grayscale=config.grayscale, progress=progress,
+                           strict=config.strict_images)
     if config.data_dir and not Path(config.data_dir).is_dir():
         raise DataError(f"Data directory {config.data_dir} does not exist (moved?); "
                         "pass --data-dir with its new place.")
-    data = load_dataset(config.dataset, config.data_dir, fallback=fallback, test_fraction=config.test_fraction,
-                        progress=progress)
-    both, notes = _transform(torch.cat([data.train_images, data.test_images]), config.image_size, config.grayscale)
-    if notes:  # a new ImageData, so its pixel levels are worked out afresh
-        count = len(data.train_images)
-        data = replace(data, train_images=both[:count], test_images=both[count:],
-                                   notes=data.notes + notes)
-    return data
+    return load_dataset(config.dataset, config.data_dir, fallback=fallback, test_fraction=config.test_fraction,
+                        progress=progress, image_size=config.image_size, grayscale=config.grayscale)
 
 
 def spread_subset(count: Optional[int], total: int) -> torch.Tensor:
@@ -653,6 +809,20 @@ def binarize(images: torch.Tensor, seed: Optional[int] = None) -> torch.Tensor:
 # The binary test set is drawn once with this seed, so that every model, whatever its own
 # training seed, is scored on the same images, as the published benchmarks do (docs/likelihoods.md).
 TEST_BINARIZATION_SEED = 0
+
+
+def prepare_test_pixels(pixels: Pixels, binary: bool) -> torch.Tensor:
+    """:func:`prepare_test_images` for stored pixels, in memory and as compact: binarized
+    chunk by chunk with one generator (the same draws as all at once), stored as uint8 0/255."""
+    if not binary:
+        return pixels.load() if isinstance(pixels, MappedImages) else pixels
+    generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
+    out = torch.empty(tuple(pixels.shape), dtype=torch.uint8)
+    start = 0
+    for chunk in chunks(pixels):
+        out[start:start + len(chunk)] = torch.bernoulli(to_unit(chunk), generator=generator).mul_(255)
+        start += len(chunk)
+    return out
 
 
 def prepare_test_images(images: torch.Tensor, binary: bool) -> torch.Tensor:

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from pyrovae.errors import ConfigError
 from pyrovae.guides import AmortizedGuide
+from pyrovae.networks import autocast_forward
 from pyrovae.vae import VAE
 
 __all__ = ["CategoricalVAE", "ExpRelaxedCategorical", "CategoricalGuide", "UniformCategoricalPrior",
@@ -108,6 +109,7 @@ class OneHotCodeDecoder(nn.Module):
         super().__init__()
         self.decoder = decoder
 
+    @autocast_forward
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder((z.exp() if self.training else z).flatten(-2))
 

@@ -12,6 +12,7 @@ from typing import Dict, Optional
 
 import torch
 
+from pyrovae.pixels import to_unit
 from pyrovae.vae import VAE, analytic_kl
 
 __all__ = ["ELBOTerms", "EvalResult", "check_support", "elbo_terms", "log_likelihood", "evaluate", "bits_per_dim",
@@ -102,7 +103,7 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
     with _seeded(seed, device), eval_mode(vae):
         p = vae.prior_once()
         for x in images.split(batch_size):
-            reconstruction, kl = vae.elbo_parts(x.to(device, vae.dtype, non_blocking=True), p)
+            reconstruction, kl = vae.elbo_parts(to_unit(x, vae.dtype, device), p)
             totals += torch.stack([reconstruction.sum(), kl.sum()]).double()
     reconstruction, kl = (totals / len(images)).tolist()
     return ELBOTerms(reconstruction - kl, reconstruction, kl, len(images))
@@ -138,7 +139,7 @@ def log_likelihood(
     with _seeded(seed, device), eval_mode(vae):
         p = vae.prior_once()  # the same for every image: built once (the VampPrior encodes its pseudo-inputs)
         for x in images.split(images_per_chunk):
-            x = x.to(device, vae.dtype, non_blocking=True)
+            x = to_unit(x, vae.dtype, device)
             total += vae.log_marginal(x, p, num_samples, samples_per_chunk).double().sum()
             if progress is not None:
                 progress(len(x))

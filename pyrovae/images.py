@@ -17,7 +17,8 @@ from torchvision.transforms.v2 import functional as F
 
 from pyrovae.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "ImageFiles", "find_images", "read_images", "read_array",
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "ImageFiles", "find_images", "read_images", "read_array", "probe_file",
+           "decode_file",
            "images_from_tensor", "images_from_dataset", "resize_images", "to_grayscale", "images_for_model"]
 
 IMAGE_EXTENSIONS = tuple(sorted(set(IMG_EXTENSIONS) | {".gif"}))
@@ -117,6 +118,52 @@ def _fit(image: torch.Tensor, size) -> torch.Tensor:
     scale = max(height / h, width / w)
     image = F.resize(image, [max(height, round(h * scale)), max(width, round(w * scale))], antialias=True)
     return F.center_crop(image, [height, width])
+
+
+def grayscale_mode(mode: str) -> bool:
+    """Whether :func:`_flatten` keeps an image of this Pillow mode grey (one channel)."""
+    return mode in ("1", "L", "F") or mode.startswith("I")
+
+
+def probe_file(path: Path, strict: bool = False):
+    """An image file's channels (1 or 3, as :func:`_open` would give them) and size (H, W),
+    read from its header alone; a :class:`~pyrovae.errors.DataError` (returned, or raised when
+    ``strict``) when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                grey = grayscale_mode(image.mode)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        error = DataError(f"Image {path} claims to be too large to decode safely; is it a decompression bomb?")
+    except (OSError, SyntaxError, ValueError) as e:
+        error = DataError(f"Image {path} cannot be read ({e}); remove it or replace it.")
+    else:
+        if width * height <= MAX_PIXELS:
+            return (1 if grey else 3), (height, width)
+        error = DataError(f"Image {path} is {width}x{height} pixels, more than pyrovae reads "
+                          f"({MAX_PIXELS // (1 << 20)} megapixels); is it a decompression bomb?")
+    if strict:
+        raise error
+    return error
+
+
+def decode_file(path: Path, image_size: Optional[int], grayscale: bool, channels: int, strict: bool = False):
+    """One image file as a uint8 array (C, H, W) with ``channels`` channels, resized as
+    :func:`read_images` does; a :class:`~pyrovae.errors.DataError` (returned, or raised when
+    ``strict``) when it cannot be decoded."""
+    try:
+        image = _fit(_open(Path(path), grayscale), image_size)
+    except DataError as error:
+        if strict:
+            raise
+        return error
+    if image.shape[0] != channels:
+        image = image.expand(channels, -1, -1)
+    return image.numpy()
 
 
 def read_images(paths: Sequence[Path], image_size: Optional[int] = None, grayscale: bool = False,

@@ -17,6 +17,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
 from pyrovae.errors import DataError
+from pyrovae.pixels import MappedImages, chunks, to_unit
 
 __all__ = [
     "score_pixels",
@@ -65,13 +66,18 @@ class Likelihood(PyroModule):
     support_words = "real pixel values"
     support_hint = ""
 
-    def check_support(self, images: torch.Tensor, name: str = "The images") -> None:
-        """:raises DataError: in one sentence, when ``images`` hold values p(x|z) cannot score."""
-        if not torch.is_tensor(images) or not images.is_floating_point():
+    def check_support(self, images, name: str = "The images") -> None:
+        """:raises DataError: in one sentence, when ``images`` (floats, or stored pixels:
+        uint8 or memory-mapped, :mod:`pyrovae.pixels`) hold values p(x|z) cannot score."""
+        if not isinstance(images, MappedImages) and (
+                not torch.is_tensor(images) or not (images.is_floating_point() or images.dtype == torch.uint8)):
             raise DataError(f"{name} must be a float tensor of pixels, not {type(images).__name__}"
                             f"{' of ' + str(images.dtype) if torch.is_tensor(images) else ''}.")
+        if images.dtype == torch.uint8 and bool(self.support.check(torch.arange(256) / 255).all()):
+            return  # every byte is a value p(x|z) scores: nothing to read
         count, example = 0, None
-        for chunk in images.split(4096):  # bounded temporaries, whatever the size of the data
+        for chunk in chunks(images):  # bounded temporaries, whatever the size of the data
+            chunk = to_unit(chunk, chunk.dtype if chunk.is_floating_point() else torch.float32)
             if not torch.isfinite(chunk).all():
                 raise DataError(f"{name} hold NaN or infinite pixel values.")
             outside = ~self.support.check(chunk)

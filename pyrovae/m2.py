@@ -32,7 +32,8 @@ from pyrovae.errors import ConfigError
 from pyrovae.guides import DiagonalNormalGuide
 from pyrovae.objectives import ThroughDifferentiableLoss
 from pyrovae.likelihoods import Likelihood
-from pyrovae.networks import _mlp
+from pyrovae.networks import _mlp, autocast_forward
+from pyrovae.pixels import to_unit
 from pyrovae.plates import data_plate, guide_plate
 from pyrovae.priors import StandardNormalPrior
 from pyrovae.vae import VAE, _claim_name, analytic_kl
@@ -63,6 +64,7 @@ class TwoInputMLP(nn.Module):
         self.out = nn.Linear(hidden_dims[-1], out_features) if out_features else nn.Identity()
         self.out_features = out_features or hidden_dims[-1]
 
+    @autocast_forward
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(self.activation(self.a(a) + self.b(b))))
 
@@ -409,7 +411,7 @@ class M2VAE(VAE):
     @torch.no_grad()
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
         """The fraction of images whose most likely class under q(y|x) is their label."""
-        correct = sum(int((self.classify(x.to(self.device)) == t.to(self.device)).sum())
+        correct = sum(int((self.classify(to_unit(x, self.dtype, self.device)) == t.to(self.device)).sum())
                       for x, t in zip(images.split(batch_size), labels.split(batch_size)))
         return correct / len(images)
 

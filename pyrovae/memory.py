@@ -19,7 +19,8 @@ import torch
 from pyrovae._pyro import direct_call
 from pyrovae.errors import ConfigError
 
-__all__ = ["available_memory", "saved_bytes", "step_memory", "check_step_memory", "format_bytes"]
+__all__ = ["available_memory", "available_host_memory", "saved_bytes", "step_memory", "check_step_memory",
+           "format_bytes"]
 
 BACKWARD_FACTOR = 2  # the backward pass allocates about as much again as the saved activations
 
@@ -31,6 +32,19 @@ def available_memory(device) -> Optional[int]:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return available_host_memory()
+
+
+def available_host_memory() -> Optional[int]:
+    """Bytes this process can still allocate in RAM: the least of the system's available
+    memory, what its memory cgroup (v1 or v2) leaves, and its address-space limit
+    (``ulimit -v``); None where none can be told."""
+    limits = [_meminfo_available(), _cgroup_available(), _rlimit_available()]
+    known = [limit for limit in limits if limit is not None]
+    return max(0, min(known)) if known else None
+
+
+def _meminfo_available() -> Optional[int]:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -42,6 +56,71 @@ def available_memory(device) -> Optional[int]:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _read_number(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _inactive_file(stat_path: str, key: str) -> int:
+    """Page cache the kernel can drop (counted in a cgroup's usage, but not in its way)."""
+    try:
+        with open(stat_path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_available() -> Optional[int]:
+    """The memory cgroup's limit minus its working set (usage less inactive page cache)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    for _, controllers, path in entries:
+        if "memory" in controllers.split(","):  # cgroup v1
+            base = f"/sys/fs/cgroup/memory{path}"
+            limit = _read_number(f"{base}/memory.limit_in_bytes")
+            usage = _read_number(f"{base}/memory.usage_in_bytes")
+            if limit is None or usage is None or limit >= 1 << 60:
+                return None
+            return limit - usage + _inactive_file(f"{base}/memory.stat", "total_inactive_file")
+    for _, controllers, path in entries:
+        if controllers == "":  # cgroup v2
+            base = f"/sys/fs/cgroup{path}"
+            limit = _read_number(f"{base}/memory.max")  # "max" when unlimited: not a number
+            usage = _read_number(f"{base}/memory.current")
+            if limit is None or usage is None:
+                return None
+            return limit - usage + _inactive_file(f"{base}/memory.stat", "inactive_file")
+    return None
+
+
+def _rlimit_available() -> Optional[int]:
+    """What ``ulimit -v`` leaves of the address space."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return soft - int(line.split()[1]) * 1024
+    except (ImportError, OSError, ValueError):
+        pass
+    return None
 
 
 def saved_bytes(function) -> int:

@@ -1,13 +1,56 @@
 """Neural networks for the encoder (image -> features) and the decoder (z -> image parameters)."""
 
+import functools
 import math
-from typing import Sequence, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Sequence, Tuple
 
 import torch
 from torch import nn
 
 __all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "GatedDense", "ACTIVATIONS", "conv_sides",
-           "he_init_"]
+           "he_init_", "autocast_forward", "compute_dtype"]
+
+# What --precision names, as the dtype the networks compute in (None: their parameters' own).
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast_forward(forward):
+    """Decorates a network's ``forward``: while the module's ``compute_dtype`` is set (by
+    :func:`compute_dtype`), it runs under :func:`torch.autocast` in that dtype and its output
+    is cast back to the parameters' dtype, so that distributions, log-probabilities and the
+    ELBO's sums stay in full precision."""
+
+    @functools.wraps(forward)
+    def wrapped(self, *args, **kwargs):
+        dtype = getattr(self, "compute_dtype", None)
+        if dtype is None:
+            return forward(self, *args, **kwargs)
+        parameter = next(self.parameters())
+        with torch.autocast(parameter.device.type, dtype=dtype):
+            out = forward(self, *args, **kwargs)
+        return out.to(parameter.dtype)
+
+    wrapped.autocasts = True
+    return wrapped
+
+
+@contextmanager
+def compute_dtype(module: nn.Module, precision: str = "fp32") -> Iterator[None]:
+    """Within this block the networks of ``module`` (those whose ``forward`` is an
+    :func:`autocast_forward`) compute in ``precision`` (``fp32`` or ``bf16``)."""
+    dtype = PRECISION_DTYPES[precision]
+    if dtype is None:
+        yield
+        return
+    networks = [m for m in module.modules() if getattr(type(m).forward, "autocasts", False)]
+    for network in networks:
+        setattr(network, "compute_dtype", dtype)  # noqa: B010 - an attribute of the instance, not a submodule
+    try:
+        yield
+    finally:
+        for network in networks:
+            setattr(network, "compute_dtype", None)  # noqa: B010
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -64,6 +107,7 @@ class MLPEncoder(nn.Module):
         self.out_features = self.hidden_dims[-1]
         self.net = _mlp((math.prod(self.image_shape),) + self.hidden_dims, activation, gated)
 
+    @autocast_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(-len(self.image_shape)))
 
@@ -88,6 +132,7 @@ class MLPDecoder(nn.Module):
         self.hidden = _mlp((latent_dim,) + self.hidden_dims, activation, gated)
         self.out = nn.Linear(self.hidden_dims[-1] if self.hidden_dims else latent_dim, math.prod(self.image_shape))
 
+    @autocast_forward
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(z)).unflatten(-1, self.image_shape)
 
@@ -134,6 +179,7 @@ class ConvEncoder(nn.Module):
         layers += [nn.Flatten(), nn.Linear(conv_channels[-1] * heights[-1] * widths[-1], out_features), activation()]
         self.net = nn.Sequential(*layers)
 
+    @autocast_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: -len(self.image_shape)]
         return self.net(x.reshape(-1, *self.image_shape)).reshape(*batch, self.out_features)
@@ -164,6 +210,7 @@ class ConvDecoder(nn.Module):
                 layers.append(activation())
         self.net = nn.Sequential(*layers)
 
+    @autocast_forward
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[:-1]
         return self.net(z.reshape(-1, self.latent_dim)).reshape(*batch, *self.image_shape)

@@ -6,6 +6,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyrovae.pixels import to_unit
+
 __all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture", "diagonal_normal"]
 
 
@@ -43,7 +45,8 @@ class VampPrior(nn.Module):
         object.__setattr__(self, "_guide", guide)  # a reference, not a submodule
         self.latent_dim = guide.latent_dim
         if data is not None:
-            start = data[torch.randperm(len(data))[:num_pseudo_inputs]].clamp(0.05, 0.95)
+            start = data[torch.randperm(len(data))[:num_pseudo_inputs]]
+            start = to_unit(start, start.dtype if start.is_floating_point() else torch.float32).clamp(0.05, 0.95)
         else:
             start = 0.5 + 0.05 * torch.randn(num_pseudo_inputs, *image_shape)
         self.pseudo_inputs = nn.Parameter(torch.logit(start.clamp(0.01, 0.99)))

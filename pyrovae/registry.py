@@ -7,12 +7,12 @@ import nothing heavy, so the command line can list the names without loading tor
 
 import importlib
 
-from pyrovae.config import DATASETS, INITS, OPTIMIZERS, Config
+from pyrovae.config import DATASETS, INITS, OPTIMIZERS, PRECISIONS, STORAGES, Config
 from pyrovae.errors import ConfigError
 
 __all__ = ["DATASETS", "MODELS", "LIKELIHOODS", "GUIDES", "PRIORS", "ELBOS", "OPTIMIZERS", "INITS", "NETS",
-           "ACTIVATION_NAMES", "LOGGERS", "lookup", "model_family", "build_vae", "build_elbo", "build_optimizer",
-           "build_loggers", "resolve", "validate"]
+           "STORAGES", "PRECISIONS", "ACTIVATION_NAMES", "LOGGERS", "lookup", "model_family", "build_vae",
+           "build_elbo", "build_optimizer", "build_loggers", "resolve", "validate"]
 
 
 def _bernoulli(c: Config):

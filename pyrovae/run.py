@@ -25,6 +25,7 @@ from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageEr
 from pyrovae.evaluation import eval_mode
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
+from pyrovae.pixels import to_unit
 from pyrovae.registry import build_elbo, build_optimizer, build_vae, model_family, validate
 from pyrovae.tracking import TENSORBOARD_DIR
 from pyrovae.devices import resolve_device
@@ -113,7 +114,7 @@ def _save_pictures(run_dir: Path, vae: VAE, trainer: Trainer, config: Config, ep
         atomic_write(run_dir / SAMPLES / f"epoch_{epoch:04d}.pt", lambda f: torch.save(pixels, f))
         per_row = min(8, len(trainer.test_images))
         rows = min(4, len(trainer.test_images) // per_row)
-        originals = trainer.test_images[spread_subset(rows * per_row, len(trainer.test_images))]
+        originals = to_unit(trainer.test_images[spread_subset(rows * per_row, len(trainer.test_images))], vae.dtype)
         reconstructions = vae.reconstruct(originals)
         # Rows of originals, each followed by the row of their reconstructions.
         pairs = torch.stack([originals.view(rows, per_row, *originals.shape[1:]),
@@ -214,7 +215,7 @@ def _start(config, data, run_dir, claim, device, progress, should_stop, distribu
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    vae = build_vae(config, init_images=data.train_images).to(device)
+    vae = build_vae(config, init_images=data.train_pixels).to(device)
     trainer = _trainer(config, vae, data, distributed)
     check_step_memory(trainer, config.batch_size // distributed.world_size)
     lock = _main_first(distributed, device, claim, others=False)
@@ -228,7 +229,7 @@ def _start(config, data, run_dir, claim, device, progress, should_stop, distribu
 def check_against_data(config: Config, data: ImageData) -> None:
     """Options that are impossible only with this data set: one sentence each, before anything
     is written."""
-    count = len(data.train_images)  # (the Trainer checks --batch-size against it)
+    count = len(data.train_pixels)  # (the Trainer checks --batch-size against it)
     if config.prior == "vamp" and config.num_pseudo_inputs > count:
         raise ConfigError(f"{{num_pseudo_inputs}} {config.num_pseudo_inputs} is more than the {count} training "
                           f"images of {data.name} they start from; use at most {count}.")
@@ -427,7 +428,8 @@ def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed
     labels = model_family(config).training_labels(config, data)
     return Trainer(vae, data, batch_size=config.batch_size, elbo=build_elbo(config),
                    optimizer=build_optimizer(config, vae.parameters()), warmup_epochs=config.warmup_epochs,
-                   beta=config.beta, distributed=distributed, labels=labels)
+                   beta=config.beta, distributed=distributed, labels=labels, storage=config.data_storage,
+                   precision=config.precision)
 
 
 def _train(run_dir, config, trainer, state, progress, should_stop, distributed, callbacks) -> RunResult:

@@ -111,15 +111,17 @@ class TensorBoardLogger(Callback):
         from pyrovae.analysis import encode
         from pyrovae.data import spread_subset
         from pyrovae.evaluation import eval_mode
+        from pyrovae.pixels import to_unit
 
         images, labels = trainer.test_images, trainer.data.test_labels
         side = max(images.shape[-2:])
         index = spread_subset(min(len(images), MAX_EMBEDDED, (SPRITE_SIDE // side) ** 2), len(images))
+        images, labels = to_unit(images[index], trainer.vae.dtype), labels[index]
         with eval_mode(trainer.vae):
-            latents = encode(trainer.vae, images[index], labels[index])
+            latents = encode(trainer.vae, images, labels)
         names = trainer.data.classes
         metadata = [names[label] if names and 0 <= label < len(names) else str(label)
                     for label in latents.labels.tolist()]
-        self.writer.add_embedding(latents.loc, metadata=metadata, label_img=images[index].cpu(),
+        self.writer.add_embedding(latents.loc, metadata=metadata, label_img=images.cpu(),
                                   global_step=trainer.global_step, tag="test_latent_means")
 

@@ -16,7 +16,6 @@ import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,13 @@ from tqdm.auto import tqdm
 
 from pyrovae._pyro import direct_call
 from pyrovae.checkpoint import get_rng_state, set_rng_state
-from pyrovae.data import TEST_BINARIZATION_SEED, ImageData, binarize, prepare_test_images
+from pyrovae.config import PRECISIONS, STORAGES
+from pyrovae.data import TEST_BINARIZATION_SEED, ImageData, binarize, prepare_test_images, prepare_test_pixels
+from pyrovae.loader import BatchLoader
+from pyrovae.memory import available_memory
+from pyrovae.networks import compute_dtype
+from pyrovae.pixels import MappedImages, Pixels, to_unit, value_range
+from pyrovae.progress import LogProgress, watching
 from pyrovae.distributed import Distributed, ShardedSampling
 from pyrovae.errors import ConfigError, DataError, NumericalError
 from pyrovae.evaluation import ELBOTerms, elbo_terms
@@ -39,7 +44,9 @@ from pyrovae.vae import VAE
 
 __all__ = ["EpochMetrics", "Trainer", "Callback", "TrainingRun", "observed",
            "ProgressBar", "KLWeight", "Annealing", "FiniteCheck",
-           "StopRequest", "adam", "AdamNormGrad", "fit", "direct_call", "watching", "TEST_BINARIZATION_SEED"]
+           "StopRequest", "adam", "AdamNormGrad", "fit", "direct_call", "watching", "TEST_BINARIZATION_SEED",
+           "prepare_test_images",
+           "STORAGES", "PRECISIONS"]
 
 # Progress refreshes per epoch, at most, and steps between two, at least: a refresh is the one
 # host-device sync of the training loop (it reads the running ELBO), and the steps between
@@ -112,19 +119,27 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar of the epoch's steps with the running training ELBO per image."""
+    """The epoch's steps with the running training ELBO per image: a tqdm bar where a person
+    watches (:func:`~pyrovae.progress.watching`), else a line in the log every few seconds
+    with an estimate of the epoch's end (:class:`~pyrovae.progress.LogProgress`)."""
 
     def __init__(self, num_epochs: Optional[int] = None):
         self.num_epochs = num_epochs
-        self.bar = None
+        self.bar: Any = None
 
     def on_epoch_start(self, trainer):
         label = f"epoch {trainer.epoch + 1}" + (f"/{self.num_epochs}" if self.num_epochs else "")
-        self.bar = tqdm(total=trainer.num_batches, initial=trainer.step, desc=label, unit="batch", leave=False,
-                        dynamic_ncols=True)
+        if watching():
+            self.bar = tqdm(total=trainer.num_batches, initial=trainer.step, desc=label, unit="batch", leave=False,
+                            dynamic_ncols=True)
+        else:
+            self.bar = LogProgress(trainer.num_batches, label, "batch", initial=trainer.step)
 
     def on_refresh(self, trainer, losses):
-        self.bar.set_postfix(elbo=f"{trainer.running_elbo:.2f}")
+        if isinstance(self.bar, LogProgress):
+            self.bar.desc = self.bar.desc.split(" (")[0] + f" (elbo {trainer.running_elbo:.2f})"
+        else:
+            self.bar.set_postfix(elbo=f"{trainer.running_elbo:.2f}")
         self.bar.update(trainer.step - self.bar.n)
 
     def on_epoch_end(self, trainer):
@@ -236,9 +251,40 @@ def takes_subsample(guide) -> bool:
     return {"size", "subsample"} <= names or any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def watching() -> bool:
-    """Whether a person watches this process's output: stderr is a terminal, or a notebook runs it."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+def streams(storage: str, pixels: Pixels, device) -> bool:
+    """Whether training reads its batches from the host as it goes (``storage`` ``stream``,
+    or ``auto`` for a memory-mapped set larger than a quarter of the device's free memory)."""
+    if storage != "auto":
+        return storage == "stream"
+    if not isinstance(pixels, MappedImages):
+        return False
+    free = available_memory(device)
+    return free is None or pixels.nbytes > free / 4
+
+
+def on_device(pixels: Pixels, device, dtype: torch.dtype) -> torch.Tensor:
+    """Stored images on ``device``: uint8 stays uint8 (floats are made per batch), floats in ``dtype``."""
+    if isinstance(pixels, MappedImages):
+        pixels = pixels.load()
+    return pixels.to(device) if pixels.dtype == torch.uint8 else pixels.to(device, dtype)
+
+
+class _Streamed:
+    """The training images of a streamed Trainer, as a model family's ``batch_source`` indexes
+    them: the batch the loader read for this step, or (for other rows, such as M2's labelled
+    extras) read at once."""
+
+    def __init__(self, pixels: Pixels, device):
+        self.pixels, self.device = pixels, torch.device(device)
+        self.current = None  # (index, images) of the step being taken
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        if self.current is not None and index is self.current[0]:
+            return self.current[1]
+        return self.pixels[index].to(self.device, non_blocking=True)
 
 
 class Trainer:
@@ -264,6 +310,13 @@ class Trainer:
         (default: all of ``data.train_labels``); the family decides how batches use them
         (:meth:`M2VAE.batch_source <pyrovae.m2.M2VAE.batch_source>`).
     :param callbacks: more :class:`Callback` objects, run after the built-in ones.
+    :param storage: where the training images are kept: ``memory`` (on the device, uint8 for
+        8-bit images), ``stream`` (read from the host, or from disk for a memory-mapped set,
+        by a background :class:`~pyrovae.loader.BatchLoader`), or ``auto``: stream a
+        memory-mapped set that would take more than a quarter of the free memory.
+    :param precision: ``fp32``, or ``bf16``: the networks run under :func:`torch.autocast`
+        in bfloat16 during training steps; log-probabilities and the ELBO stay float32
+        (:func:`~pyrovae.networks.compute_dtype`).
     """
 
     def __init__(
@@ -279,33 +332,53 @@ class Trainer:
         distributed: Optional[Distributed] = None,
         labels: Optional[torch.Tensor] = None,
         callbacks: Sequence[Callback] = (),
+        storage: str = "auto",
+        precision: str = "fp32",
     ):
         if not isinstance(data, ImageData):  # a torchvision data set object
             data = ImageData.from_dataset(data)
-        if batch_size > len(data.train_images):
+        if batch_size > len(data.train_pixels):
             raise ConfigError(
-                f"{{batch_size}} {batch_size} is larger than the {len(data.train_images)} training images of "
+                f"{{batch_size}} {batch_size} is larger than the {len(data.train_pixels)} training images of "
                 f"{data.name}."
             )
+        if storage not in STORAGES:
+            raise ConfigError(f"{{data_storage}} must be one of {', '.join(STORAGES)}, not {storage!r}.")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"{{precision}} must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+        self.precision = precision
         self.vae = vae
         self.data = data
         self.batch_size = batch_size
         self.binary = vae.likelihood.binary_data
         device = vae.device
-        splits = (("training", data.train_images), ("test", data.test_images),
-                  ("validation", data.validation_images))
+        splits = (("training", data.train_pixels), ("test", data.test_pixels),
+                  ("validation", data.validation_pixels))
         for split, images in filter(lambda s: s[1] is not None, splits):
-            if images.min() < 0 or images.max() > 1:
+            low, high = value_range(images) if images.dtype != torch.uint8 else (0, 1)
+            if not (low >= 0 and high <= 1):
                 raise DataError(f"The {split} images of {data.name} are not scaled to [0, 1].")
             if not self.binary:  # a binary likelihood sees binarized images, whatever the grey levels
                 vae.likelihood.check_support(images, f"The {split} images of {data.name}")
-        # Images in the parameters' type: float32 data train a float64 model too.
+        self.distributed = distributed or Distributed()
+        # Images stay as stored (uint8 for 8-bit images) and become floats of the parameters'
+        # type per batch, on the device: float32 data train a float64 model too.
         dtype = vae.dtype
-        self.train_images = data.train_images.to(device, dtype)
-        self.test_images = prepare_test_images(data.test_images, self.binary).to(device, dtype)
-        self.validation_images = (None if data.validation_images is None else
-                                  prepare_test_images(data.validation_images, self.binary).to(device, dtype))
-        self._batches = vae.batch_source(self.train_images, data.train_labels if labels is None else labels)
+        self.streamed = streams(storage, data.train_pixels, device)
+        self._loader: Optional[BatchLoader] = None
+        if self.streamed:
+            self.train_images = data.train_pixels
+            self._loader = BatchLoader(self.train_images, device, batch_size, self.distributed.rank,
+                                       self.distributed.world_size)
+            source: Any = _Streamed(self.train_images, device)
+        else:
+            self.train_images = source = on_device(data.train_pixels, device, dtype)
+        self._order: Optional[torch.Tensor] = None  # the epoch's permutation on the CPU, for the loader
+        self.test_images = on_device(prepare_test_pixels(data.test_pixels, self.binary), device, dtype)
+        self.validation_images = (None if data.validation_pixels is None else
+                                  on_device(prepare_test_pixels(data.validation_pixels, self.binary), device, dtype))
+        self._source = source
+        self._batches = vae.batch_source(source, data.train_labels if labels is None else labels)
         self.elbo = elbo or vae.default_elbo()
         self.optimizer = optimizer or adam(vae.parameters(), lr)
         # pyrovae's own guides are called directly (direct_call); any other guide as Pyro
@@ -325,7 +398,6 @@ class Trainer:
         self.step_losses: Optional[torch.Tensor] = None  # summed objective of each step, on the device
         self.running_elbo = math.nan  # minus the objective per image of the epoch so far, at the last refresh
         self.history: List[EpochMetrics] = []
-        self.distributed = distributed or Distributed()
         self._loss = _StepLoss(self)
         if self.distributed.active:
             self._loss = self.distributed.data_parallel(self._loss, self.train_images.device)
@@ -370,7 +442,8 @@ class Trainer:
         device = self.train_images.device
         if self.permutation is None:
             # Drawn on the CPU generator so the data order is part of the saved RNG state.
-            self.permutation = torch.randperm(len(self.train_images)).to(device)
+            self._order = torch.randperm(len(self.train_images))
+            self.permutation = self._order if self.streamed else self._order.to(device)
             self.step_losses = torch.zeros(self.num_batches, device=device)
             self.step, self.seconds = 0, 0.0
         callbacks = list(self.callbacks)
@@ -387,6 +460,8 @@ class Trainer:
         for callback in callbacks:
             callback.on_epoch_start(self)
         started = time.perf_counter()
+        if self._loader is not None:
+            self._loader.start(self._order, self.step, self.num_batches)
         try:
             # Arguments were checked once above; per-step validation only costs time. NaN
             # losses are reported by FiniteCheck with the step, so Pyro's warning is muted.
@@ -399,6 +474,8 @@ class Trainer:
                         callback.on_step(self)
                     index = self.permutation[self.step * self.batch_size : (self.step + 1) * self.batch_size]
                     index = index[: len(index) - len(index) % self.distributed.world_size]  # equal shares
+                    if self._loader is not None:  # the images the loader read for this step
+                        self._source.current = (index, self._loader.get(self.step))
                     if len(index):  # empty only in the last batch, when fewer images than ranks are left
                         self.step_losses[self.step] = self._train_step(model, guide, index)
                     self.step += 1
@@ -414,6 +491,9 @@ class Trainer:
                 raise self.distributed.lost_contact(error) from None
             raise
         finally:
+            if self._loader is not None:
+                self._loader.stop()
+                self._source.current = None
             self.seconds += time.perf_counter() - started
             for callback in callbacks:
                 callback.on_epoch_end(self)
@@ -450,6 +530,7 @@ class Trainer:
         makes them (:meth:`VAE.batch_source <pyrovae.vae.VAE.batch_source>`), with the images
         binarized afresh for a binary likelihood."""
         x, *rest = self._batches(index)
+        x = to_unit(x, self.vae.dtype, self.test_images.device)
         return (binarize(x) if self.binary else x, *rest)
 
     def _train_step(self, model, guide, index: torch.Tensor) -> torch.Tensor:
@@ -460,10 +541,11 @@ class Trainer:
         if self.distributed.active:  # this rank's rows; DDP averages the gradients
             args = tuple(a.tensor_split(world)[rank] for a in args)
             kwargs = {k: (v.tensor_split(world)[rank] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
-            with ShardedSampling(rank, world):
+            with ShardedSampling(rank, world), compute_dtype(self.vae, self.precision):
                 objective = self._loss(model, guide, args, kwargs)
         else:
-            objective = self._loss(model, guide, args, kwargs)
+            with compute_dtype(self.vae, self.precision):
+                objective = self._loss(model, guide, args, kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         # Per image of the global batch once DDP has averaged over the ranks.
         (objective / (len(index) // world)).backward()
@@ -488,7 +570,9 @@ class Trainer:
         device = self.train_images.device
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
-        self.permutation = None if state["permutation"] is None else state["permutation"].to(device)
+        self._order = state["permutation"]
+        self.permutation = (None if state["permutation"] is None else
+                            state["permutation"] if self.streamed else state["permutation"].to(device))
         self.step_losses = None if state["step_losses"] is None else state["step_losses"].to(device)
         self.history = [EpochMetrics(**m) for m in state["history"]]
         set_rng_state(state["rng"])

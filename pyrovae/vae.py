@@ -210,8 +210,9 @@ class VAE(PyroModule):
                           f"{type(self).__name__}.")
 
     def extra_scores(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
-        """Scores beside the ELBO and log p(x) that this family reports on test images, by name
-        (M2: its classifier's accuracy)."""
+        """Scores beside the ELBO and log p(x) that this family reports on test images (floats
+        in [0, 1], or stored pixels: :func:`~pyrovae.pixels.to_unit` makes floats of them), by
+        name (M2: its classifier's accuracy)."""
         return {}
 
     @classmethod

@@ -11,6 +11,20 @@ from pyrovae.config import Config
 from pyrovae.data import load_dataset
 
 
+@pytest.fixture(autouse=True, scope="session")
+def decoded_cache(tmp_path_factory):
+    """Decoded image folders are cached in a folder of the session's own, not the user's."""
+    import os
+
+    previous = os.environ.get("PYROVAE_CACHE_DIR")
+    os.environ["PYROVAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("decoded"))
+    yield
+    if previous is None:
+        os.environ.pop("PYROVAE_CACHE_DIR", None)
+    else:
+        os.environ["PYROVAE_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def pyro_state():
     """Every test starts seeded, with validation on and an empty parameter store."""
@@ -111,3 +125,10 @@ def colour_folder(tmp_path_factory):
         image.save(folder / kind / f"{i:03d}.png")
     (folder / "README.txt").write_text("shapes for the tests")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def quiet_logs(monkeypatch):
+    """No progress lines in a log from tests (they would land in CliRunner's output when a loaded
+    machine makes work slow); tests of those lines set their own interval."""
+    monkeypatch.setattr("pyrovae.progress.LOG_EVERY", float("inf"))

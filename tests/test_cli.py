@@ -269,7 +269,9 @@ def test_bad_image_folders_get_one_sentence(tmp_path):
     (tmp_path / "bad").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "a.png")
     (tmp_path / "bad" / "b.png").write_bytes((tmp_path / "bad" / "a.png").read_bytes()[:40])
-    assert_one_sentence(invoke("train", "--data", tmp_path / "bad"), "b.png cannot be read")
+    assert_one_sentence(invoke("train", "--data", tmp_path / "bad", "--strict-images"), "b.png cannot be read")
+    # without --strict-images the broken file is skipped, and one image is too few to split
+    assert_one_sentence(invoke("train", "--data", tmp_path / "bad"), "holds only 1 image")
     Image.new("RGB", (9, 8)).save(tmp_path / "bad" / "b.png")
     assert_one_sentence(invoke("train", "--data", tmp_path / "bad"), "pass --image-size N")
     result = invoke("train", "--data", tmp_path / "missing")
@@ -433,3 +435,37 @@ def test_exported_models_work_with_the_commands_that_take_a_run(tmp_path, traine
     assert scores["log_likelihood"] == direct["log_likelihood"] and scores["epoch"] == 2
     assert_one_sentence(invoke("export", trained_run, shared), "already holds")
     assert_one_sentence(invoke("train", "--resume", shared), "cannot be resumed")
+
+
+def test_large_data_options_train_from_a_memory_mapped_npy(tmp_path):
+    """--data x.npy is memory-mapped; --data-storage stream reads each batch in the background;
+    --precision bf16 and --threads are accepted and kept (threads only for this process)."""
+    import torch
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (200, 8, 8), dtype=np.uint8))
+    threads = torch.get_num_threads()
+    try:
+        result = invoke("train", "--data", tmp_path / "x.npy", "--epochs", 1, "--z-dim", 2, "--hidden", 16,
+                        "--batch-size", 50, "--data-storage", "stream", "--precision", "bf16", "--threads", 1,
+                        "--run-dir", tmp_path / "run")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data_storage"] == "stream" and config["precision"] == "bf16"
+    # both may change when the run resumes
+    result = invoke("train", "--resume", tmp_path / "run", "--epochs", 2, "--data-storage", "memory",
+                    "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert_one_sentence(invoke("train", "--data", tmp_path / "x.npy", "--threads", 0), "--threads", code=2)
+
+
+def test_long_work_reports_progress_in_a_log(trained_run, monkeypatch):
+    """Where stderr is not a terminal, evaluate writes a progress line every LOG_EVERY seconds
+    with an estimate of the time left."""
+    monkeypatch.setattr("pyrovae.progress.LOG_EVERY", 0.0)
+    result = CliRunner().invoke(main, ["evaluate", str(trained_run), "-k", "2", "--num-images", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"log p\(x\), k=2: \d+/20 images \(\d+%\), [\d.e+]+ image/s, about \d+ s left", result.stderr)
+    assert json.loads(result.stdout)["num_images"] == 20  # stdout stays one JSON object

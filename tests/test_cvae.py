@@ -3,7 +3,6 @@ its own ELBO, scored on the hidden part beside its baseline, and driven from the
 
 import json
 import math
-from dataclasses import replace
 
 import numpy as np
 import pyro
@@ -17,7 +16,8 @@ from pyrovae.cvae import CVAE, CVAE_ELBO, quadrant_mask
 from pyrovae.errors import ConfigError
 from pyrovae.evaluation import evaluate
 from pyrovae.registry import build_elbo, build_vae, validate
-from pyrovae.train import fit, prepare_test_images
+from pyrovae.data import prepare_test_images
+from pyrovae.train import fit
 
 SMALL = Config(model="cvae", latent_dim=4, hidden_dims=(32,))
 
@@ -157,5 +157,5 @@ def test_the_family_is_one_registry_line_and_a_copy_is_its_own(mnist5k):
     vae = _cvae()
     twin = copy.deepcopy(vae)
     assert twin.name != vae.name and isinstance(twin, CVAE)
-    data = replace(mnist5k, train_images=mnist5k.train_images[:256])
+    data = mnist5k.replace(train_images=mnist5k.train_images[:256])
     assert len(fit(twin, data, num_epochs=1, elbo=build_elbo(SMALL), progress=False)) == 1

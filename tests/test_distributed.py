@@ -151,3 +151,19 @@ def test_a_lost_peer_prints_one_sentence_and_leaves_without_the_interpreters_tea
         group.main(["step"], standalone_mode=False)
     assert left == [2]
     assert "Error: Rank 0 lost contact with the other ranks (Connection reset by peer)" in capsys.readouterr().err
+
+
+def test_two_processes_streaming_their_shards_train_the_one_process_model(tmp_path):
+    """With --data-storage stream each rank reads only its rows of every batch (the others stay
+    zeros), and binarizes a batch-sized tensor, so it draws what one process draws: the model
+    is the 1-process in-memory model."""
+    two = tmp_path / "two"
+    result = _torchrun(*ARGS, "--epochs", 1, "--data-storage", "stream", "--run-dir", two)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = train_run(Config(dataset="mnist5k", latent_dim=4, hidden_dims=(32,), batch_size=300, num_epochs=1,
+                           data_storage="memory"), tmp_path / "one", progress=False)
+    _, vae_one, _ = load_run(one.run_dir)
+    _, vae_two, state_two = load_run(two)
+    for (name, a), b in zip(vae_one.named_parameters(), vae_two.parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), name
+    assert state_two["history"][0]["test_elbo"] == pytest.approx(one.history[0].test_elbo, abs=1e-3)

@@ -8,7 +8,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from pyrovae import evaluation as evaluate_module
 from pyrovae.evaluation import analytic_kl, elbo_terms, evaluate, log_likelihood
 from pyrovae.run import load_run
-from pyrovae.train import prepare_test_images
+from pyrovae.data import prepare_test_images
 
 
 def closed_form_kl(loc, scale):

@@ -114,16 +114,30 @@ def test_empty_folder(tmp_path, make, message):
         load_images(tmp_path)
 
 
-def test_truncated_and_fake_images_are_named(tmp_path):
+def test_truncated_and_fake_images_are_named_and_refused_when_strict(tmp_path):
     good = _save(tmp_path / "good.png", _colour(0))
     data = good.read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"cut\.png cannot be read"):
-        load_images(tmp_path)
+        load_images(tmp_path, strict=True)
     (tmp_path / "cut.png").unlink()
     (tmp_path / "fake.jpg").write_text("this is text")
     with pytest.raises(DataError, match=r"fake\.jpg cannot be read"):
-        load_images(tmp_path)
+        load_images(tmp_path, strict=True)
+
+
+def test_unreadable_images_are_skipped_with_a_count_and_names(tmp_path):
+    """One broken file among many does not end the run before it starts: it is left out, and
+    the notes say how many and which."""
+    for i in range(6):
+        _save(tmp_path / f"good{i}.png", _colour(i))
+    data = _save(tmp_path / "good0.png", _colour(0)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])  # header fine, pixels cut
+    (tmp_path / "fake.jpg").write_text("this is text")  # no header at all
+    loaded = load_images(tmp_path, test_fraction=0.5)
+    assert len(loaded.train_pixels) + len(loaded.test_pixels) == 6
+    note = next(note for note in loaded.notes if "cannot be read" in note)
+    assert note.startswith("skipped 2 image file(s)") and "cut.png" in note and "fake.jpg" in note
 
 
 def _png_claiming(width, height):

@@ -141,7 +141,7 @@ def test_textbook_svi_loop_trains_m2_with_trace_enum_elbo(mnist5k):
     """Pyro's SVI and pyro.optim with the stock TraceEnum_ELBO on unlabelled images: the
     class is summed out, and the held-out bound improves."""
     from pyrovae.evaluation import elbo_terms
-    from pyrovae.train import prepare_test_images
+    from pyrovae.data import prepare_test_images
 
     vae = _m2()
     test = prepare_test_images(mnist5k.test_images[:300], binary=True)
@@ -353,12 +353,11 @@ def test_figure_kinds_of_an_m2_run():
 def test_a_weight_on_z_kl_trains_and_scores_the_true_elbo(mnist5k):
     """--beta for M2 scales log p(z) and log q(z|x,y) only (the class term is untouched);
     the reported test ELBO stays the unweighted bound."""
-    from dataclasses import replace
 
     from pyrovae.evaluation import elbo_terms
 
     vae = _m2()
-    data = replace(mnist5k, train_images=mnist5k.train_images[:1000], train_labels=mnist5k.train_labels[:1000])
+    data = mnist5k.replace(train_images=mnist5k.train_images[:1000], train_labels=mnist5k.train_labels[:1000])
     trainer = Trainer(vae, data, labels=balanced_labels(data.train_labels, 50, 10, 0), batch_size=100,
                       elbo=build_elbo(SMALL_CONFIG), beta=3.0)
     assert trainer.weighted

@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 
 import pyro
 import pytest
@@ -19,7 +18,8 @@ from pyro.infer.autoguide import AutoNormal
 from pyrovae.config import Config
 from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import build_vae
-from pyrovae.train import fit, prepare_test_images
+from pyrovae.data import prepare_test_images
+from pyrovae.train import fit
 
 SMALL_CONFIG = Config(latent_dim=4, hidden_dims=(32,))
 
@@ -135,7 +135,7 @@ def test_autoguide_and_param_guide_train_through_svi_and_fit(mnist5k):
     """A non-amortized guide, Pyro's AutoNormal on the model, follows the model's subsampled
     plate (create_plates) and trains both with SVI and with pyrovae's fit(); fit() reports the
     training ELBO and no test figures (such a guide cannot encode new images)."""
-    data = replace(mnist5k, train_images=mnist5k.train_images[:600])
+    data = mnist5k.replace(train_images=mnist5k.train_images[:600])
     torch.manual_seed(0)
     vae = build_vae(SMALL_CONFIG)
     vae.guide = AutoNormal(vae.model, create_plates=vae.create_plates)
@@ -162,7 +162,7 @@ def test_fit_takes_the_pyro_param_guide_of_the_example(mnist5k):
     from pathlib import Path
 
     example = runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "param_guide.py"))
-    data = replace(mnist5k, train_images=mnist5k.train_images[:500])
+    data = mnist5k.replace(train_images=mnist5k.train_images[:500])
     torch.manual_seed(0)
     vae = build_vae(SMALL_CONFIG.replace(latent_dim=example["LATENT_DIM"]))
     vae.guide = example["guide"]

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError, NumericalError
 from pyrovae.registry import LIKELIHOODS, build_elbo, build_vae
-from pyrovae.train import AdamNormGrad, Callback, Trainer, adam, fit, prepare_test_images
+from pyrovae.data import prepare_test_images
+from pyrovae.train import AdamNormGrad, Callback, Trainer, adam, fit
 
 
 def test_elbo_improves_over_a_few_hundred_steps_on_real_digits(mnist5k):
@@ -58,11 +59,10 @@ def test_nan_loss_stops_with_the_step_and_a_hint(mnist5k):
 def test_bounded_scales_keep_extreme_settings_finite(mnist5k, likelihood):
     """A learning rate of 1 (1,000 times the default) and a fixed pixel scale of 1e-4 give
     terrible models but no NaN: every scale in pyrovae is bounded away from zero."""
-    from dataclasses import replace
 
     config = Config(likelihood=likelihood, likelihood_scale=1e-4 if likelihood == "gaussian" else 0.5,
                     hidden_dims=(64,))
-    data = replace(mnist5k, train_images=mnist5k.train_images[:2000])
+    data = mnist5k.replace(train_images=mnist5k.train_images[:2000])
     history = fit(build_vae(config), data, num_epochs=2, lr=1.0, progress=False)
     assert all(math.isfinite(m.train_elbo) and math.isfinite(m.test_elbo) for m in history)
 
@@ -101,11 +101,10 @@ def test_stop_and_resume_mid_epoch_is_bit_identical(mnist5k):
 
 
 def test_grey_images_outside_the_unit_interval_are_refused(mnist5k):
-    from dataclasses import replace
 
     from pyrovae.errors import DataError
 
-    bad = replace(mnist5k, train_images=mnist5k.train_images * 255)
+    bad = mnist5k.replace(train_images=mnist5k.train_images * 255)
     with pytest.raises(DataError, match=r"not scaled to \[0, 1\]"):
         Trainer(build_vae(Config(hidden_dims=(32,))), bad)
 
@@ -146,7 +145,7 @@ def test_fast_path_reaches_the_test_elbo_of_the_plain_pyro_loop(mnist5k):
     import pyro
 
     from pyrovae.evaluation import elbo_terms
-    from pyrovae.train import prepare_test_images
+    from pyrovae.data import prepare_test_images
 
     config = Config(hidden_dims=(64,))
     torch.manual_seed(0)
@@ -272,7 +271,6 @@ def test_adamnormgrad_is_adam_on_unit_norm_gradients_so_the_loss_scale_does_not_
 def test_fit_takes_a_textbook_guide_of_the_images_alone(mnist5k):
     """A guide written as Pyro's tutorials write it, ``guide(x)`` with pyro.module, takes no
     subsampling keywords: fit scores each batch on its own and trains its encoder."""
-    from dataclasses import replace
 
     import pyro.distributions as dist
 
@@ -287,14 +285,13 @@ def test_fit_takes_a_textbook_guide_of_the_images_alone(mnist5k):
     vae = build_vae(Config(latent_dim=4, hidden_dims=(16,)))
     vae.guide = guide
     before = encoder.weight.clone()
-    data = replace(mnist5k, train_images=mnist5k.train_images[:512])
+    data = mnist5k.replace(train_images=mnist5k.train_images[:512])
     history = fit(vae, data, num_epochs=2, batch_size=64, progress=False)
     assert not torch.equal(before, encoder.weight)
     assert history[1].train_elbo > history[0].train_elbo and -800 < history[1].train_elbo < 0
 
 
 def test_a_float64_model_trains_and_evaluates_on_float32_data(mnist5k):
-    from dataclasses import replace
 
     from pyrovae.evaluation import evaluate
 
@@ -302,7 +299,7 @@ def test_a_float64_model_trains_and_evaluates_on_float32_data(mnist5k):
     torch.set_default_dtype(torch.float64)
     try:
         vae = build_vae(Config(latent_dim=4, hidden_dims=(16,)))
-        data = replace(mnist5k, train_images=mnist5k.train_images[:512], test_images=mnist5k.test_images[:64])
+        data = mnist5k.replace(train_images=mnist5k.train_images[:512], test_images=mnist5k.test_images[:64])
         history = fit(vae, data, num_epochs=1, batch_size=64, progress=False)
         result = evaluate(vae, prepare_test_images(data.test_images, binary=True), num_samples=5)
     finally:
@@ -311,7 +308,8 @@ def test_a_float64_model_trains_and_evaluates_on_float32_data(mnist5k):
     assert math.isfinite(history[0].test_elbo) and result.log_likelihood >= result.elbo - 1
 
 
-def test_the_training_step_reads_nothing_from_the_device(mnist5k):
+@pytest.mark.parametrize("storage", ["memory", "stream"])
+def test_the_training_step_reads_nothing_from_the_device(mnist5k, storage):
     """The calls that hand a tensor's value to Python (each a full sync on a GPU), counted
     with a TorchDispatchMode: none inside a step, and one epoch of 32 steps with its test
     scoring makes at most 20 (8 progress refreshes, the epoch's ELBO, the scoring). Pyro's
@@ -328,7 +326,8 @@ def test_the_training_step_reads_nothing_from_the_device(mnist5k):
             return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
-    trainer = Trainer(build_vae(Config()), mnist5k)
+    trainer = Trainer(build_vae(Config()), mnist5k, storage=storage)
+    assert trainer.streamed == (storage == "stream")
     real, per_step = trainer._train_step, []
 
     def counted_step(*args):
@@ -342,3 +341,89 @@ def test_the_training_step_reads_nothing_from_the_device(mnist5k):
         trainer.run_epoch(progress=False)
     assert trainer.num_batches == 32 and per_step == [0] * 32
     assert Syncs.count <= 20
+
+
+def _epoch_metrics(data, **trainer_options):
+    torch.manual_seed(0)
+    trainer = Trainer(build_vae(Config(hidden_dims=(64,), latent_dim=4)), data, batch_size=100, **trainer_options)
+    history = [trainer.run_epoch(progress=False) for _ in range(2)]
+    return [(m.train_elbo, m.test_elbo, m.test_reconstruction, m.test_kl) for m in history], trainer
+
+
+def test_bytes_floats_and_streaming_give_the_same_numbers(mnist5k):
+    """Images stored as uint8 (on the device) or float32, or streamed from the host by the
+    background loader, train to bit-identical metrics with the same seed."""
+    data = mnist5k.replace(train_images=mnist5k.train_images[:1000], test_images=mnist5k.test_images[:200])
+    as_bytes, trainer = _epoch_metrics(data, storage="memory")
+    assert trainer.train_images.dtype == torch.uint8 and trainer.test_images.dtype == torch.uint8
+    as_floats = data.replace()
+    as_floats.train_pixels, as_floats.test_pixels = data.train_images, data.test_images  # float32, as before
+    floats, trainer = _epoch_metrics(as_floats, storage="memory")
+    assert trainer.train_images.dtype == torch.float32
+    streamed, trainer = _epoch_metrics(data, storage="stream")
+    assert trainer.streamed and trainer._loader._thread is None  # stopped at the epoch's end
+    assert as_bytes == floats == streamed
+
+
+def test_a_memory_mapped_set_streams_when_it_would_not_fit(tmp_path, monkeypatch):
+    import numpy as np
+
+    from pyrovae.data import load_images
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).integers(0, 256, (300, 8, 8), dtype=np.uint8))
+    data = load_images(tmp_path / "x.npy")
+    vae = build_vae(Config(hidden_dims=(16,), latent_dim=2, likelihood="dlogistic", image_shape=(1, 8, 8)))
+    assert not Trainer(vae, data, batch_size=50).streamed  # fits: loaded onto the device
+    monkeypatch.setattr("pyrovae.train.available_memory", lambda device: data.train_pixels.nbytes * 3)
+    trainer = Trainer(vae, data, batch_size=50)
+    assert trainer.streamed and trainer.train_images is data.train_pixels
+    assert math.isfinite(trainer.run_epoch(progress=False).test_elbo)
+
+
+def test_a_stopped_epoch_stops_the_loader_and_resumes_to_the_same_numbers(mnist5k):
+    data = mnist5k.replace(train_images=mnist5k.train_images[:1000], test_images=mnist5k.test_images[:200])
+    straight, _ = _epoch_metrics(data, storage="stream")
+    torch.manual_seed(0)
+    trainer = Trainer(build_vae(Config(hidden_dims=(64,), latent_dim=4)), data, batch_size=100, storage="stream")
+    assert trainer.run_epoch(progress=False, should_stop=lambda: trainer.step == 4) is None
+    assert trainer._loader._thread is None and trainer.step == 4
+    state = trainer.state_dict()
+    torch.manual_seed(123)  # resuming restores every random state
+    resumed = Trainer(build_vae(Config(hidden_dims=(64,), latent_dim=4)), data, batch_size=100, storage="stream")
+    resumed.vae.load_state_dict(state["model"])
+    resumed.load_state_dict(state)
+    assert [resumed.run_epoch(progress=False) for _ in range(2)][-1].test_elbo == straight[-1][1]
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_bf16_runs_the_networks_in_bfloat16_and_the_elbo_in_float32(mnist5k, net):
+    from pyrovae.networks import compute_dtype
+
+    vae = build_vae(Config(net=net, hidden_dims=(64,), latent_dim=4))
+    seen = {}
+
+    def note(name):
+        def hook(module, inputs, out):
+            seen.setdefault(name, out.dtype)
+        return hook
+
+    vae.decoder.register_forward_hook(note("decoder"))
+    next(m for m in vae.decoder.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(note("layer"))
+    x = mnist5k.test_images[:8].bernoulli()
+    with compute_dtype(vae, "bf16"):
+        loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    assert seen == {"layer": torch.bfloat16, "decoder": torch.float32} and loss.dtype == torch.float32
+    seen.clear()
+    vae.sample(2)  # outside the block: full precision
+    assert seen == {"layer": torch.float32, "decoder": torch.float32}
+    data = mnist5k.replace(train_images=mnist5k.train_images[:500], test_images=mnist5k.test_images[:100])
+    trainer = Trainer(vae, data, batch_size=100, precision="bf16")
+    assert math.isfinite(trainer.run_epoch(progress=False).test_elbo)
+
+
+def test_unknown_storage_and_precision_are_one_sentence(mnist5k):
+    vae = build_vae(Config(hidden_dims=(16,)))
+    with pytest.raises(ConfigError, match="data_storage.* must be one of auto, memory, stream"):
+        Trainer(vae, mnist5k, storage="disk")
+    with pytest.raises(ConfigError, match="precision.* must be one of fp32, bf16"):
+        Trainer(vae, mnist5k, precision="fp16")
