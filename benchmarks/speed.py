@@ -89,8 +89,8 @@ def main(argv=None):
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     data = load_dataset("fashion-mnist")
-    data.train_images = data.train_images[: args.images]
-    images = data.train_images.to(device)
+    data.train_images = data.train_images[: args.images]  # stored as bytes; pyrovae makes floats per batch
+    images = data.train_images.to(device)  # the reference holds float32, as PyTorch's example does
     rows = []
     print(f"device: {name}; {args.images} images per epoch; medians of {args.rounds} alternated rounds", flush=True)
     for hidden in map(int, args.hidden.split(",")):
