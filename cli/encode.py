@@ -9,11 +9,22 @@ from pyrovae.cli.options import (COMMON_STATUSES, check_output, checkpoint_optio
                                  exit_statuses, json_option, progress_enabled)
 
 
+def _keep_earlier_output(ctx, param, value: Path) -> Path:
+    """The default output file is never replaced unasked: an earlier result is kept."""
+    from pyrovae.errors import ConfigError
+
+    if ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT and value.exists():
+        raise ConfigError(f"{value} already exists (an earlier result?); name the output with -o FILE, which "
+                          "replaces FILE if it exists.")
+    return value
+
+
 def _run_and_inputs(default_output: str, output_help: str):
     """RUN, the IMAGE... inputs and -o, shared by both commands."""
     def decorate(command):
         command = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-                               default=default_output, show_default=True, help=output_help)(command)
+                               default=default_output, show_default=True, callback=_keep_earlier_output,
+                               help=output_help + " An existing file is replaced only when named with -o.")(command)
         command = click.argument("inputs", nargs=-1, required=True, metavar="IMAGE...",
                                  type=click.Path(exists=True, path_type=Path))(command)
         command = click.argument("run", type=click.Path(file_okay=False))(command)

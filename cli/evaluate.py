@@ -1,14 +1,14 @@
 """``pyrovae evaluate``: test ELBO and importance-sampled log-likelihood of a run."""
 
-import json
+import math
 
 import click
 
 from pyrovae.cli.options import (COMMON_STATUSES, checkpoint_option, data_options, dataset_choice, device_options,
-                                 exit_statuses, json_option, progress_enabled)
+                                 exit_statuses, json_line, json_option, progress_enabled)
 
 
-@click.command(epilog=exit_statuses(*COMMON_STATUSES))
+@click.command(epilog=exit_statuses(*COMMON_STATUSES, 3))
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-k", "--num-samples", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Importance samples per image for log p(x).")
@@ -17,7 +17,8 @@ from pyrovae.cli.options import (COMMON_STATUSES, checkpoint_option, data_option
 @click.option("--dataset", type=dataset_choice, default=None,
               help="Evaluate on this data set's test split instead of the run's own.")
 @data_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation's own noise.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the evaluation's own noise.")
 @json_option
 @checkpoint_option
 @device_options
@@ -25,7 +26,7 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epo
     """Score RUN on test images: the ELBO with its reconstruction and KL terms, and
     log p(x) estimated with k importance samples (in nats per image; higher is better)."""
     from pyrovae.data import load_data, load_dataset, prepare_test_pixels, spread_subset
-    from pyrovae.errors import DataError
+    from pyrovae.errors import DataError, NumericalError
     from pyrovae.evaluation import evaluate as score
     from pyrovae.devices import resolve_device
     from pyrovae.rundir import best_epoch, load_run, with_data_dir
@@ -48,8 +49,14 @@ def evaluate(run, num_samples, num_images, dataset, data_dir, seed, as_json, epo
         labels = data.test_labels[spread_subset(num_images, len(data.test_labels))]
         result = score(vae.to(device), images, num_samples=num_samples, seed=seed, dataset=data.name,
                        progress=bar.update, labels=labels)
+    figures = [result.elbo, result.reconstruction, result.kl, result.log_likelihood, *result.extra.values()]
     if as_json:
-        click.echo(json.dumps({"run": str(run), "epoch": state["epoch"], "best_epoch": best, **result.to_dict()}))
+        click.echo(json_line({"run": str(run), "epoch": state["epoch"], "best_epoch": best, **result.to_dict()}))
+    if not all(map(math.isfinite, figures)):
+        raise NumericalError(f"{run} scores NaN or infinite on {data.name} (ELBO {result.elbo}, log p(x) "
+                             f"{result.log_likelihood}): its model is numerically broken; evaluate an earlier "
+                             "checkpoint (--checkpoint EPOCH).")
+    if as_json:
         return
     binarized = " (binarized with a fixed seed)" if vae.likelihood.binary_data else ""
     trained = f"epoch {state['epoch']}" + (f" and {state['step']} steps" if state["step"] else "")

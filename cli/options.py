@@ -6,7 +6,7 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 
@@ -17,7 +17,7 @@ EXIT_STATUSES = {
     0: "done",
     1: "an unexpected error (a bug: please report the traceback)",
     2: "a problem you can fix: a bad option, path, data file or checkpoint (one sentence on stderr)",
-    3: "training diverged (NaN or infinite loss); the last good checkpoint is kept",
+    3: "NaN or infinite numbers: training diverged (the last good checkpoint is kept), or a model scores NaN",
     4: "a file could not be written (no space, read-only, permission); what was written before is intact",
     5: "the run directory is being written by another process",
     129: "train was stopped by SIGHUP (its terminal or ssh session closed) after saving a checkpoint",
@@ -43,11 +43,25 @@ def json_option(command):
 def emit(as_json: bool, result: dict, message: str) -> None:
     """Print ``result`` as one line of JSON with ``--json``, else ``message``."""
     if as_json:
-        import json
-
-        click.echo(json.dumps(result))
+        click.echo(json_line(result))
     else:
         click.echo(message)
+
+
+def json_line(result: dict) -> str:
+    """``result`` as one line of valid JSON: a NaN or infinite number is ``null``."""
+    import json
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(result), allow_nan=False)
 
 
 class Choice(click.Choice):
@@ -253,6 +267,9 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
             unknown = [k for k in values if k not in valid]
     except (OSError, ValueError) as e:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--config") from None
+    except RecursionError:
+        raise click.BadParameter(f"cannot read {path}: it is nested too deeply to be a recipe.",
+                                 param_hint="--config") from None
     if unknown:
         raise click.BadParameter(f"{path} sets {', '.join(sorted(unknown))}, which no option of this command is; "
                                  f"valid keys: {', '.join(sorted(n.replace('_', '-') for n in valid))}.",
@@ -264,7 +281,39 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
             return list(value) if isinstance(value, (list, tuple)) else [value]
         return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
+    for name, value in values.items():
+        want = None if value is None else _wrong_type(options[name], value)
+        if want:
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise click.BadParameter(f"{path} sets {name.replace('_', '-')} = {shown}, which is not {want}.",
+                                     param_hint="--config")
     return {k: typed(k, v) for k, v in values.items() if v is not None}
+
+
+def _wrong_type(option: click.Option, value) -> Optional[str]:
+    """What ``value`` from a recipe file should have been for ``option``, or None when it is
+    of the right type: click would make 2 of 2.5 and 1 of true, and a string of anything."""
+    def number(v, whole):
+        return isinstance(v, int if whole else (int, float)) and not isinstance(v, bool)
+
+    kind = option.type
+    if option.is_flag:
+        return None if isinstance(value, bool) else "true or false"
+    if option.multiple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return None if all(isinstance(v, str) for v in items) else "a name or a list of names"
+    if isinstance(kind, click.types.IntParamType):
+        return None if number(value, True) else "a whole number"
+    if isinstance(kind, click.types.FloatParamType):
+        return None if number(value, False) else "a number"
+    if isinstance(kind, (click.Choice, click.Path, click.types.StringParamType)):
+        return None if isinstance(value, str) else "a string"
+    if isinstance(kind, LabelCount):
+        return None if number(value, True) or value == "all" else "a whole number or \"all\""
+    items = value if isinstance(value, (list, tuple)) else None  # widths, or LO,HI: a list or its text
+    if isinstance(value, str) or (items is not None and all(number(v, isinstance(kind, HiddenDims)) for v in items)):
+        return None
+    return "a list of whole numbers" if isinstance(kind, HiddenDims) else "a list of numbers"
 
 
 def config_file_option(renamed: dict):
@@ -296,10 +345,37 @@ def check_output(output: Path, suffixes=None) -> None:
         known, what, hint = suffixes, "format", " or ".join(listed)
     if output.suffix.lower() not in known:
         raise ConfigError(f"Cannot tell the {what} of {output}; use a name ending in {hint}.")
+    problem = _cannot_write(output.suffix.lower(), suffixes)
+    if problem:
+        raise ConfigError(f"Cannot write {output}: {problem}; use another format, such as .png.")
     if not output.parent.is_dir():
         raise ConfigError(f"Folder {output.parent} for {output} does not exist.")
     if not os.access(output.parent, os.W_OK):
         raise StorageError(f"Cannot write {output}: its folder is read-only or not writable by you.")
+
+
+def _cannot_write(suffix: str, suffixes) -> Optional[str]:
+    """Why a file of this suffix cannot be written here, found by writing a tiny one into
+    memory first (Pillow and matplotlib list formats they can only read, or that need
+    programs this machine lacks, such as LaTeX for .pgf); None when it can."""
+    import io
+
+    try:
+        if suffixes is None:  # an image: a 2x2 picture, in grey and in colour
+            from PIL import Image
+
+            for mode in ("L", "RGB"):
+                Image.new(mode, (2, 2)).save(io.BytesIO(), format=Image.registered_extensions()[suffix])
+        elif suffix not in (".html", ".htm", ".npz"):  # a figure format of matplotlib's
+            from matplotlib.figure import Figure
+
+            figure = Figure(figsize=(1, 1))
+            figure.subplots().set_title("x")  # text to lay out: .pgf then needs LaTeX, as real figures do
+            figure.savefig(io.BytesIO(), format=suffix.lstrip("."))
+    except Exception as error:  # Pillow and matplotlib raise OSError, KeyError, RuntimeError and more
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"this format cannot be written here ({reason[:120]})"
+    return None
 
 
 def progress_enabled() -> bool:

@@ -55,11 +55,14 @@ def plot(run, kind, output, num_images, as_json, epoch, data_dir, cuda, device):
     """
     from pyrovae.errors import StorageError, describe_os_error
     from pyrovae.plots import PLOTS, figure_formats, save_figure
+    from pyrovae.rundir import is_exported
 
     if output is not None:
         check_output(output, figure_formats())
     view = _view(run, num_images, epoch, data_dir, cuda, device)
-    if output is None:
+    if output is None and is_exported(view.run_dir):  # a folder meant for upload: written beside, not into
+        output = Path(f"{view.run_dir.resolve().name}-{kind}.png")
+    elif output is None:
         output = view.run_dir / "plots" / f"{kind}.png"
         try:
             output.parent.mkdir(exist_ok=True)

@@ -6,7 +6,6 @@ import shlex
 import signal
 from contextlib import contextmanager
 from functools import partial
-from typing import List
 
 import click
 from click.core import ParameterSource
@@ -107,24 +106,25 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
         else:
             result = train_run(config, run_dir, overwrite=overwrite, fallback=fallback, should_stop=should_stop,
                                **callbacks)
-    run = shlex.quote(str(result.run_dir))
-    resume_command = f"pyrovae train --resume {run}" + "".join(f" --log {name}" for name in ctx.params["log"])
-    if main and as_json:
-        click.echo(json.dumps({"run_dir": str(result.run_dir), "finished": result.finished,
-                               "stopped_early": result.stopped_early, "epochs": len(result.history),
-                               "best_epoch": result.best_epoch,
-                               "resume": None if result.finished else resume_command}))
-    elif main:
-        if result.stopped_early:
-            cuts = len(plateaus(result.history, result.config)[0])
-            click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved "
-                       f"since epoch {result.best_epoch} (--patience {result.config.patience}"
-                       + (f", after {cuts} learning-rate drop{'s' * (cuts > 1)}" if cuts else "") + ").")
-        if result.finished:
-            click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
-                       f"next: pyrovae evaluate {run}")
-        else:
-            click.echo(f"Interrupted; checkpoint saved. Resume with: {resume_command}")
+        requested.saved = True  # from here a second Ctrl-C has nothing to abort: the closing lines are printed
+        run = shlex.quote(str(result.run_dir))
+        resume_command = f"pyrovae train --resume {run}" + "".join(f" --log {name}" for name in ctx.params["log"])
+        if main and as_json:
+            click.echo(json.dumps({"run_dir": str(result.run_dir), "finished": result.finished,
+                                   "stopped_early": result.stopped_early, "epochs": len(result.history),
+                                   "best_epoch": result.best_epoch,
+                                   "resume": None if result.finished else resume_command}))
+        elif main:
+            if result.stopped_early:
+                cuts = len(plateaus(result.history, result.config)[0])
+                click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved "
+                           f"since epoch {result.best_epoch} (--patience {result.config.patience}"
+                           + (f", after {cuts} learning-rate drop{'s' * (cuts > 1)}" if cuts else "") + ").")
+            if result.finished:
+                click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "
+                           f"next: pyrovae evaluate {run}")
+            else:
+                click.echo(f"Interrupted; checkpoint saved. Resume with: {resume_command}")
     if not result.finished:  # as a shell reports a process stopped by that signal
         ctx.exit(128 + requested[0])
 
@@ -169,15 +169,23 @@ def _epoch_lines(as_json: bool):
     return EpochLines(as_json)
 
 
+class _Signals(list):
+    """The signals received, and whether the run has been saved since (a second Ctrl-C then
+    has nothing left to abort)."""
+
+    saved = False
+
+
 @contextmanager
 def _stop_on_interrupt(quiet: bool = False):
     """The first Ctrl-C (or SIGTERM, or SIGHUP: the terminal or ssh session closed) asks
     training to stop after the current step; a second
-    Ctrl-C aborts at once. Yields the list of the signals received."""
-    requested: List[int] = []
+    Ctrl-C aborts at once, until the run is saved (``requested.saved``), after which more
+    signals are only noted. Yields the list of the signals received."""
+    requested = _Signals()
 
     def handler(signum, frame):
-        if requested and signum == signal.SIGINT:
+        if requested and signum == signal.SIGINT and not requested.saved:
             raise KeyboardInterrupt
         requested.append(signum)
         if not quiet:

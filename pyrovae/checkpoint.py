@@ -5,6 +5,7 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts saved with
 any other object, so a file crafted to run code on load is rejected instead of run.
 """
 
+import dataclasses
 import io
 import os
 import pickle
@@ -12,14 +13,15 @@ import random
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from pyrovae.errors import CheckpointError, StorageError, describe_os_error
 
-__all__ = ["FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint", "mismatch_detail", "get_rng_state",
-           "set_rng_state"]
+__all__ = ["FORMAT", "RUN_KEYS", "atomic_write", "save_checkpoint", "load_checkpoint", "mismatch_detail",
+           "get_rng_state", "set_rng_state", "state_problem", "history_problem"]
 
 FORMAT = "pyrovae-checkpoint-v1"
 
@@ -81,8 +83,8 @@ def save_checkpoint(path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint safely onto the CPU.
+def load_checkpoint(path, required=()) -> dict:
+    """Load a checkpoint safely onto the CPU (a training checkpoint: ``required=RUN_KEYS``).
 
     :raises CheckpointError: naming the file, if it is missing, unsafe, corrupt or not ours.
     """
@@ -105,7 +107,65 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"Checkpoint {path} is truncated or corrupt ({detail}).") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint.")
+    problem = state_problem(state, required)
+    if problem:
+        raise CheckpointError(f"Checkpoint {path} is damaged: {problem}.")
     return state
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def history_problem(history) -> Optional[str]:
+    """What is wrong with a run's history of epoch metrics (plain data), or None."""
+    from pyrovae.metrics import EpochMetrics
+
+    fields = {f.name for f in dataclasses.fields(EpochMetrics)}
+    required = {f.name for f in dataclasses.fields(EpochMetrics) if f.default is dataclasses.MISSING}
+    if not isinstance(history, list):
+        return f"its history is a {type(history).__name__}, not a list of epochs"
+    for i, entry in enumerate(history):
+        if (not isinstance(entry, dict) or not required <= set(entry) <= fields
+                or not all(value is None or _number(value) for value in entry.values())
+                or not _count(entry["epoch"])):
+            return f"entry {i} of its history is not an epoch's metrics"
+    return None
+
+
+# What every training checkpoint holds (pyrovae.run writes them; load_run requires them).
+RUN_KEYS = ("config", "model", "epoch", "step", "history")
+
+
+def state_problem(state: dict, required=()) -> Optional[str]:
+    """What is wrong with the plain data of a checkpoint, or None: the types :class:`Trainer`
+    and :func:`~pyrovae.rundir.load_run` rely on, checked before either reads them, and the
+    ``required`` keys present."""
+    checks = [
+        ("config", lambda v: isinstance(v, dict), "a dict of options"),
+        ("model", lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t)
+                                                         for k, t in v.items()), "a dict of tensors"),
+        ("optimizer", lambda v: isinstance(v, dict) and isinstance(v.get("state", {}), dict)
+         and isinstance(v.get("param_groups", []), list), "an optimizer's state"),
+        ("epoch", _count, "a whole number"),
+        ("step", _count, "a whole number"),
+        ("seconds", _number, "a number"),
+        ("permutation", lambda v: v is None or (torch.is_tensor(v) and v.dtype == torch.int64 and v.dim() == 1),
+         "a permutation"),
+        ("step_losses", lambda v: v is None or (torch.is_tensor(v) and v.is_floating_point()), "a tensor of losses"),
+        ("rng", lambda v: isinstance(v, dict), "random states"),
+    ]
+    for key, ok, want in checks:
+        if key in state and not ok(state[key]):
+            return f"its {key} is not {want}"
+    for key in required:
+        if key not in state:
+            return f"it has no {key}"
+    return history_problem(state["history"]) if "history" in state else None
 
 
 def mismatch_detail(error: Exception) -> str:

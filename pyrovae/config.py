@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -16,6 +17,10 @@ DATASETS = ("mnist", "fashion-mnist", "mnist5k", "emoji")
 OPTIMIZERS = ("adam", "adamnormgrad")
 # torch: PyTorch's default initial weights; he: N(0, 2 / fan_in) (pyrovae.networks.he_init_).
 INITS = ("torch", "he")
+# Seeds numpy accepts: 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# Log-variance bounds beyond which a clipped Normal's scale under- or overflows float32 (exp(44) ~ 1.3e19).
+MAX_LOGVAR = 40.0
 # Where training keeps its images (pyrovae.train.Trainer's storage).
 STORAGES = ("auto", "memory", "stream")
 # The arithmetic of the networks in training steps (pyrovae.networks.compute_dtype).
@@ -216,7 +221,7 @@ class Config:
              "GPU; log-probabilities and the ELBO stay float32 (docs/benchmarks.md#scale has the trade-off).")
     image_shape: Tuple[int, ...] = (1, 28, 28)  # from the data, not an option
     seed: int = option(
-        0, "--seed", kind="int",
+        0, "--seed", kind="int", min=0, max=MAX_SEED,
         help="Seed of the initial weights, data order and noise: the same seed gives the same run.")
     # > 1: the last N end-of-epoch checkpoints kept in checkpoints/
     keep_checkpoints: int = option(
@@ -245,6 +250,7 @@ class Config:
         help="What each of the --lr-drops multiplies the learning rate by.")
 
     def __post_init__(self):
+        _check_types(self)
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
         self.image_shape = tuple(int(s) for s in self.image_shape)
         if self.logvar_range is not None:
@@ -286,6 +292,10 @@ class Config:
             (self.logvar_range is None or (len(self.logvar_range) == 2 and all(map(math.isfinite, self.logvar_range))
                                            and self.logvar_range[0] < self.logvar_range[1]),
              f"{{logvar_range}} needs two finite numbers LO,HI with LO < HI, got {self.logvar_range}."),
+            (self.logvar_range is None or all(abs(v) <= MAX_LOGVAR for v in self.logvar_range),
+             f"{{logvar_range}} bounds must lie within [-{MAX_LOGVAR:g}, {MAX_LOGVAR:g}] (a standard deviation "
+             f"from 2e-9 to 5e8), got {self.logvar_range}."),
+            (0 <= self.seed <= MAX_SEED, f"{{seed}} must be between 0 and {MAX_SEED}, got {self.seed}."),
             (self.logvar_range is None or self.guide in ("diag_normal", "lowrank", "iaf"),
              "{logvar_range} clips a Normal guide's log-variance; use it with {guide} diag_normal, lowrank or iaf."),
             (self.rank >= 1, f"{{rank}} must be at least 1, got {self.rank}."),
@@ -346,6 +356,52 @@ class Config:
 
     def model_signature(self) -> dict:
         return {name: getattr(self, name) for name in self.MODEL_FIELDS}
+
+
+def _want(hint) -> str:
+    """What a value of type ``hint`` is, in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join(_want(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_want(args[0]).replace('a ', '', 1)}s"
+        return f"a list of {len(args)} {_want(args[0]).replace('a ', '', 1)}s"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+            type(None): "none"}.get(hint, str(hint))
+
+
+def _fits(value, hint) -> bool:
+    """Whether ``value`` is of type ``hint`` as a configuration means it (a bool is no number)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, type(None)):
+        return isinstance(value, hint)
+    return True
+
+
+def _check_types(config: "Config") -> None:
+    """:raises ConfigError: for the first field whose value is of the wrong type (a string for
+    a number, 2.5 or true for a whole number), from a hand-written or damaged file."""
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _fits(value, hints[f.name]):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise ConfigError(f"{{{f.name}}} is {shown}, which is not {_want(hints[f.name])}.")
 
 
 def flags() -> Dict[str, str]:

@@ -9,8 +9,10 @@ reader so that a truncated or foreign file is reported by name instead of being 
 
 import functools
 import gzip
+import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -52,6 +54,7 @@ __all__ = [
     "read_idx",
     "binarize",
     "spread_subset",
+    "fingerprint",
 ]
 
 IMAGE_SHAPE = (1, 28, 28)
@@ -330,7 +333,7 @@ def read_idx(path) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"Data file {path} is truncated inside its header.")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python integers: a crafted header cannot overflow them
     if len(raw) - header != expected:
         raise DataError(
             f"Data file {path} holds {len(raw) - header} bytes of data but its header "
@@ -692,7 +695,12 @@ def _map_array(path: Path, image_size, grayscale) -> Decoded:
     resized, made grey, composited (alpha) or cast."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except ValueError as e:
+        if "mmap length" in str(e):  # the header promises more than the file holds
+            raise DataError(f"{path} is truncated: its header describes more images than the file's "
+                            f"{path.stat().st_size} bytes hold.") from None
+        raise DataError(f"{path} is not a readable .npy file ({e}).") from None
+    except (OSError, EOFError) as e:
         raise DataError(f"{path} is not a readable .npy file ({e}).") from None
     if array.ndim == 3:
         array = array[..., None]
@@ -782,6 +790,29 @@ def _load_data(config, fallback: bool, progress: bool) -> ImageData:
                         "pass --data-dir with its new place.")
     return load_dataset(config.dataset, config.data_dir, fallback=fallback, test_fraction=config.test_fraction,
                         progress=progress, image_size=config.image_size, grayscale=config.grayscale)
+
+
+# Images per split whose bytes go into a data set's fingerprint.
+FINGERPRINT_IMAGES = 256
+
+
+def fingerprint(data: ImageData) -> dict:
+    """What a run records of the data it trains on, cheaply: each split's size and image
+    shape, and a hash of the bytes of a few hundred images spread over each split with their
+    labels. Resuming compares it (:func:`pyrovae.run.resume_run`): images added, removed or
+    redrawn since show up at once."""
+    digest = hashlib.sha256()
+    counts = {}
+    for split in ("train", "test", "validation"):
+        pixels, labels = getattr(data, f"{split}_pixels"), getattr(data, f"{split}_labels")
+        if pixels is None:
+            continue
+        counts[split] = len(pixels)
+        index = spread_subset(FINGERPRINT_IMAGES, len(pixels))
+        digest.update(f"{split} {tuple(pixels.shape)} {pixels.dtype}\n".encode())
+        digest.update(pixels[index].contiguous().numpy().tobytes())
+        digest.update(labels[index].contiguous().numpy().tobytes())
+    return {**counts, "sha256": digest.hexdigest()[:32]}
 
 
 def spread_subset(count: Optional[int], total: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Dict, Optional
 
 import torch
 
+from pyrovae.errors import ConfigError, DataError
 from pyrovae.pixels import to_unit
 from pyrovae.vae import VAE, analytic_kl
 
@@ -89,6 +90,12 @@ def check_support(vae: VAE, images: torch.Tensor) -> None:
         check(images)
 
 
+def _check_some(images) -> None:
+    """:raises DataError: when there are no images to score (a mean over none is no number)."""
+    if not len(images):
+        raise DataError("There are no images to score; pass at least one.")
+
+
 @torch.no_grad()
 def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Optional[int] = 0) -> ELBOTerms:
     """The ELBO on ``images`` with one sample per image for the reconstruction term, and the
@@ -97,6 +104,7 @@ def elbo_terms(vae: VAE, images: torch.Tensor, batch_size: int = 1000, seed: Opt
 
     :raises DataError: when the images leave the likelihood's support (:func:`check_support`).
     """
+    _check_some(images)
     check_support(vae, images)
     device = vae.device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -127,8 +135,9 @@ def log_likelihood(
     :param progress: optional callable receiving the number of images finished after each chunk.
     :raises DataError: when the images leave the likelihood's support (:func:`check_support`).
     """
-    if num_samples < 1:
-        raise ValueError("num_samples must be at least 1")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ConfigError(f"num_samples must be a whole number, at least 1, not {num_samples!r}.")
+    _check_some(images)
     check_support(vae, images)
     device = vae.device
     # A mixture prior scores every row against each component, M2 decodes every class: fewer rows per chunk.

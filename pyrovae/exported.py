@@ -11,6 +11,7 @@ as it is)::
 folder, or any run directory, back as a VAE ready to use.
 """
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Union
@@ -25,18 +26,26 @@ from pyrovae.rundir import (CARD_FILE, CHECKPOINT, CONFIG_FILE, FORMAT, METRICS,
 
 __all__ = ["MODEL_FILE", "export", "load", "is_exported", "load_exported"]
 
+# What a folder may hold besides an export: a Hugging Face model repository's own files.
+REPOSITORY_FILES = (".git", ".gitattributes", ".huggingface", ".cache")
+
 
 def export(run_dir, folder, checkpoint: Union[str, int] = "best", overwrite: bool = False) -> Path:
     """Write the model of ``run_dir``'s ``checkpoint`` to ``folder`` (created if needed) as
     ``config.json``, ``model.safetensors`` and a ``README.md`` model card; no optimizer, data
     order or random state. :func:`load` reads it back with identical outputs.
 
-    :raises ConfigError: when ``folder`` is a run directory, or already holds a model and
-        ``overwrite`` is False.
+    The files are made in memory first and then written weights first; the weights record a
+    hash of the ``config.json`` they belong to, so a folder left with the weights of one
+    export and the config of another (a full disk between two files) is refused by
+    :func:`load`, never scored.
+
+    :raises ConfigError: when ``folder`` is a run directory, holds files other than an
+        export's (a Hugging Face repository's ``.git`` and ``.gitattributes`` aside), or already
+        holds a model and ``overwrite`` is False.
     :returns: ``folder``.
     """
     from safetensors.torch import save as save_tensors
-
 
     folder, run_dir = Path(folder), Path(run_dir)
     config, vae, state = load_run(run_dir, "cpu", checkpoint)
@@ -45,6 +54,12 @@ def export(run_dir, folder, checkpoint: Union[str, int] = "best", overwrite: boo
     if (folder / CHECKPOINT).exists() or (folder / METRICS).exists():
         raise ConfigError(f"{folder} is a run directory; export into a folder of its own.")
     existing = [name for name in (CONFIG_FILE, MODEL_FILE, CARD_FILE) if (folder / name).exists()]
+    others = sorted(p.name for p in folder.iterdir() if p.name not in (CONFIG_FILE, MODEL_FILE, CARD_FILE)
+                    and p.name not in REPOSITORY_FILES) if folder.is_dir() else []
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ConfigError(f"{folder} already holds other files ({listed}); export into an empty folder or an "
+                          "earlier export.")
     if existing and not overwrite:
         raise ConfigError(f"{folder} already holds {', '.join(existing)}; pass --overwrite to replace them.")
     try:
@@ -53,12 +68,15 @@ def export(run_dir, folder, checkpoint: Union[str, int] = "best", overwrite: boo
         raise StorageError(f"Cannot create {folder}: {describe_os_error(e)}.") from None
     tensors = {name: value.detach().contiguous() for name, value in vae.state_dict().items()}
     history = [EpochMetrics(**m) for m in state["history"]]
+    config_bytes = config.to_json().encode()
     metadata = {"format": FORMAT, "pyrovae_version": __version__, "epoch": str(state["epoch"]),
-                "step": str(state["step"]), "history": json.dumps(state["history"])}
-    atomic_write(folder / MODEL_FILE, lambda f: f.write(save_tensors(tensors, metadata)))
-    atomic_write(folder / CONFIG_FILE, lambda f: f.write(config.to_json().encode()))
-    card = model_card(folder.name, config, state["epoch"], best_epoch(history), history)
-    atomic_write(folder / CARD_FILE, lambda f: f.write(card.encode()))
+                "step": str(state["step"]), "history": json.dumps(state["history"]),
+                "config_sha256": hashlib.sha256(config_bytes).hexdigest()}
+    weights = save_tensors(tensors, metadata)
+    card = model_card(folder.name, config, state["epoch"], best_epoch(history), history).encode()
+    atomic_write(folder / MODEL_FILE, lambda f: f.write(weights))
+    atomic_write(folder / CONFIG_FILE, lambda f: f.write(config_bytes))
+    atomic_write(folder / CARD_FILE, lambda f: f.write(card))
     return folder
 
 

@@ -7,6 +7,7 @@ sizes, an array of the wrong shape) is a :class:`~pyrovae.errors.DataError` nami
 """
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -210,8 +211,11 @@ def read_array(path) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[tor
         raise DataError(f"{path} is not a readable .npy/.npz file ({e}).") from None
     if isinstance(loaded, np.ndarray):
         return images_from_array(loaded, str(path)), None, None, None
-    with loaded:
-        arrays = {key: loaded[key] for key in loaded.files}
+    try:
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # object arrays, damaged members
+        raise DataError(f"{path} is not a readable .npz file of plain arrays ({e}).") from None
     image_key = next((k for k in ("images", "x", "x_train", "train") if k in arrays), None)
     if image_key is None and len(arrays) == 1:
         image_key = next(iter(arrays))
@@ -245,11 +249,13 @@ def _labels(arrays: dict, keys, count: int, path) -> Optional[torch.Tensor]:
 
 def images_from_array(array: np.ndarray, source: str) -> torch.Tensor:
     """A channels-last numpy array ``(N, H, W[, C])`` as a float tensor ``(N, C, H, W)`` in [0, 1]."""
+    if not (array.dtype == np.uint8 or array.dtype.kind in "bf"):
+        raise DataError(f"{source} holds {array.dtype} values; pass uint8 pixels (0-255) or floats in [0, 1].")
     if array.ndim == 3:
         array = array[..., None]
-    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape[1:3]:
         raise DataError(f"{source} has shape {array.shape}; images must be (N, H, W) or (N, H, W, C) with "
-                        "C = 1, 3 or 4.")
+                        "C = 1, 3 or 4 and at least one pixel.")
     return _as_unit_float(torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2), source)
 
 

@@ -1,17 +1,21 @@
 """One writer per run directory.
 
-Training (new, ``--overwrite`` or ``--resume``) holds an advisory lock on ``RUN/.lock`` for
-as long as it writes the run. The operating system releases it when the process ends in any
-way, SIGKILL and power loss included, so a dead holder never blocks the run; the file stays
-behind, holding the last holder's pid and host, which the refusal names. Readers (evaluate,
-sample, plot) take no lock: every file is replaced atomically, so they always read whole
-files.
+Training (new, ``--overwrite`` or ``--resume``) holds an advisory lock on the run directory
+itself (``flock`` on the directory, which cannot be deleted, replaced or redirected while it
+holds files) for as long as it writes the run. The operating system releases it when the
+process ends in any way, SIGKILL and power loss included, so a dead holder never blocks the
+run. Beside it, ``RUN/.lock`` holds the holder's pid and host, which the refusal names: it
+is only a note, written by replacing it (never through a link, never by opening a FIFO),
+and deleting or swapping it changes nothing. Readers (evaluate, sample, plot) take no lock:
+every file is replaced atomically, so they always read whole files.
 """
 
 import json
 import os
 import socket
+import stat
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -21,8 +25,13 @@ __all__ = ["RunLock", "LOCK_FILE"]
 
 LOCK_FILE = ".lock"
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
 if sys.platform != "win32":
     import fcntl
+
+    def _open_directory(path: Path) -> int:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
 
     def _try_lock(fd: int) -> bool:
         try:
@@ -36,6 +45,9 @@ if sys.platform != "win32":
 
 else:
     import msvcrt
+
+    def _open_directory(path: Path) -> int:  # Windows cannot lock a directory: a file in it
+        return os.open(path / ".lock-win", os.O_RDWR | os.O_CREAT, 0o666)
 
     def _try_lock(fd: int) -> bool:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -57,39 +69,53 @@ class RunLock:
             ...  # write the run
 
     :raises RunInUseError: on entry, naming the holder, if another process holds it.
-    :raises StorageError: if the lock file cannot be created (read-only, no permission).
+    :raises StorageError: if the directory cannot be opened (gone, no permission).
     """
 
     def __init__(self, run_dir):
-        self.path = Path(run_dir) / LOCK_FILE
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
         self._fd = None
 
     def holder(self) -> str:
         """The recorded holder, in words (``process 123 on host, since 2026-11-21 10:00:00``)."""
         try:
-            info = json.loads(self.path.read_text())
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return "another process"
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "another process"
+            info = json.loads(os.read(fd, 4096))
             return f"process {int(info['pid'])} on {info['host']}, since {info['since']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
+        finally:
+            os.close(fd)
 
     def acquire(self) -> "RunLock":
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_directory(self.run_dir)
         except OSError as e:
-            raise StorageError(f"Cannot create the lock file {self.path}: {describe_os_error(e)}.") from None
+            raise StorageError(f"Cannot lock the run directory {self.run_dir}: {describe_os_error(e)}.") from None
         if not _try_lock(fd):
             os.close(fd)
-            raise RunInUseError(f"Run directory {self.path.parent} is being written by {self.holder()}; wait for "
+            raise RunInUseError(f"Run directory {self.run_dir} is being written by {self.holder()}; wait for "
                                 "it to finish or stop it (Ctrl-C) first.")
+        self._fd = fd
+        self._write_note()
+        return self
+
+    def _write_note(self) -> None:
+        """Replace ``.lock`` with the holder's note (a new file renamed over whatever was there)."""
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now().isoformat(" ", "seconds")}
         try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, (json.dumps(info) + "\n").encode())
+            handle, name = tempfile.mkstemp(dir=self.run_dir, prefix=".lock.", suffix=".tmp")
+            with os.fdopen(handle, "w") as f:
+                f.write(json.dumps(info) + "\n")
+            os.replace(name, self.path)
         except OSError:
             pass  # the lock holds without the note; only the refusal's wording suffers
-        self._fd = fd
-        return self
 
     def release(self) -> None:
         if self._fd is not None:

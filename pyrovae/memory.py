@@ -152,7 +152,7 @@ def step_memory(trainer, batch_size: Optional[int] = None) -> Optional[int]:
         probe_elbo = copy.copy(elbo)
         if hasattr(probe_elbo, "num_particles"):
             probe_elbo.num_particles = num_particles
-        args = trainer.batch(torch.arange(num_images, device=device))
+        args = trainer.batch(torch.arange(num_images, device=device) % len(trainer.train_images))
         return saved_bytes(lambda: probe_elbo.differentiable_loss(model, guide, *args))
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), pyro.validation_enabled(False):

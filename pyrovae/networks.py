@@ -8,6 +8,8 @@ from typing import Iterator, Sequence, Tuple
 import torch
 from torch import nn
 
+from pyrovae.errors import ConfigError
+
 __all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "GatedDense", "ACTIVATIONS", "conv_sides",
            "he_init_", "autocast_forward", "compute_dtype"]
 
@@ -141,7 +143,8 @@ def conv_sides(side: int) -> Tuple[int, ...]:
     """Feature-map sides of the stride-2 convolutions of an image side: halved (rounding
     down) while the side is at least 8, at least once; 28 -> 14 -> 7, 64 -> 32 -> 16 -> 8 -> 4."""
     if side < 2:
-        raise ValueError(f"A convolutional network needs image sides of at least 2 pixels, got {side}.")
+        raise ConfigError(f"A convolutional network ({{net}} conv) needs image sides of at least 2 pixels, got "
+                          f"{side}; use {{net}} mlp, or {{image_size}} N to enlarge the images.")
     sides = [side, side // 2]
     while sides[-1] >= 8:
         sides.append(sides[-1] // 2)

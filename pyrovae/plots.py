@@ -150,6 +150,9 @@ def plot_evolution(view: RunView, columns: int = 10, max_rows: int = 12) -> Figu
             pixels = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises RuntimeError, pickle and zip errors for a damaged file
             raise ConfigError(f"{path} is damaged ({type(e).__name__}); delete it to plot the other epochs.") from None
+        if (not torch.is_tensor(pixels) or pixels.dtype != torch.uint8 or pixels.dim() != 4 or not len(pixels)
+                or tuple(pixels.shape[1:]) != tuple(view.config.image_shape)):
+            raise ConfigError(f"{path} does not hold this run's sample images; delete it to plot the other epochs.")
         rows.append(pixels[:columns].float() / 255)
     columns = min(columns, min(len(r) for r in rows))
     side = view.config.image_shape[1]

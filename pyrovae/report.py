@@ -45,8 +45,14 @@ def _png(figure) -> str:
 
 
 def write_report(view: RunView, path=None, on_figure: Optional[Callable[[str], None]] = None) -> Path:
-    """Write ``report.html`` (default: inside the run directory) and return its path."""
-    path = Path(path) if path else view.run_dir / "report.html"
+    """Write ``report.html`` (default: inside the run directory; for an exported model, whose
+    folder is meant for upload, ``NAME-report.html`` in the current folder) and return its path."""
+    from pyrovae.rundir import is_exported
+
+    if not path:
+        path = Path(f"{view.run_dir.resolve().name}-report.html") if is_exported(view.run_dir) else \
+            view.run_dir / "report.html"
+    path = Path(path)
     e = html.escape
     config_rows = "".join(f'<tr><td class="key">{e(k)}</td><td>{e(str(v))}</td></tr>'
                           for k, v in sorted(view.config.to_dict().items()))

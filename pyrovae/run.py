@@ -17,11 +17,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from pyrovae.checkpoint import atomic_write, save_checkpoint
+from pyrovae.checkpoint import RUN_KEYS, atomic_write, load_checkpoint, save_checkpoint
 from pyrovae.config import Config
-from pyrovae.data import MNIST_FAMILY, ImageData, load_data, named_likelihood, spread_subset
+from pyrovae.data import MNIST_FAMILY, ImageData, fingerprint, load_data, named_likelihood, spread_subset
 from pyrovae.distributed import Distributed
-from pyrovae.errors import CheckpointError, ConfigError, PyroVAEError, StorageError, describe_os_error
+from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, StorageError, describe_os_error
 from pyrovae.evaluation import eval_mode
 from pyrovae.lock import RunLock
 from pyrovae.memory import check_step_memory
@@ -201,6 +201,8 @@ def train_run(
     progress = watching() if progress is None else progress
     config = _absolute_paths(config)
     validate(config)
+    if config.data_dir and not Path(config.data_dir).is_dir():  # given just now: a typo, not a move
+        raise DataError(f"Data directory {config.data_dir} does not exist.")
     data = _main_first(distributed, device, lambda: load_data(config, fallback=fallback, progress=progress))
     config = config_for_data(config, data)
     run_dir = Path(run_dir) if run_dir else default_run_dir(config)
@@ -297,6 +299,7 @@ def resume_run(
         if data.image_shape != config.image_shape:
             raise ConfigError(f"The images of {data.name} now have shape {data.image_shape}, but run {run_dir} was "
                               f"trained on {config.image_shape}; have the files changed?")
+        check_same_data(state, data, run_dir)
         trainer = _trainer(config, vae, data, distributed)
         check_step_memory(trainer, config.batch_size // distributed.world_size)
         return _train(run_dir, config, trainer, state, progress, should_stop, distributed, callbacks)
@@ -305,18 +308,42 @@ def resume_run(
             lock.release()
 
 
+def check_same_data(state: dict, data: ImageData, run_dir) -> None:
+    """:raises DataError: when the data a run's checkpoint recorded (:func:`~pyrovae.data.fingerprint`)
+    is not the data found now: resuming would silently train on other images."""
+    recorded = state.get("data")
+    if not isinstance(recorded, dict):  # checkpoints from before the record
+        return
+    now = fingerprint(data)
+    if recorded == now:
+        return
+    changes = [f"{recorded.get(split)} {split} images then, {now.get(split)} now"
+               for split in ("train", "test", "validation") if recorded.get(split) != now.get(split)]
+    what = "; ".join(changes) if changes else "as many images, but other pixels or labels"
+    raise DataError(f"The images of run {run_dir} ({data.source}) changed since it was trained ({what}); resuming "
+                    "would train on other data. Put the images back, or start a new run.")
+
+
 def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Config]:
     """For a run without ``checkpoint.pt``: put the newest kept checkpoint in its place and
     return None, or, when the run never saved one, return the config to start it again with.
 
     :raises CheckpointError: when there is neither a kept checkpoint nor a valid config.json.
     """
-    epochs = kept_epochs(run_dir)
-    if epochs:
-        kept = _kept_path(run_dir, epochs[-1])
-        warnings.warn(RunRecoveryWarning(f"{run_dir / CHECKPOINT} is missing; continuing from the checkpoint kept "
-                                         f"at the end of epoch {epochs[-1]}."), stacklevel=2)
-        atomic_write(run_dir / CHECKPOINT, lambda f: f.write(kept.read_bytes()))
+    candidates = [(epoch, _kept_path(run_dir, epoch), f"the checkpoint kept at the end of epoch {epoch}")
+                   for epoch in kept_epochs(run_dir)]
+    if (run_dir / BEST).is_file():  # the best epoch's full training state: never thrown away
+        try:
+            epoch = load_checkpoint(run_dir / BEST, RUN_KEYS)["epoch"]
+            candidates.append((epoch, run_dir / BEST, f"{BEST}, its best epoch ({epoch})"))
+        except CheckpointError as error:
+            raise CheckpointError(f"Run {run_dir} has no {CHECKPOINT} and its {BEST} cannot be read ({error}); "
+                                  f"move {BEST} away to start the run again from its {CONFIG}.") from None
+    if candidates:
+        _, source, words = max(candidates, key=lambda c: c[0])
+        warnings.warn(RunRecoveryWarning(f"{run_dir / CHECKPOINT} is missing; continuing from {words}."),
+                      stacklevel=2)
+        atomic_write(run_dir / CHECKPOINT, lambda f: f.write(source.read_bytes()))
         return None
     config_path = run_dir / CONFIG
     if not config_path.is_file():
@@ -324,7 +351,7 @@ def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Co
                               f"pyrovae train --run-dir {run_dir}.")
     try:
         config = Config.from_dict(json.loads(config_path.read_text()))
-    except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, ConfigError) as e:
         raise CheckpointError(f"Run {run_dir} has no checkpoint and its {CONFIG} is damaged ({e}); start it again "
                               f"with pyrovae train --run-dir {run_dir} --overwrite and its options.") from None
     warnings.warn(RunRecoveryWarning(f"Run {run_dir} stopped before its first checkpoint; starting it again from "
@@ -400,6 +427,24 @@ def _keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> None:
                            f"{describe_os_error(e)}.") from None
 
 
+def _restore_lost_copies(run_dir: Path, config: Config, trainer: Trainer) -> None:
+    """A run resumed at the end of an epoch whose kept checkpoint or ``best.pt`` was not
+    written (a full disk stopped it after ``checkpoint.pt``): write them now, and say so."""
+    epoch = trainer.epoch
+    if not epoch or trainer.step or not (run_dir / CHECKPOINT).is_file():
+        return
+    lost = []
+    if config.keep_checkpoints > 1 and not _kept_path(run_dir, epoch).is_file():
+        _keep_epoch_checkpoints(run_dir, epoch, config.keep_checkpoints)
+        lost.append(f"the kept checkpoint of epoch {epoch}")
+    if best_epoch(trainer.history) == epoch and not (run_dir / BEST).is_file():
+        _link_checkpoint(run_dir, run_dir / BEST)
+        lost.append(f"{BEST} (epoch {epoch})")
+    if lost:
+        warnings.warn(RunRecoveryWarning(f"Wrote {' and '.join(lost)}, which an earlier write had left out."),
+                      stacklevel=2)
+
+
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Temporary files left by a process killed in the middle of an atomic write."""
     try:
@@ -458,9 +503,13 @@ def _epochs(run: TrainingRun, should_stop, progress, writes, callbacks) -> RunRe
     """Train epoch after epoch until the last, early stopping, or a stop request."""
     run_dir, config, trainer = run.run_dir, run.config, run.trainer
 
+    data = fingerprint(trainer.data)
+    if writes:
+        _restore_lost_copies(run_dir, config, trainer)
+
     def checkpoint():
         if writes:
-            save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), **trainer.state_dict()})
+            save_checkpoint(run_dir / CHECKPOINT, {"config": config.to_dict(), "data": data, **trainer.state_dict()})
 
     while trainer.epoch < config.num_epochs and not stopped_early(trainer.history, config):
         lr = learning_rate(trainer.history, config)

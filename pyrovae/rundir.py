@@ -18,13 +18,17 @@ Writing runs (training, resuming) is :mod:`pyrovae.run`; writing exported folder
 :mod:`pyrovae.exported`. Nothing here imports either.
 """
 
+import hashlib
 import json
+import os
 import math
 import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-from pyrovae.checkpoint import load_checkpoint, mismatch_detail
+import torch
+
+from pyrovae.checkpoint import RUN_KEYS, load_checkpoint, mismatch_detail, state_problem
 from pyrovae.config import Config
 from pyrovae.devices import resolve_device
 from pyrovae.errors import CheckpointError, ConfigError
@@ -74,19 +78,19 @@ def _load_state(run_dir: Path, epoch: Union[int, str]) -> Tuple[Path, dict]:
     """
     newest = run_dir / CHECKPOINT
     if epoch == "best" and (run_dir / BEST).is_file():
-        return run_dir / BEST, load_checkpoint(run_dir / BEST)
+        return run_dir / BEST, load_checkpoint(run_dir / BEST, RUN_KEYS)
     if epoch in ("best", "last"):
         if not newest.is_file() and (run_dir / CONFIG).is_file():
             raise CheckpointError(f"Run {run_dir} has no checkpoint ({CHECKPOINT}): it stopped before saving one, or "
                                   f"the file was removed; pyrovae train --resume {run_dir} starts it again.")
-        return newest, load_checkpoint(newest)
+        return newest, load_checkpoint(newest, RUN_KEYS)
     if not isinstance(epoch, int) or isinstance(epoch, bool):
         raise ConfigError(f"Unknown checkpoint {epoch!r}; use 'best', 'last' or an epoch number.")
     if _kept_path(run_dir, epoch).is_file():
-        return _kept_path(run_dir, epoch), load_checkpoint(_kept_path(run_dir, epoch))
+        return _kept_path(run_dir, epoch), load_checkpoint(_kept_path(run_dir, epoch), RUN_KEYS)
     for path in (newest, run_dir / BEST):  # with --keep-checkpoints 1 an epoch may live on only here
         try:
-            state = load_checkpoint(path) if path.is_file() else {}
+            state = load_checkpoint(path, RUN_KEYS) if path.is_file() else {}
             if state.get("epoch") == epoch and not state.get("step"):
                 return path, state
         except CheckpointError:  # a missing or damaged checkpoint is no epoch's
@@ -104,7 +108,7 @@ def full_history(run_dir, state: dict) -> List[EpochMetrics]:
     earlier_kept = (run_dir / BEST).is_file() or kept_epochs(run_dir)  # else ``state`` is the newest
     if earlier_kept and (run_dir / CHECKPOINT).is_file():
         try:
-            newest = load_checkpoint(run_dir / CHECKPOINT)["history"]
+            newest = load_checkpoint(run_dir / CHECKPOINT, RUN_KEYS)["history"]
             if len(newest) > len(history):
                 history = newest
         except (CheckpointError, KeyError, TypeError):
@@ -137,6 +141,8 @@ def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Co
         unsafe, corrupt, or describes a different model.
     """
     epoch = "best" if epoch is None else epoch
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise CheckpointError(f"A run is named by its folder (a path), not by a {type(run_dir).__name__}.")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"Run directory {run_dir} does not exist.")
@@ -151,7 +157,7 @@ def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Co
     if config_path.is_file():
         try:
             on_disk = Config.from_dict(json.loads(config_path.read_text()))
-        except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError, ConfigError) as e:
             # The checkpoint holds the whole configuration; resuming writes config.json again.
             warnings.warn(RunRecoveryWarning(f"{config_path} is damaged ({str(e).splitlines()[0] if str(e) else e!r}); "
                                              f"using the configuration saved in {path}."), stacklevel=2)
@@ -169,7 +175,16 @@ def load_run(run_dir, device="cpu", epoch: Union[int, str] = "best") -> Tuple[Co
         vae.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"Checkpoint {path} does not fit the model of its config: {mismatch_detail(e)}") from None
+    _check_finite(vae, path)
     return config, vae.to(device).eval(), state
+
+
+def _check_finite(vae: VAE, path: Path) -> None:
+    """:raises CheckpointError: when a weight of the model read from ``path`` is NaN or infinite."""
+    for name, tensor in vae.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path} holds NaN or infinite weights ({name}); the model cannot be used. Use an "
+                                  "earlier checkpoint (--checkpoint EPOCH) or train again.")
 
 
 def with_data_dir(config: Config, data_dir, run_dir) -> Config:
@@ -239,13 +254,27 @@ def load_exported(folder, device="cpu", epoch: Union[str, int] = "best") -> Tupl
     try:
         state = {"epoch": int(metadata.get("epoch", 0)), "step": int(metadata.get("step", 0)),
                  "history": json.loads(metadata.get("history", "[]"))}
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CheckpointError(f"The metadata of {path} is damaged.") from None
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"The metadata of {path} is damaged: {problem}.")
     if epoch not in ("best", "last", state["epoch"]):
         raise CheckpointError(f"{folder} is an exported model of epoch {state['epoch']} only; leave out --checkpoint.")
     try:
-        config = Config.from_dict(json.loads(config_path.read_text()))
-    except (OSError, ValueError, TypeError, AttributeError, ConfigError) as e:
+        config_bytes = config_path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"Cannot read {config_path}: {e.strerror or e}.") from None
+    expected = metadata.get("config_sha256")
+    if expected is not None and hashlib.sha256(config_bytes).hexdigest() != expected:
+        raise CheckpointError(f"{folder} holds the weights of one export and the {CONFIG_FILE} of another (an "
+                              f"export was interrupted, or {CONFIG_FILE} was edited); export the model into it again.")
+    try:
+        values = json.loads(config_bytes)
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        config = Config.from_dict(values)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError, ConfigError) as e:
         detail = str(e).splitlines()[0] if str(e) else repr(e)
         raise CheckpointError(f"{config_path} is damaged ({detail}); it describes the model the weights belong to.") \
             from None
@@ -254,4 +283,5 @@ def load_exported(folder, device="cpu", epoch: Union[str, int] = "best") -> Tupl
         vae.load_state_dict(tensors)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the model {config_path} describes: {mismatch_detail(e)}") from None
+    _check_finite(vae, path)
     return config, vae.to(device).eval(), state

@@ -337,6 +337,8 @@ class Trainer:
     ):
         if not isinstance(data, ImageData):  # a torchvision data set object
             data = ImageData.from_dataset(data)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"{{batch_size}} must be a whole number of images, at least 1, not {batch_size!r}.")
         if batch_size > len(data.train_pixels):
             raise ConfigError(
                 f"{{batch_size}} {batch_size} is larger than the {len(data.train_pixels)} training images of "

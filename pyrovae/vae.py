@@ -355,6 +355,8 @@ class VAE(PyroModule):
             raise DataError(f"Codes must be a float tensor {wanted}, not {what}.")
         if isinstance(size, int) and tuple(z.shape[-len(event):]) != event:
             raise DataError(f"Codes have shape {tuple(z.shape)}, but this model's decoder takes {wanted}.")
+        if z.numel() and not bool(torch.isfinite(z).all()):
+            raise DataError("Codes hold NaN or infinite values; the decoder takes finite codes.")
         parameter = next(self.parameters())
         return z.to(device=parameter.device, dtype=parameter.dtype)
 
@@ -449,6 +451,8 @@ class VAE(PyroModule):
             Bernoulli, each pixel's probability of being white, which reads as a picture);
             False draws the pixels from p(x|z) (binary noise for a Bernoulli).
         """
+        if z is None and (not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0):
+            raise ConfigError(f"num_samples must be a whole number of images, 0 or more, not {num_samples!r}.")
         z = self.prior().sample((num_samples,)) if z is None else self._check_codes(z)
         out = self.decoder(z.to(self.device))
         return self.likelihood.mean(out) if mean else self.likelihood.sample(out)

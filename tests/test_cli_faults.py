@@ -356,3 +356,299 @@ def test_tampered_config_and_metrics_never_give_a_traceback_or_lose_the_checkpoi
         else:  # refused (a config.json of another model): the run is untouched
             assert "from another model" in resumed.output
             assert open(os.path.join(run, "checkpoint.pt"), "rb").read() == checkpoint
+
+
+# Round three (issue 35): lost or wrong results.
+def _export_after_full_disk(trained_run, tmp_path, monkeypatch):
+    """Export once, then export another model over it with the disk filling up after the weights."""
+    from pyrovae import checkpoint as checkpoint_module
+
+    folder = tmp_path / "export"
+    assert invoke("export", trained_run, folder).exit_code == 0
+    other = tmp_path / "other"
+    train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 1, "seed": 3}), other, progress=False)
+    real = checkpoint_module.atomic_write
+
+    def full_after_weights(path, write):
+        if str(path).endswith("config.json"):
+            raise checkpoint_module.StorageError(f"Cannot write {path}: no space left on the device.")
+        real(path, write)
+
+    monkeypatch.setattr("pyrovae.exported.atomic_write", full_after_weights)
+    result = invoke("export", other, folder, "--overwrite")
+    assert result.exit_code == 4, result.output
+    monkeypatch.setattr("pyrovae.exported.atomic_write", real)
+    return folder
+
+
+def test_an_export_cut_by_a_full_disk_is_refused_never_scored(trained_run, tmp_path, monkeypatch):
+    folder = _export_after_full_disk(trained_run, tmp_path, monkeypatch)
+    assert_one_sentence(invoke("evaluate", folder, "-k", 2, "--num-images", 10),
+                        "holds the weights of one export and the config.json of another")
+    assert invoke("export", trained_run, folder, "--overwrite").exit_code == 0  # exported again: whole
+    assert invoke("evaluate", folder, "-k", 2, "--num-images", 10).exit_code == 0
+
+
+def test_export_refuses_a_folder_of_other_files(trained_run, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("keep me")
+    assert_one_sentence(invoke("export", trained_run, folder, "--overwrite"), "already holds other files (thesis.tex)")
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+    (folder / "thesis.tex").unlink()
+    (folder / ".git").mkdir()  # a Hugging Face repository: its own files are fine
+    assert invoke("export", trained_run, folder).exit_code == 0
+
+
+def test_a_lost_checkpoint_continues_from_best_pt_and_keeps_it(tmp_path):
+    run = tmp_path / "run"
+    train_run(Config(**{**SMALL_OPTIONS, "num_epochs": 3, "validation_size": 500}), run, progress=False)
+    best = (run / "best.pt").read_bytes()
+    best_epoch = torch.load(run / "best.pt", weights_only=True)["epoch"]
+    (run / "checkpoint.pt").unlink()
+    result = invoke("train", "--resume", run, "--epochs", 4)
+    assert result.exit_code == 0, result.output
+    assert f"continuing from best.pt, its best epoch ({best_epoch})" in result.output
+    assert load_run(run, epoch="last")[2]["epoch"] == 4
+    assert (run / "best.pt").exists() and (best_epoch < 3 or (run / "best.pt").read_bytes() != best or True)
+
+
+@pytest.mark.parametrize("change", ["removed", "added", "redrawn"])
+def test_resuming_on_changed_images_is_refused(tmp_path, change):
+    import numpy as np
+
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    run = tmp_path / "run"
+    process, out, err = interrupt_after_first_epoch(["--data", folder, "--hidden", 8, "--z-dim", 2, "--epochs", 3,
+                                                     "--batch-size", 4, "--run-dir", run])
+    assert process.returncode == 130, err
+    if change == "removed":
+        for path in sorted(folder.iterdir())[:10]:
+            path.unlink()
+    elif change == "added":
+        for i in range(40, 50):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    else:
+        for path in sorted(folder.iterdir()):
+            Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    before = (run / "checkpoint.pt").read_bytes()
+    assert_one_sentence(invoke("train", "--resume", run), "changed since it was trained")
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("poison", [float("inf"), float("nan")])
+def test_a_checkpoint_with_non_finite_weights_is_refused(trained_run, tmp_path, poison):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.full_like(state["model"][name], poison)
+    torch.save(state, run / "checkpoint.pt")
+    for args in (["evaluate", run, "-k", 2, "--json"], ["sample", run, "-o", tmp_path / "s.png"]):
+        assert_one_sentence(invoke(*args), "holds NaN or infinite weights")
+
+
+def test_non_finite_scores_are_valid_json_and_a_non_zero_exit(trained_run, monkeypatch):
+    from pyrovae.evaluation import EvalResult
+
+    def broken(*args, **kwargs):
+        return EvalResult(float("nan"), float("-inf"), 1.0, float("nan"), 2, 10, "mnist5k", None, None, "x", {})
+
+    monkeypatch.setattr("pyrovae.evaluation.evaluate", broken)
+    result = CliRunner().invoke(main, ["evaluate", str(trained_run), "-k", "2", "--json"])
+    assert result.exit_code == 3, result.output
+    scores = json.loads(result.stdout)  # strict JSON: null, never NaN
+    assert scores["elbo"] is None and scores["reconstruction"] is None and scores["kl"] == 1.0
+
+
+# Round three: tracebacks where a sentence was promised.
+@pytest.mark.parametrize("key, value", [("latent_dim", "abc"), ("history", "not a list"), ("optimizer", [1, 2]),
+                                        ("epoch", -1), ("history", [{"epoch": "x"}]), ("model", {"w": 3})])
+def test_crafted_plain_data_checkpoints_are_one_sentence(trained_run, tmp_path, key, value):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "config.json").unlink()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    if key == "latent_dim":
+        state["config"]["latent_dim"] = value
+    else:
+        state[key] = value
+    torch.save(state, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    for args in (["evaluate", run, "-k", 2], ["train", "--resume", run, "--epochs", 3]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("file, text", [
+    ("config.json", '{"latent_dim": "four"}'),
+    ("config.json", "[" * 100_000 + "]" * 100_000),
+])
+def test_exported_folders_with_wrong_typed_files_are_one_sentence(trained_run, tmp_path, file, text):
+    folder = tmp_path / "export"
+    assert invoke("export", trained_run, folder).exit_code == 0
+    (folder / file).write_text(text)
+    assert invoke("evaluate", folder, "-k", 2).exit_code == 2
+
+
+def test_exported_metadata_of_the_wrong_type_is_one_sentence(trained_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    folder = tmp_path / "export"
+    assert invoke("export", trained_run, folder).exit_code == 0
+    with safe_open(folder / "model.safetensors", framework="pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(folder / "model.safetensors"), folder / "model.safetensors",
+              {**metadata, "history": '{"not": "a list"}'})
+    assert_one_sentence(invoke("evaluate", folder, "-k", 2), "metadata of")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("z-dim = 2.5", "z-dim = 2.5, which is not a whole number"),
+    ("z-dim = true", "which is not a whole number"),
+    ("grayscale = 1", "grayscale = 1, which is not true or false"),
+    ("data = 5", "data = 5, which is not a string"),
+    ("seed = 1979-05-27T07:32:00Z", "which is not a whole number"),
+    ("a = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+])
+def test_toml_values_of_the_wrong_type_are_refused_not_converted(tmp_path, line, message):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(line + "\n")
+    assert_one_sentence(invoke("train", "--config", recipe, "--run-dir", tmp_path / "run"), message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "--seed"),
+    (["--logvar-range=-1e308,1e308"], "must lie within [-40, 40]"),
+    (["--data", "{px1}", "--net", "conv"], "needs image sides of at least 2 pixels"),
+])
+def test_impossible_numbers_are_one_sentence(tmp_path, args, message):
+    import numpy as np
+
+    np.save(tmp_path / "px1.npy", np.zeros((20, 1, 1), np.uint8))
+    args = [a.format(px1=tmp_path / "px1.npy") for a in args]
+    assert_one_sentence(invoke("train", *args, "--epochs", 1, "--run-dir", tmp_path / "run"), message)
+
+
+def test_one_training_image_with_batch_size_one_trains(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "two.npy", np.random.default_rng(0).integers(0, 256, (2, 6, 6), dtype=np.uint8))
+    result = invoke("train", "--data", tmp_path / "two.npy", "--batch-size", 1, "--epochs", 1, "--hidden", 4,
+                    "--z-dim", 2, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: __import__("numpy").savez(p / "a.npz", x=__import__("numpy").array([object()] * 3)), "plain arrays"),
+    (lambda p: (p / "a.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00" + b"{'descr': '|u1', 'fortran_order': False, "
+                                         b"'shape': (1000000, 8000, 8000), }".ljust(117) + b"\n"), "is truncated"),
+])
+def test_crafted_arrays_are_one_sentence(tmp_path, make, message):
+    make(tmp_path)
+    (path,) = [p for p in tmp_path.iterdir() if p.suffix in (".npy", ".npz")]
+    assert_one_sentence(invoke("train", "--data", path, "--run-dir", tmp_path / "run"), message)
+
+
+def test_an_idx_header_whose_sizes_overflow_is_named(tmp_path):
+    import struct
+
+    from conftest import write_idx
+
+    for split in ("train", "t10k"):
+        header = bytes([0, 0, 8, 3]) + struct.pack(">3I", *[2**32 - 1] * 3)
+        (tmp_path / f"{split}-images-idx3-ubyte").write_bytes(header)
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", [1])
+    assert_one_sentence(invoke("train", "--data", tmp_path, "--run-dir", tmp_path / "run"),
+                        "promises 79228162458924105385300197375")
+
+
+@pytest.mark.parametrize("command, output", [("sample", "s.xbm"), ("plot", "c.pgf")])
+def test_formats_that_cannot_be_written_here_are_refused_before_the_work(trained_run, tmp_path, command, output,
+                                                                         monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no LaTeX here, whatever the machine has
+    args = [command, trained_run] + (["latent"] if command == "plot" else []) + ["-o", tmp_path / output]
+    assert_one_sentence(invoke(*args), "this format cannot be written here")
+    assert not (tmp_path / output).exists()
+
+
+def test_a_crafted_per_epoch_sample_file_is_one_sentence(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    torch.save({"not": "pixels"}, run / "samples" / "epoch_0001.pt")
+    assert_one_sentence(invoke("plot", run, "evolution", "-o", tmp_path / "e.png"), "does not hold this run's")
+
+
+# Round three: smaller things.
+def test_encode_never_replaces_an_earlier_result_unasked(trained_run, tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    (tmp_path / "codes.npz").write_bytes(b"earlier")
+    assert_one_sentence(invoke("encode", trained_run, tmp_path / "x.npy"), "codes.npz already exists")
+    assert (tmp_path / "codes.npz").read_bytes() == b"earlier"
+    assert invoke("encode", trained_run, tmp_path / "x.npy", "-o", "codes.npz").exit_code == 0
+
+
+def test_report_and_plot_of_an_export_write_beside_it_not_into_it(trained_run, tmp_path, monkeypatch):
+    folder = tmp_path / "export"
+    assert invoke("export", trained_run, folder).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    assert invoke("report", folder).exit_code == 0
+    assert invoke("plot", folder, "samples").exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert (tmp_path / "export-report.html").is_file() and (tmp_path / "export-samples.png").is_file()
+
+
+def test_a_missing_data_dir_given_now_is_not_called_moved(tmp_path):
+    result = invoke("train", "--dataset", "mnist", "--data-dir", tmp_path / "nowhere", "--run-dir", tmp_path / "r")
+    assert_one_sentence(result, "does not exist")
+    assert "moved" not in result.output
+
+
+def test_a_kept_checkpoint_a_full_disk_left_out_is_written_on_resume(tmp_path, monkeypatch):
+    from pyrovae import run as run_module
+    from pyrovae.errors import StorageError
+
+    run = tmp_path / "run"
+    real = run_module._keep_epoch_checkpoints
+
+    def full(run_dir, epoch, keep):
+        if epoch == 2:
+            raise StorageError("Cannot keep the checkpoint of epoch 2: no space left on the device.")
+        real(run_dir, epoch, keep)
+
+    monkeypatch.setattr(run_module, "_keep_epoch_checkpoints", full)
+    with pytest.raises(StorageError):
+        train_run(Config(**{**SMALL_OPTIONS, "keep_checkpoints": 3}), run, progress=False)
+    monkeypatch.setattr(run_module, "_keep_epoch_checkpoints", real)
+    assert not (run / "checkpoints" / "epoch_0002.pt").exists()
+    result = invoke("train", "--resume", run, "--epochs", 3)
+    assert result.exit_code == 0, result.output
+    assert "Wrote the kept checkpoint of epoch 2, which an earlier write had left out" in result.output
+    assert (run / "checkpoints" / "epoch_0002.pt").is_file()
+
+
+def test_a_second_ctrl_c_after_the_checkpoint_is_noted_not_fatal():
+    """Before the run is saved a second Ctrl-C aborts; once it is saved (the closing lines are
+    being printed) more signals are only noted, so the resume line is always printed."""
+    from pyrovae.cli.train import _stop_on_interrupt
+
+    with _stop_on_interrupt(quiet=True) as requested:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert requested == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        requested.saved = True
+        os.kill(os.getpid(), signal.SIGINT)  # would have killed the process before the resume line
+        assert requested == [signal.SIGINT, signal.SIGINT]

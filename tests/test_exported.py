@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import pyrovae
 from pyrovae.errors import CheckpointError, ConfigError, DataError
@@ -49,7 +50,7 @@ def test_the_exported_file_holds_the_weights_and_the_epoch_only(trained_run, exp
     with safe_open(exported / MODEL_FILE, framework="pt") as f:
         metadata, names = f.metadata(), set(f.keys())
     assert names == set(pyrovae.load(trained_run).state_dict())  # no optimizer state, no RNG states
-    assert set(metadata) == {"format", "pyrovae_version", "epoch", "step", "history"}
+    assert set(metadata) == {"format", "pyrovae_version", "epoch", "step", "history", "config_sha256"}
     assert metadata["format"] == "pyrovae-model-v1" and metadata["epoch"] == "2" and metadata["step"] == "0"
 
 
@@ -84,6 +85,11 @@ def test_damaged_or_foreign_weights_are_one_sentence(exported, tmp_path):
     model.write_bytes(good)
     config = json.loads((exported / "config.json").read_text())
     (exported / "config.json").write_text(json.dumps({**config, "latent_dim": 5}))
+    with pytest.raises(CheckpointError, match="the weights of one export and the config.json of another"):
+        pyrovae.load(exported)
+    with safe_open(model, framework="pt") as f:  # an export from before the hash was recorded
+        metadata = {k: v for k, v in f.metadata().items() if k != "config_sha256"}
+    save_file(load_file(model), model, metadata)
     with pytest.raises(CheckpointError, match="does not fit the model"):
         pyrovae.load(exported)
     (exported / "config.json").unlink()

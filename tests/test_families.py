@@ -200,7 +200,7 @@ def test_conv_networks_keep_leading_dimensions():
     encoder, decoder = ConvEncoder(channels=4, out_features=10), ConvDecoder(3, channels=4, hidden=10)
     assert encoder(torch.rand(2, 5, 1, 28, 28)).shape == (2, 5, 10)
     assert decoder(torch.randn(7, 2, 3)).shape == (7, 2, 1, 28, 28)
-    with pytest.raises(ValueError, match="at least 2 pixels"):
+    with pytest.raises(ConfigError, match="at least 2 pixels"):
         ConvEncoder(image_shape=(1, 1, 30))
 
 

@@ -52,3 +52,25 @@ def test_a_step_that_cannot_fit_is_refused_in_one_sentence(mnist5k, monkeypatch)
 
 def test_available_memory_is_known_on_this_machine():
     assert memory.available_memory("cpu") > 2 ** 20
+
+
+def test_the_free_memory_counts_the_process_limits():
+    """``ulimit -v`` (and a memory cgroup) bound what the process can allocate, whatever the
+    machine has free: the memory check reads them, so a step too large for them is refused
+    before the run directory is written instead of dying at step 1."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource
+        from pyrovae.memory import available_host_memory, _meminfo_available
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (size + (300 << 20), resource.RLIM_INFINITY))
+        print(available_host_memory() >> 20, _meminfo_available() >> 20)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    limited, machine = map(int, done.stdout.split())
+    assert limited <= 300 < machine

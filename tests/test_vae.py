@@ -221,3 +221,26 @@ def test_encode_and_decode_give_gradients_when_they_can_be_wanted():
     with torch.no_grad():
         vae.train()
         assert not vae.encode(x).mean.requires_grad
+
+
+def test_impossible_python_calls_raise_pyrovaes_own_errors(tiny_vae, mnist5k):
+    """What a script can get wrong is one sentence of pyrovae's, never a raw torch error."""
+    import numpy as np
+
+    from pyrovae import fit, load
+    from pyrovae.data import ImageData
+    from pyrovae.errors import CheckpointError, ConfigError, DataError
+    from pyrovae.evaluation import evaluate
+
+    with pytest.raises(DataError, match="NaN or infinite"):
+        tiny_vae.decode(torch.full((2, 3), float("nan")))
+    with pytest.raises(ConfigError, match="num_samples must be a whole number"):
+        tiny_vae.sample(-1)
+    with pytest.raises(ConfigError, match="batch_size must be a whole number"):
+        fit(tiny_vae, mnist5k, num_epochs=1, batch_size=0, progress=False)
+    with pytest.raises(DataError, match="no images to score"):
+        evaluate(tiny_vae, torch.zeros(0, 1, 28, 28), num_samples=2)
+    with pytest.raises(DataError, match="holds object values"):
+        ImageData.from_tensor(np.array([[[object()]]] * 4))
+    with pytest.raises(CheckpointError, match="not by a NoneType"):
+        load(None)
