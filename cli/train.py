@@ -166,6 +166,13 @@ def _epoch_lines(as_json: bool):
             click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
                        f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
 
+        def on_run_end(self, run):
+            from pyrovae.analysis import collapse_advice
+
+            advice = collapse_advice(run.trainer.history, run.trainer.num_batches)
+            if advice:
+                click.echo(f"Note: {advice}", err=True)
+
     return EpochLines(as_json)
 
 

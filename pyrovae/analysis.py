@@ -16,7 +16,7 @@ from pyrovae.priors import diagonal_normal
 from pyrovae.vae import VAE
 
 __all__ = ["Latents", "RunView", "encode", "active_units", "describe_activity", "kl_per_dimension", "principal_axes",
-           "slerp", "ACTIVITY_THRESHOLD", "COLLAPSE_KL"]
+           "slerp", "ACTIVITY_THRESHOLD", "COLLAPSE_KL", "collapse_advice"]
 
 # A latent dimension is active when Var_x E_q[z_u | x] exceeds this (Burda et al. 2015, IWAE).
 ACTIVITY_THRESHOLD = 0.01
@@ -36,6 +36,19 @@ def describe_activity(active: torch.Tensor, kl_per_image: Optional[float]) -> st
     if kl_per_image < COLLAPSE_KL:
         words += " (collapsed: the decoder draws nearly the same image whatever the code)"
     return words
+
+
+def collapse_advice(history, steps_per_epoch: Optional[int] = None) -> Optional[str]:
+    """What to say at the end of training when the newest epoch's code carries under
+    :data:`COLLAPSE_KL` nats per test image (posterior collapse), or None."""
+    if not history or not math.isfinite(history[-1].test_kl) or history[-1].test_kl >= COLLAPSE_KL:
+        return None
+    tries = ["KL warm-up (--warmup 10)", "more epochs"]
+    if steps_per_epoch is not None and steps_per_epoch < 20:
+        tries.insert(0, f"a smaller --batch-size (an epoch is only {steps_per_epoch} steps)")
+    return (f"The code carries only {history[-1].test_kl:.1f} nats per test image (under {COLLAPSE_KL:g}): the model "
+            f"has learned to ignore z (posterior collapse), so its reconstructions and samples look alike. Try "
+            f"{', '.join(tries[:-1])} or {tries[-1]}; docs/evaluation.md explains collapse.")
 
 
 @dataclass

@@ -67,18 +67,23 @@ class BatchLoader:
                     block = self.pixels[rows]
                 if self.device.type == "cuda":
                     block = block.pin_memory()
-                while not self._stop.is_set():
-                    try:
-                        out.put((step, block), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(out, (step, block)):
                     return
         except BaseException as error:  # handed to the training loop, which raises it
-            out.put((None, error))
+            self._put(out, (None, error))
             return
-        out.put((None, _DONE))
+        self._put(out, (None, _DONE))
+
+    def _put(self, out: "queue.Queue", item) -> bool:
+        """Hand ``item`` to the training loop, waiting while it is DEPTH batches behind; False
+        (and nothing handed) once asked to stop, so that a stopped loader never blocks."""
+        while not self._stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def get(self, step: int) -> torch.Tensor:
         """The images of ``step`` on the device (steps are asked for in order)."""

@@ -145,7 +145,7 @@ def step_memory(trainer, batch_size: Optional[int] = None) -> Optional[int]:
     batch_size = batch_size or trainer.batch_size
     elbo = trainer.elbo
     particles = getattr(elbo, "num_particles", 1)
-    device = trainer.train_images.device
+    device = trainer.device
     model, guide = direct_call(trainer.vae.model), direct_call(trainer.vae.guide)
 
     def probe(num_images, num_particles):
@@ -167,7 +167,7 @@ def step_memory(trainer, batch_size: Optional[int] = None) -> Optional[int]:
 
 def check_step_memory(trainer, batch_size: Optional[int] = None) -> None:
     """:raises ConfigError: when one step is estimated to need more memory than is available."""
-    needed, available = step_memory(trainer, batch_size), available_memory(trainer.train_images.device)
+    needed, available = step_memory(trainer, batch_size), available_memory(trainer.device)
     if needed is None or available is None or needed <= available:
         return
     particles = getattr(trainer.elbo, "num_particles", 1)
@@ -175,7 +175,7 @@ def check_step_memory(trainer, batch_size: Optional[int] = None) -> None:
     options += f" and {{num_particles}} {particles}" if particles > 1 else ""
     lower = "{num_particles} or {batch_size}" if particles > 1 else "{batch_size} (or the network's size)"
     raise ConfigError(f"One training step with {options} needs about {format_bytes(needed)} of memory, but only "
-                      f"{format_bytes(available)} is available on {trainer.train_images.device}; lower {lower}.")
+                      f"{format_bytes(available)} is available on {trainer.device}; lower {lower}.")
 
 
 def format_bytes(count: float) -> str:

@@ -353,7 +353,7 @@ class Trainer:
         self.data = data
         self.batch_size = batch_size
         self.binary = vae.likelihood.binary_data
-        device = vae.device
+        self.device = device = vae.device  # where the steps run (streamed images stay on the host)
         splits = (("training", data.train_pixels), ("test", data.test_pixels),
                   ("validation", data.validation_pixels))
         for split, images in filter(lambda s: s[1] is not None, splits):
@@ -402,7 +402,7 @@ class Trainer:
         self.history: List[EpochMetrics] = []
         self._loss = _StepLoss(self)
         if self.distributed.active:
-            self._loss = self.distributed.data_parallel(self._loss, self.train_images.device)
+            self._loss = self.distributed.data_parallel(self._loss, self.device)
             if self.batch_size % self.distributed.world_size:
                 raise ConfigError(f"{{batch_size}} {self.batch_size} must be a multiple of the "
                                   f"{self.distributed.world_size} processes, so that every rank gets the same "
@@ -441,7 +441,7 @@ class Trainer:
             :meth:`state_dict`) and None is returned.
         :raises NumericalError: if the loss became NaN or infinite.
         """
-        device = self.train_images.device
+        device = self.device
         if self.permutation is None:
             # Drawn on the CPU generator so the data order is part of the saved RNG state.
             self._order = torch.randperm(len(self.train_images))
@@ -532,7 +532,7 @@ class Trainer:
         makes them (:meth:`VAE.batch_source <pyrovae.vae.VAE.batch_source>`), with the images
         binarized afresh for a binary likelihood."""
         x, *rest = self._batches(index)
-        x = to_unit(x, self.vae.dtype, self.test_images.device)
+        x = to_unit(x, self.vae.dtype, self.device)
         return (binarize(x) if self.binary else x, *rest)
 
     def _train_step(self, model, guide, index: torch.Tensor) -> torch.Tensor:
@@ -569,7 +569,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state from :meth:`state_dict`; the model must already hold ``state["model"]``."""
-        device = self.train_images.device
+        device = self.device
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
         self._order = state["permutation"]

@@ -469,3 +469,19 @@ def test_long_work_reports_progress_in_a_log(trained_run, monkeypatch):
     assert result.exit_code == 0, result.output
     assert re.search(r"log p\(x\), k=2: \d+/20 images \(\d+%\), [\d.e+]+ image/s, about \d+ s left", result.stderr)
     assert json.loads(result.stdout)["num_images"] == 20  # stdout stays one JSON object
+
+
+def test_a_collapsed_run_says_so_at_the_end_with_what_to_try(tmp_path):
+    """300-odd images at batch 128 are 3 steps an epoch: a conv VAE's code carries ~2 nats and
+    every reconstruction is the same blob. The end of training says so."""
+    from pyrovae.analysis import collapse_advice
+    from pyrovae.metrics import EpochMetrics
+
+    collapsed = [EpochMetrics(1, -500.0, -480.0, -478.0, 2.0, 1.0)]
+    advice = collapse_advice(collapsed, steps_per_epoch=3)
+    assert "only 2.0 nats per test image" in advice and "a smaller --batch-size (an epoch is only 3 steps)" in advice
+    assert collapse_advice([EpochMetrics(1, -500.0, -480.0, -450.0, 30.0, 1.0)], 3) is None
+    result = invoke("train", "--dataset", "mnist5k", "--hidden", 8, "--z-dim", 2, "--epochs", 1, "--beta", 50,
+                    "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "Note: The code carries only" in result.output  # a KL weight of 50 leaves no code

@@ -427,3 +427,35 @@ def test_unknown_storage_and_precision_are_one_sentence(mnist5k):
         Trainer(vae, mnist5k, storage="disk")
     with pytest.raises(ConfigError, match="precision.* must be one of fp32, bf16"):
         Trainer(vae, mnist5k, precision="fp16")
+
+
+def test_the_loader_stops_at_once_whatever_it_was_doing(mnist5k):
+    """Stopped before, during or after the epoch's reads, with its queue full, the loader's
+    thread ends; an error while reading reaches the training loop."""
+    import threading
+    import time
+
+    from pyrovae.loader import DEPTH, BatchLoader
+
+    pixels = mnist5k.train_pixels[:1000]
+    order = torch.randperm(1000)
+    for steps in (2, DEPTH, 20):  # fewer steps than the queue holds, as many, more
+        loader = BatchLoader(pixels, "cpu", 50)
+        loader.start(order, 0, steps)
+        time.sleep(0.2)  # the thread has filled the queue (and, for 2 steps, finished)
+        loader.stop()
+        assert loader._thread is None and threading.active_count() < 50
+    loader = BatchLoader(pixels, "cpu", 50)
+    loader.start(order, 0, 20)
+    assert torch.equal(loader.get(0), pixels[order[:50]]) and torch.equal(loader.get(1), pixels[order[50:100]])
+    loader.stop()
+
+    class Broken:
+        def __getitem__(self, index):
+            raise OSError("the disk went away")
+
+    loader = BatchLoader(Broken(), "cpu", 50)
+    loader.start(order, 0, 5)
+    with pytest.raises(OSError, match="the disk went away"):
+        loader.get(0)
+    loader.stop()
