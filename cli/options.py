@@ -251,7 +251,8 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
                 raise ValueError("not a JSON object")
             if fields.get("data"):  # the user's own images: the data set is named after them
                 fields = {k: v for k, v in fields.items() if k not in ("dataset", "data_dir")}
-            values, unknown, derived = {}, [], derived_fields()
+            values: dict = {}
+            unknown, derived = [], derived_fields()
             for field, value in fields.items():
                 if renamed.get(field, field) in valid:
                     values[renamed.get(field, field)] = value
@@ -281,11 +282,11 @@ def read_options_file(path: Path, command: click.Command, renamed: dict) -> dict
             return list(value) if isinstance(value, (list, tuple)) else [value]
         return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
-    for name, value in values.items():
-        want = None if value is None else _wrong_type(options[name], value)
+    for key, value in values.items():
+        want = None if value is None else _wrong_type(options[key], value)
         if want:
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-            raise click.BadParameter(f"{path} sets {name.replace('_', '-')} = {shown}, which is not {want}.",
+            raise click.BadParameter(f"{path} sets {key.replace('_', '-')} = {shown}, which is not {want}.",
                                      param_hint="--config")
     return {k: typed(k, v) for k, v in values.items() if v is not None}
 
@@ -300,8 +301,8 @@ def _wrong_type(option: click.Option, value) -> Optional[str]:
     if option.is_flag:
         return None if isinstance(value, bool) else "true or false"
     if option.multiple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return None if all(isinstance(v, str) for v in items) else "a name or a list of names"
+        names = value if isinstance(value, (list, tuple)) else [value]
+        return None if all(isinstance(v, str) for v in names) else "a name or a list of names"
     if isinstance(kind, click.types.IntParamType):
         return None if number(value, True) else "a whole number"
     if isinstance(kind, click.types.FloatParamType):
@@ -310,8 +311,9 @@ def _wrong_type(option: click.Option, value) -> Optional[str]:
         return None if isinstance(value, str) else "a string"
     if isinstance(kind, LabelCount):
         return None if number(value, True) or value == "all" else "a whole number or \"all\""
-    items = value if isinstance(value, (list, tuple)) else None  # widths, or LO,HI: a list or its text
-    if isinstance(value, str) or (items is not None and all(number(v, isinstance(kind, HiddenDims)) for v in items)):
+    # widths, or LO,HI: a list or its text
+    if isinstance(value, str) or (isinstance(value, (list, tuple))
+                                  and all(number(v, isinstance(kind, HiddenDims)) for v in value)):
         return None
     return "a list of whole numbers" if isinstance(kind, HiddenDims) else "a list of numbers"
 

@@ -677,9 +677,10 @@ def _decode_folder(path: Path, files, image_size, grayscale, progress, strict) -
         try:
             return decode_folder(path, files, image_size, grayscale, cache_dir(), bar, strict)
         except CacheWriteError as error:
-            channels_guess = 3
-            size = (image_size or 64) ** 2 * channels_guess * len(files.paths)
-            if size > available_host_memory() / 4:
+            # float32 colour images while decoding (4 bytes a value), at 64x64 when no size is given
+            size = 4 * 3 * (image_size or 64) ** 2 * len(files.paths)
+            free = available_host_memory()
+            if free is None or size > free / 4:
                 raise
             reason = str(error)
     images = compact(read_images(files.paths, image_size, grayscale))
