@@ -49,7 +49,8 @@ class Config:
         "vae", "--model", kind="choice", table="MODELS",
         help="vae; categorical: a code of categorical variables (with --guide categorical --prior categorical); "
              "m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014); cvae: the conditional "
-             "VAE that completes an image from its visible part (Sohn et al. 2015).")
+             "VAE that completes an image from its visible part (Sohn et al. 2015); hvae: two levels of latents, "
+             "z2 then z1 (Tomczak & Welling 2018), each of --z-dim numbers.")
     # size of z (categorical variables with --guide categorical); 2 lets you plot it directly
     latent_dim: int = option(
         20, "--z-dim", kind="int", min=1,

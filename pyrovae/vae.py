@@ -3,7 +3,7 @@
 import itertools
 import math
 import weakref
-from typing import Callable, ClassVar, Optional, Set
+from typing import Callable, ClassVar, Optional, Set, Tuple
 
 import pyro
 import torch
@@ -147,7 +147,8 @@ class VAE(PyroModule):
     from_config: ClassVar[Optional[Callable[..., "VAE"]]] = None
     model: PyroModule  # VAEModel here; a family's own model (M2Model, CVAEModel) in others
     skipped_figures = frozenset({"styles"})  # figure kinds of pyrovae.plots that do not apply
-    latent_sites = ("z",)  # the sample sites whose log-densities warm-up and beta weight (the KL term)
+    # the sample sites whose log-densities warm-up and beta weight (the KL term)
+    latent_sites: Tuple[str, ...] = ("z",)
     num_classes = 0  # classes of a family that models them (M2); 0 for none
     class_names: tuple = ()
     row_cost = 1  # decoder rows one (image, sample) pair costs in evaluation, relative to this family

@@ -1,0 +1,264 @@
+"""A VAE with two levels of latents, as Tomczak & Welling (2018) build it (their
+``HVAE_2level``): the generative model
+
+    z2 ~ p(z2),   z1 ~ p(z1 | z2),   x ~ p(x | z1, z2),
+
+and the guide q(z2 | x) q(z1 | x, z2), each level one Pyro sample site (``"z2"``, then
+``"z1"``). p(z2) is a standard Normal or the VampPrior over q(z2 | x); p(z1 | z2), q(z1 | x, z2)
+are diagonal Normals from networks. The ELBO is
+
+    E_q[log p(x | z1, z2)] - E_q[log q(z2 | x) + log q(z1 | x, z2) - log p(z2) - log p(z1 | z2)],
+
+whose KL term has no closed form (p(z1 | z2) depends on the sampled z2): Pyro's Trace_ELBO
+estimates it by sampling, as ``evaluate`` does. For evaluation and the figures the two levels
+are one code ``[z2, z1]`` (:class:`Hierarchy`), so log p(x) is importance-sampled over both.
+"""
+
+from typing import Callable, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+from torch.distributions import constraints
+
+from pyrovae.errors import ConfigError, DataError
+from pyrovae.guides import DiagonalNormalGuide, head_scale
+from pyrovae.likelihoods import Likelihood, score_pixels
+from pyrovae.m2 import TwoInputMLP
+from pyrovae.networks import MLPDecoder, MLPEncoder, _mlp, autocast_forward
+from pyrovae.plates import data_plate, guide_plate
+from pyrovae.priors import StandardNormalPrior, VampPrior
+from pyrovae.vae import VAE, _claim_name
+
+__all__ = ["HVAE", "HVAEModel", "HVAEGuide", "Hierarchy", "NormalHeads", "JointDecoder"]
+
+
+class Hierarchy(dist.TorchDistribution):
+    """Two levels of a code as one vector ``[z2, z1]``: ``z2 ~ top``, ``z1 ~ lower(z2)``.
+
+    ``log_prob`` is ``log top(z2) + log lower(z2)(z1)``; ``mean`` is the top's mean followed by
+    the lower level's mean at it (the code a reconstruction decodes), not the exact mean of z1.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, top: dist.TorchDistribution, lower: Callable[[torch.Tensor], dist.TorchDistribution],
+                 lower_dim: int):
+        self.top, self.lower, self.lower_dim = top, lower, lower_dim
+        self.top_dim = top.event_shape[0]
+        super().__init__(top.batch_shape, torch.Size([self.top_dim + lower_dim]), validate_args=False)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        top = self.top.rsample(sample_shape) if self.top.has_rsample else self.top.sample(sample_shape)
+        return torch.cat([top, self.lower(top).rsample()], dim=-1)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        top, lower = value.split([self.top_dim, self.lower_dim], dim=-1)
+        return self.top.log_prob(top) + self.lower(top).log_prob(lower)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        top = self.top.mean
+        return torch.cat([top, self.lower(top).mean], dim=-1)
+
+
+class NormalHeads(nn.Module):
+    """Two linear heads on features: a diagonal Normal with ``softplus`` standard deviations
+    (or a clipped log-variance, as :class:`~pyrovae.guides.DiagonalNormalGuide`)."""
+
+    def __init__(self, features: int, latent_dim: int, min_scale: float = 1e-3, logvar_range=None):
+        super().__init__()
+        self.latent_dim, self.min_scale, self.logvar_range = latent_dim, min_scale, logvar_range
+        self.loc = nn.Linear(features, latent_dim)
+        self.scale = nn.Linear(features, latent_dim)
+
+    def forward(self, features: torch.Tensor) -> dist.TorchDistribution:
+        scale = head_scale(self.scale(features), self.min_scale, self.logvar_range)
+        return dist.Normal(self.loc(features), scale).to_event(1)
+
+
+class _Features(nn.Module):
+    """A network from z2 to features (the top-down path of p(z1 | z2))."""
+
+    def __init__(self, latent_dim: int, hidden_dims, activation, gated: bool):
+        super().__init__()
+        self.net = _mlp((latent_dim,) + tuple(hidden_dims), activation, gated)
+
+    @autocast_forward
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class JointDecoder(nn.Module):
+    """p(x | z1, z2)'s network on the code ``[z2, z1]`` (both levels, as Tomczak & Welling's
+    decoder reads them)."""
+
+    def __init__(self, net: nn.Module, levels: int = 2):
+        super().__init__()
+        self.net, self.levels = net, levels
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.net(code)
+
+
+class HVAEModel(PyroModule):
+    """``z2 ~ prior()``, ``z1 ~ conditional(z2)``, ``x ~ likelihood(decoder([z2, z1]))``, one
+    plate over images; ``model(num_images=n)`` generates images, as :class:`~pyrovae.vae.VAEModel`."""
+
+    def __init__(self, prior: nn.Module, top_down: nn.Module, heads: NormalHeads, decoder: nn.Module,
+                 likelihood: Likelihood):
+        super().__init__()
+        self.prior = prior
+        self.top_down = top_down
+        self.heads = heads
+        self.decoder = decoder
+        self.likelihood = likelihood
+
+    def conditional(self, z2: torch.Tensor) -> dist.TorchDistribution:
+        """p(z1 | z2)."""
+        return self.heads(self.top_down(z2))
+
+    def joint_prior(self) -> Hierarchy:
+        """p(z2) p(z1 | z2) as one distribution over ``[z2, z1]``."""
+        return Hierarchy(self.prior(), self.conditional, self.heads.latent_dim)
+
+    def forward(self, x: Optional[torch.Tensor] = None, num_images: Optional[int] = None, *,
+                size: Optional[int] = None, subsample: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with data_plate(x, num_images, size=size, subsample=subsample):
+            z2 = pyro.sample("z2", self.prior())
+            z1 = pyro.sample("z1", self.conditional(z2))
+            likelihood = self.likelihood(self.decoder(torch.cat([z2, z1], dim=-1)))
+            if mask is not None:
+                likelihood = score_pixels(likelihood, mask)
+            return pyro.sample("x", likelihood, obs=x)
+
+
+class HVAEGuide(PyroModule):
+    """q(z2 | x) (``top``, a :class:`~pyrovae.guides.DiagonalNormalGuide`) and q(z1 | x, z2): an
+    encoder of x and a network joining its features with z2, then Normal heads."""
+
+    def __init__(self, top: DiagonalNormalGuide, encoder: nn.Module, joint: TwoInputMLP, heads: NormalHeads):
+        super().__init__()
+        self.top = top
+        self.lower_encoder = encoder
+        self.joint = joint
+        self.heads = heads
+        self.latent_dim = top.latent_dim  # of each level
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The image encoder of the top level (its ``image_shape`` is the images this guide takes)."""
+        return self.top.encoder
+
+    def lower(self, features: torch.Tensor, z2: torch.Tensor) -> dist.TorchDistribution:
+        """q(z1 | x, z2) from the lower encoder's features of x."""
+        return self.heads(self.joint(features, z2))
+
+    def distribution(self, x: torch.Tensor) -> Hierarchy:
+        """q(z2 | x) q(z1 | x, z2) as one distribution over ``[z2, z1]``."""
+        features = self.lower_encoder(x)
+        return Hierarchy(self.top.distribution(x), lambda z2: self.lower(features, z2), self.heads.latent_dim)
+
+    def forward(self, x: torch.Tensor, num_images: Optional[int] = None, *, size: Optional[int] = None,
+                subsample: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        with guide_plate(x, num_images, size=size, subsample=subsample):
+            z2 = pyro.sample("z2", self.top.distribution(x))
+            return pyro.sample("z1", self.lower(self.lower_encoder(x), z2))
+
+
+class HVAE(VAE):
+    """Two levels of latents (``--model hvae``): :class:`HVAEModel` and :class:`HVAEGuide`, with
+    the helpers of :class:`~pyrovae.vae.VAE` working on the code ``[z2, z1]`` (``encode`` gives
+    q over both levels, ``decode`` takes both, ``sample`` draws z2 then z1)."""
+
+    name_prefix = "hvae"
+    latent_sites = ("z2", "z1")
+    # The KL figure splits one diagonal code by dimension, the manifold walks a 2-D one.
+    skipped_figures = frozenset({"styles", "kl", "manifold"})
+
+    @classmethod
+    def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "HVAE":
+        """Both levels of ``latent_dim`` numbers; every network an MLP (gated with ``--net
+        gated``) of ``hidden_dims``, the decoder mirroring them."""
+        gated, hidden, d = config.net == "gated", tuple(config.hidden_dims), config.latent_dim
+        output_shape = likelihood.decoder_shape(config.image_shape)
+        top = DiagonalNormalGuide(MLPEncoder(config.image_shape, hidden, activation, gated), d,
+                                  logvar_range=config.logvar_range)
+        guide = HVAEGuide(top, MLPEncoder(config.image_shape, hidden, activation, gated),
+                          TwoInputMLP(hidden[-1], d, (hidden[-1],), activation=activation),
+                          NormalHeads(hidden[-1], d, logvar_range=config.logvar_range))
+        if config.prior == "vamp":  # a mixture of q(z2 | x) at learned pseudo-inputs
+            prior: nn.Module = VampPrior(guide.top, config.num_pseudo_inputs, config.image_shape)
+        else:
+            prior = StandardNormalPrior(d)
+        decoder = JointDecoder(MLPDecoder(2 * d, output_shape, tuple(reversed(hidden)), activation, gated))
+        model = HVAEModel(prior, _Features(d, hidden, activation, gated), NormalHeads(hidden[-1], d), decoder,
+                          likelihood)
+        return cls(model, guide)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.num_labels is not None:
+            raise ConfigError("{num_labels} applies to a model with classes ({model} m2).")
+        if config.visible_quadrants != 1:
+            raise ConfigError("{visible_quadrants} applies to a conditional model ({model} cvae).")
+        if config.guide != "diag_normal" or config.elbo != "trace" or config.net not in ("mlp", "gated"):
+            raise ConfigError("{model} hvae has its own guide, MLP networks ({net} mlp or gated) and Trace_ELBO; "
+                              "leave {guide} and {elbo} at their defaults.")
+        if config.prior not in ("standard_normal", "vamp"):
+            raise ConfigError("{model} hvae takes {prior} standard_normal or vamp (over q(z2|x)).")
+
+    def __init__(self, model: HVAEModel, guide: HVAEGuide, name: Optional[str] = None):
+        PyroModule.__init__(self, _claim_name(self, name, self.name_prefix))
+        self.model = model
+        self.guide = guide
+
+    @property
+    def code_dim(self) -> int:
+        """Numbers in the code ``[z2, z1]``."""
+        return self.model.prior.latent_dim + self.model.heads.latent_dim
+
+    @property
+    def row_cost(self) -> int:  # type: ignore[override]
+        return getattr(self.model.prior, "row_cost", 1)
+
+    def prior_once(self) -> Hierarchy:
+        return self.model.joint_prior()
+
+    def _check_codes(self, z) -> torch.Tensor:
+        if not torch.is_tensor(z) or not z.is_floating_point() or z.shape[-1:] != (self.code_dim,):
+            what = f"shape {tuple(z.shape)}" if torch.is_tensor(z) else f"a {type(z).__name__}"
+            raise DataError(f"Codes must be a float tensor (N, {self.code_dim}) of both levels [z2, z1], not {what}.")
+        if z.numel() and not bool(torch.isfinite(z).all()):
+            raise DataError("Codes hold NaN or infinite values; the decoder takes finite codes.")
+        return z.to(device=self.device, dtype=self.dtype)
+
+    def fixed_latents(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` codes drawn from p(z2) p(z1 | z2) with a private generator seeded with ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        prior = self.model.prior
+        top = prior.fixed_sample(n, generator) if hasattr(prior, "fixed_sample") else \
+            torch.randn(n, prior.latent_dim, generator=generator)
+        top = top.to(self.device, self.dtype)
+        with torch.no_grad():
+            lower = self.model.conditional(top)
+        noise = torch.randn(n, self.model.heads.latent_dim, generator=generator).to(self.device, self.dtype)
+        return torch.cat([top, lower.mean + lower.stddev * noise], dim=-1)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Images decoded from codes drawn from p(z2) p(z1 | z2) (or from the given ``z``)."""
+        if z is None and (not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0):
+            raise ConfigError(f"num_samples must be a whole number of images, 0 or more, not {num_samples!r}.")
+        z = self.model.joint_prior().sample((num_samples,)) if z is None else self._check_codes(z)
+        out = self.decoder(z)
+        return self.likelihood.mean(out) if mean else self.likelihood.sample(out)

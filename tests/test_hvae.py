@@ -1,0 +1,119 @@
+"""The two-level hierarchical VAE (``--model hvae``): each level a Pyro sample site, the
+evaluation's joint code [z2, z1] the same densities as the model and guide, and the family
+working through Pyro's own SVI, the trainer and the command line."""
+
+import json
+
+import pyro
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pyrovae.cli import main
+from pyrovae.config import Config
+from pyrovae.data import prepare_test_images
+from pyrovae.errors import ConfigError, DataError
+from pyrovae.evaluation import evaluate
+from pyrovae.hvae import HVAE, Hierarchy
+from pyrovae.registry import MODELS, build_vae, model_family
+from pyrovae.train import KLWeight, Trainer, fit
+
+SMALL = Config(model="hvae", hidden_dims=(32,), latent_dim=3)
+
+
+def _hvae(**changes):
+    torch.manual_seed(0)
+    return build_vae(SMALL.replace(**changes))
+
+
+@pytest.mark.parametrize("prior", ["standard_normal", "vamp"])
+def test_the_joint_code_has_the_densities_of_the_model_and_guide_sites(mnist5k, prior):
+    """log q([z2, z1] | x) and log p([z2, z1]) used by evaluation are what Pyro's traces of the
+    guide and the model give their two sites."""
+    vae = _hvae(prior=prior, num_pseudo_inputs=7)
+    x = prepare_test_images(mnist5k.test_images[:5], binary=True)
+    guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    model = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=guide)).get_trace(x)
+    z = torch.cat([guide.nodes["z2"]["value"], guide.nodes["z1"]["value"]], dim=-1)
+    q_sites = guide.nodes["z2"]["fn"].log_prob(z[:, :3]) + guide.nodes["z1"]["fn"].log_prob(z[:, 3:])
+    p_sites = model.nodes["z2"]["fn"].log_prob(z[:, :3]) + model.nodes["z1"]["fn"].log_prob(z[:, 3:])
+    assert torch.allclose(vae.guide.distribution(x).log_prob(z), q_sites, atol=1e-5)
+    assert torch.allclose(vae.prior_once().log_prob(z), p_sites, atol=1e-5)
+    assert [name for name, site in model.nodes.items() if site["type"] == "sample"] == ["data", "z2", "z1", "x"]
+
+
+def test_hierarchy_samples_the_top_then_the_lower_level():
+    top = pyro.distributions.Normal(torch.zeros(2, 1), 1.0).to_event(1)
+    joint = Hierarchy(top, lambda z2: pyro.distributions.Normal(100 + z2, 0.01).to_event(1), 1)
+    z = joint.sample((1000,))
+    assert z.shape == (1000, 2, 2) and joint.event_shape == (2,) and joint.batch_shape == (2,)
+    assert torch.allclose(z[..., 1] - z[..., 0], torch.full((1000, 2), 100.0), atol=0.1)
+    assert torch.allclose(joint.mean, torch.tensor([[0.0, 100.0], [0.0, 100.0]]))
+
+
+@pytest.mark.parametrize("elbo", [pyro.infer.Trace_ELBO, pyro.infer.TraceMeanField_ELBO, pyro.infer.TraceGraph_ELBO])
+def test_stock_pyro_svi_trains_both_levels(mnist5k, elbo):
+    vae = _hvae()
+    x = prepare_test_images(mnist5k.train_images[:256], binary=True)
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 3e-3}), elbo())
+    losses = [svi.step(x) for _ in range(40)]
+    assert losses[-1] < losses[0] - 2000
+
+
+def test_fit_evaluate_and_the_bound_order(mnist5k):
+    vae = _hvae()
+    data = mnist5k.replace(train_images=mnist5k.train_images[:1000], test_images=mnist5k.test_images[:200])
+    history = fit(vae, data, num_epochs=2, batch_size=50, progress=False)
+    assert history[-1].test_elbo > history[0].test_elbo and history[-1].test_kl > 0
+    result = evaluate(vae, prepare_test_images(data.test_images, binary=True), num_samples=200)
+    assert result.log_likelihood > result.elbo  # importance sampling over both levels tightens the bound
+    assert result.log_likelihood - result.elbo < 20
+    assert vae.sample(4).shape == (4, 1, 28, 28) and vae.posterior_mean(data.test_images[:3]).shape == (3, 6)
+    assert torch.equal(vae.fixed_latents(5, 1), vae.fixed_latents(5, 1))
+
+
+def test_warm_up_weights_both_levels(mnist5k):
+    trainer = Trainer(_hvae(), mnist5k, batch_size=100, warmup_epochs=2)
+    weight = next(c for c in trainer.callbacks if isinstance(c, KLWeight))
+    assert weight.scale.sites == ("z2", "z1")
+
+
+def test_codes_of_the_wrong_size_are_one_sentence():
+    vae = _hvae()
+    with pytest.raises(DataError, match=r"\(N, 6\) of both levels"):
+        vae.decode(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(guide="iaf"), "hvae has its own guide"),
+    (dict(net="conv"), "hvae has its own guide"),
+    (dict(prior="categorical", guide="categorical"), "hvae has its own guide"),
+])
+def test_impossible_hvae_configurations(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        build_vae(SMALL.replace(**changes))
+
+
+def test_the_family_is_one_registry_line():
+    assert MODELS["hvae"] == "pyrovae.hvae:HVAE" and model_family(SMALL) is HVAE
+
+
+def test_command_line_trains_evaluates_samples_plots_exports_and_resumes(tmp_path):
+    run, runner = tmp_path / "run", CliRunner()
+
+    def ok(*args):
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    ok("train", "--model", "hvae", "--dataset", "mnist5k", "--z-dim", 2, "--hidden", 32, "--epochs", 1,
+       "--prior", "vamp", "--pseudo-inputs", 10, "--warmup", 1, "--run-dir", run)
+    scores = json.loads(ok("evaluate", run, "-k", 5, "--num-images", 20, "--json").stdout)
+    assert scores["log_likelihood"] > scores["elbo"]
+    ok("sample", run, "-n", 4, "-o", tmp_path / "s.png")
+    for kind in ("curves", "samples", "reconstructions", "latent", "interpolate", "evolution"):
+        ok("plot", run, kind, "-o", tmp_path / f"{kind}.png", "--num-images", 50)
+    assert runner.invoke(main, ["plot", str(run), "kl", "-o", str(tmp_path / "kl.png")]).exit_code == 2
+    ok("export", run, tmp_path / "export")
+    ok("evaluate", tmp_path / "export", "-k", 2, "--num-images", 10)
+    ok("train", "--resume", run, "--epochs", 2)
