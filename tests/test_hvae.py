@@ -117,3 +117,19 @@ def test_command_line_trains_evaluates_samples_plots_exports_and_resumes(tmp_pat
     ok("export", run, tmp_path / "export")
     ok("evaluate", tmp_path / "export", "-k", 2, "--num-images", 10)
     ok("train", "--resume", run, "--epochs", 2)
+
+
+def test_two_processes_train_the_one_process_hvae(tmp_path):
+    """Both levels are sampled for the global batch and sliced by rank (ShardedSampling), so
+    torchrun gives the 1-process model."""
+    from test_distributed import ARGS, _torchrun
+
+    from pyrovae.rundir import load_run
+    from pyrovae.run import train_run
+
+    result = _torchrun(*ARGS, "--model", "hvae", "--epochs", 1, "--run-dir", tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = train_run(Config(model="hvae", dataset="mnist5k", latent_dim=4, hidden_dims=(32,), batch_size=300,
+                           num_epochs=1), tmp_path / "one", progress=False)
+    a, b = load_run(one.run_dir)[1].state_dict(), load_run(tmp_path / "two")[1].state_dict()
+    assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
