@@ -227,10 +227,6 @@ class HVAE(VAE):
         """Numbers in the code ``[z2, z1]``."""
         return self.model.prior.latent_dim + self.model.heads.latent_dim
 
-    @property
-    def row_cost(self) -> int:  # type: ignore[override]
-        return getattr(self.model.prior, "row_cost", 1)
-
     def prior_once(self) -> Hierarchy:
         return self.model.joint_prior()
 
