@@ -7,7 +7,8 @@ import click
 from pyrovae.cli.options import (COMMON_STATUSES, Choice, check_output, checkpoint_option, data_options,
                                  device_options, emit, exit_statuses, json_option, progress_enabled)
 
-KINDS = ("curves", "reconstructions", "samples", "evolution", "latent", "manifold", "interpolate", "kl", "styles")
+KINDS = ("curves", "reconstructions", "samples", "evolution", "latent", "manifold", "interpolate", "kl", "styles",
+         "levels")
 
 
 def _view(run, num_images, epoch, data_dir, cuda, device):
@@ -52,6 +53,7 @@ def plot(run, kind, output, num_images, as_json, epoch, data_dir, cuda, device):
     interpolate      linear and spherical interpolations between test images
     kl               KL per latent dimension, active units marked
     styles           M2 only: one style z per row, one class per column
+    levels           --model hvae: one upper-level z2 per row, the lower level z1 redrawn along it
     """
     from pyrovae.errors import StorageError, describe_os_error
     from pyrovae.plots import PLOTS, figure_formats, save_figure

@@ -25,13 +25,16 @@ from pyrovae.cli.options import (COMMON_STATUSES, check_output, checkpoint_optio
                    "probability of being white); --sampled: pixels drawn from p(x|z), which look like noise "
                    "for a Bernoulli.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@click.option("-t", "--temperature", type=click.FloatRange(min=0, min_open=True, max=100), default=1.0,
+              show_default=True, help="The prior's spread times T (every level's, for --model hvae): below 1 "
+                                      "draws more typical, often sharper images.")
 @click.option("--class", "--digit", "label", default=None, metavar="CLASS",
               help="Draw this class from a model with classes (--model m2): its name (a folder name of the "
                    "training data) or its index from 0 (--digit is the same option, MNIST's word).")
 @json_option
 @checkpoint_option
 @device_options
-def sample(run, num_samples, inputs, output, mean, seed, label, as_json, epoch, cuda, device):
+def sample(run, num_samples, inputs, output, mean, seed, temperature, label, as_json, epoch, cuda, device):
     """Decode NUM_SAMPLES draws from the prior of RUN's model into one image grid (or, with
     --complete, draw completions of images from their visible part)."""
     import torch
@@ -42,6 +45,9 @@ def sample(run, num_samples, inputs, output, mean, seed, label, as_json, epoch, 
     from pyrovae.rundir import load_run
 
     check_output(output)
+    if inputs and temperature != 1:
+        raise ConfigError("--temperature tempers prior samples; completions (--complete) come from the "
+                          "conditional prior of each image as it is.")
     if inputs:
         return _complete(run, inputs, num_samples or 8, output, mean, seed, label, as_json, epoch, cuda, device)
     num_samples = num_samples or 64
@@ -55,10 +61,12 @@ def sample(run, num_samples, inputs, output, mean, seed, label, as_json, epoch, 
         index = vae.class_index(label)  # a name or an index; anything else is one sentence
     if seed is not None:
         torch.manual_seed(seed)
-    images = vae.sample(num_samples, mean=mean) if index is None else vae.sample(num_samples, mean=mean, label=index)
+    images = vae.sample(num_samples, mean=mean, temperature=temperature) if index is None else \
+        vae.sample(num_samples, mean=mean, label=index, temperature=temperature)
     save_grid(images, output, nrow=math.ceil(math.sqrt(num_samples)))
     of_class = f" of class {vae.class_names[index]}" if index is not None else ""
     emit(as_json, {"output": str(output), "num_samples": num_samples, "pixels": "mean" if mean else "sampled",
+                   "temperature": temperature,
                    "class": index, "class_name": None if index is None else vae.class_names[index],
                    "run": str(run), "epoch": state["epoch"]},
          f"Wrote {num_samples} {'mean images' if mean else 'images of sampled pixels'}{of_class} to {output}")

@@ -141,7 +141,7 @@ class CVAE(VAE):
 
     name_prefix = "cvae"
     # Figures that decode codes drawn from an unconditional prior, or split its KL by dimension.
-    skipped_figures = frozenset({"samples", "manifold", "interpolate", "kl", "styles"})
+    skipped_figures = frozenset({"samples", "manifold", "interpolate", "kl", "styles", "levels"})
     likelihood_name = "log p(hidden | visible)"
 
     @classmethod
@@ -248,6 +248,7 @@ class CVAE(VAE):
             torch.manual_seed(seed)
             return self.complete(images)[0]
 
-    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None,
+               temperature: float = 1.0) -> torch.Tensor:
         raise ConfigError("A conditional VAE draws completions of images, not images from nothing: "
                           "vae.complete(images), or pyrovae sample RUN --complete IMAGES.")

@@ -29,8 +29,8 @@ from pyrovae.likelihoods import Likelihood, score_pixels
 from pyrovae.m2 import TwoInputMLP
 from pyrovae.networks import MLPDecoder, MLPEncoder, _mlp, autocast_forward
 from pyrovae.plates import data_plate, guide_plate
-from pyrovae.priors import StandardNormalPrior, VampPrior
-from pyrovae.vae import VAE, _claim_name
+from pyrovae.priors import StandardNormalPrior, VampPrior, tempered
+from pyrovae.vae import VAE, _claim_name, check_draw
 
 __all__ = ["HVAE", "HVAEModel", "HVAEGuide", "Hierarchy", "NormalHeads", "JointDecoder"]
 
@@ -183,7 +183,7 @@ class HVAE(VAE):
     name_prefix = "hvae"
     latent_sites = ("z2", "z1")
     # The KL figure splits one diagonal code by dimension, the manifold walks a 2-D one.
-    skipped_figures = frozenset({"styles", "kl", "manifold"})
+    skipped_figures = frozenset({"styles", "kl", "manifold"})  # the levels figure applies
 
     @classmethod
     def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "HVAE":
@@ -250,11 +250,21 @@ class HVAE(VAE):
         noise = torch.randn(n, self.model.heads.latent_dim, generator=generator).to(self.device, self.dtype)
         return torch.cat([top, lower.mean + lower.stddev * noise], dim=-1)
 
+    def prior_codes(self, num_samples: int, temperature: float = 1.0) -> torch.Tensor:
+        """Codes ``[z2, z1]`` from p(z2) p(z1 | z2), each level's spread times ``temperature``."""
+        check_draw(num_samples, temperature)
+        conditional = self.model.conditional
+        joint = Hierarchy(tempered(self.model.prior(), temperature),
+                          lambda z2: tempered(conditional(z2), temperature), self.model.heads.latent_dim)
+        return joint.sample((num_samples,))
+
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Images decoded from codes drawn from p(z2) p(z1 | z2) (or from the given ``z``)."""
-        if z is None and (not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0):
-            raise ConfigError(f"num_samples must be a whole number of images, 0 or more, not {num_samples!r}.")
-        z = self.model.joint_prior().sample((num_samples,)) if z is None else self._check_codes(z)
-        out = self.decoder(z)
-        return self.likelihood.mean(out) if mean else self.likelihood.sample(out)
+    def level_grid(self, rows: int, columns: int, seed: int) -> torch.Tensor:
+        """Each row one z2 (drawn with ``seed``), each column a fresh z1 ~ p(z1 | z2) given it."""
+        codes = self.fixed_latents(rows * columns, seed).view(columns, rows, -1)
+        top = codes[0, :, : self.model.prior.latent_dim].expand(columns, -1, -1)  # the same z2 down each row
+        lower = self.model.conditional(top)
+        generator = torch.Generator().manual_seed(seed + 1)
+        noise = torch.randn(lower.mean.shape, generator=generator).to(self.device, self.dtype)
+        z = torch.cat([top, lower.mean + lower.stddev * noise], dim=-1).transpose(0, 1).reshape(rows * columns, -1)
+        return self.likelihood.mean(self.decoder(z))

@@ -220,7 +220,7 @@ class M2VAE(VAE):
     """
 
     name_prefix = "m2"
-    skipped_figures = frozenset({"manifold", "interpolate"})  # they decode z without a class
+    skipped_figures = frozenset({"manifold", "interpolate", "levels"})  # they decode z without a class
     # Only z: the class is summed out exactly, and weighting its log-probabilities would
     # reweight that sum (q(y|x) is its weights), not only its KL.
     latent_sites = ("z",)
@@ -363,11 +363,11 @@ class M2VAE(VAE):
 
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None,
-               label: Union[int, str, None] = None) -> torch.Tensor:
+               label: Union[int, str, None] = None, temperature: float = 1.0) -> torch.Tensor:
         """Images of class ``label`` (a name or an index; the classes in turn when None) from
         prior or given codes; the likelihood's mean image unless ``mean`` is False
         (:meth:`VAE.sample`)."""
-        z = self.prior().sample((num_samples,)).to(self.device) if z is None else self._check_codes(z)
+        z = self.prior_codes(num_samples, temperature).to(self.device) if z is None else self._check_codes(z)
         if label is None:
             classes = self._cycle(z)
         else:

@@ -303,6 +303,22 @@ def plot_styles(view: RunView, styles: int = 10, seed: int = 0) -> Figure:
     return figure
 
 
+def plot_levels(view: RunView, rows: int = 6, columns: int = 8, seed: int = 0) -> Figure:
+    """A hierarchy of latents: each row one draw of the upper level, each column a fresh draw
+    of the lower one given it. What stays along a row is the upper level's; what changes, the
+    lower's (:meth:`VAE.level_grid <pyrovae.vae.VAE.level_grid>`)."""
+    images = view.vae.level_grid(rows, columns, seed)
+    side = view.config.image_shape[1]
+    figure = _figure(1.2 + 0.8 * columns, 1.0 + 0.8 * rows)
+    ax = figure.subplots()
+    _show(ax, _grid(images, columns), "One upper-level code per row; the lower level redrawn along it")
+    ax.set_yticks(_centres(rows, side))
+    ax.set_yticklabels([f"z2 #{r + 1}" for r in range(rows)], fontsize=FONT - 1)
+    ax.set_xticks(_centres(columns, view.config.image_shape[2]))
+    ax.set_xticklabels([f"z1 #{c + 1}" for c in range(columns)], fontsize=FONT - 2)
+    return figure
+
+
 PLOTS: Dict[str, Callable[[RunView], Figure]] = {
     "curves": plot_curves,
     "reconstructions": plot_reconstructions,
@@ -313,6 +329,7 @@ PLOTS: Dict[str, Callable[[RunView], Figure]] = {
     "interpolate": plot_interpolate,
     "kl": plot_kl,
     "styles": plot_styles,
+    "levels": plot_levels,
 }
 
 

@@ -6,9 +6,10 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyrovae.errors import ConfigError
 from pyrovae.pixels import to_unit
 
-__all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture", "diagonal_normal"]
+__all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture", "diagonal_normal", "tempered"]
 
 
 class StandardNormalPrior(nn.Module):
@@ -66,6 +67,25 @@ class VampPrior(nn.Module):
         components = self._guide.distribution(torch.sigmoid(self.pseudo_inputs))
         mixture = DiagonalNormalMixture if diagonal_normal(components) is not None else dist.MixtureSameFamily
         return mixture(dist.Categorical(logits=self.mixture_logits), components)
+
+
+def tempered(p: dist.TorchDistribution, temperature: float) -> dist.TorchDistribution:
+    """``p`` with its standard deviations times ``temperature`` (< 1: codes nearer the
+    prior's modes, the sharper, more typical samples NVAE and VDVAE draw): a diagonal Normal,
+    or a mixture of them (each component's, as the VampPrior's).
+
+    :raises ConfigError: for a distribution with no scale to temper (a categorical code).
+    """
+    if temperature == 1:
+        return p
+    normal = diagonal_normal(p)
+    if normal is not None:
+        return dist.Normal(normal.loc, normal.scale * temperature).to_event(1)
+    if isinstance(p, dist.MixtureSameFamily) and diagonal_normal(p.component_distribution) is not None:
+        components = tempered(p.component_distribution, temperature)
+        return type(p)(p.mixture_distribution, components)
+    raise ConfigError(f"A temperature scales a Normal prior's spread; this model's p(z) is a "
+                      f"{type(p).__name__}, which has none.")
 
 
 def diagonal_normal(d):

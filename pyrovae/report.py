@@ -26,6 +26,7 @@ CAPTIONS = {
     "interpolate": "Decoded straight-line and spherical interpolations between pairs of test images.",
     "kl": "Mean KL per latent dimension; inactive units have collapsed to the prior.",
     "styles": "M2: each row decodes one z (a style) with every class in turn.",
+    "levels": "Two levels of latents: each row keeps one upper-level z2 and redraws the lower level z1 along it.",
 }
 
 _STYLE = """

@@ -73,6 +73,15 @@ def _lowrank_diagonal_kl(q, p) -> Optional[torch.Tensor]:
     return 0.5 * (trace + mahalanobis - d + 2 * scale.log().sum(-1) - log_det_q)
 
 
+def check_draw(num_samples, temperature: float = 1.0) -> None:
+    """:raises ConfigError: for a number of codes or a temperature that cannot be."""
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+        raise ConfigError(f"num_samples must be a whole number of images, 0 or more, not {num_samples!r}.")
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+            and math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"The temperature must be a positive number, not {temperature!r}.")
+
+
 def _check_latent_sizes(prior, decoder, guide) -> None:
     """Parts that declare their code size (``latent_dim``) must agree, so that a mismatch is
     one sentence here and not a shape error deep inside the first training step."""
@@ -146,7 +155,8 @@ class VAE(PyroModule):
     # A classmethod (config, likelihood, activation) building the family, where not from parts.
     from_config: ClassVar[Optional[Callable[..., "VAE"]]] = None
     model: PyroModule  # VAEModel here; a family's own model (M2Model, CVAEModel) in others
-    skipped_figures = frozenset({"styles"})  # figure kinds of pyrovae.plots that do not apply
+    # figure kinds of pyrovae.plots that do not apply ("levels" needs several levels of latents)
+    skipped_figures = frozenset({"styles", "levels"})
     # the sample sites whose log-densities warm-up and beta weight (the KL term)
     latent_sites: Tuple[str, ...] = ("z",)
     num_classes = 0  # classes of a family that models them (M2); 0 for none
@@ -204,6 +214,13 @@ class VAE(PyroModule):
         """The images of a run's per-epoch samples grid: prior samples decoded from the same
         codes every epoch (``seed``), as mean images."""
         return self.sample(num, mean=True, z=self.fixed_latents(num, seed))
+
+    def level_grid(self, rows: int, columns: int, seed: int) -> torch.Tensor:
+        """For a family with several levels of latents: ``rows`` x ``columns`` mean images,
+        each row one draw of the upper levels, each column a fresh draw of the lower ones
+        given it (what each level holds; the ``levels`` figure)."""
+        raise ConfigError(f"The levels figure redraws the lower levels of a hierarchy; {type(self).__name__} has "
+                          "one level of latents.")
 
     def complete(self, x: torch.Tensor, num_samples: int = 1, mean: bool = True) -> torch.Tensor:
         """Completions of images from a visible part: only a conditional family draws them."""
@@ -444,16 +461,28 @@ class VAE(PyroModule):
         """The likelihood's mean image decoded from the posterior mean of each image's code."""
         return self.likelihood.mean(self.decoder(self.posterior_mean(x)))
 
+    def prior_codes(self, num_samples: int, temperature: float = 1.0) -> torch.Tensor:
+        """``num_samples`` codes drawn from p(z), its spread times ``temperature``
+        (:func:`~pyrovae.priors.tempered`); a family with several levels tempers each.
+
+        :raises ConfigError: for a count or temperature that cannot be, in one sentence.
+        """
+        check_draw(num_samples, temperature)
+        from pyrovae.priors import tempered
+
+        return tempered(self.prior(), temperature).sample((num_samples,))
+
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def sample(self, num_samples: int, mean: bool = True, z: Optional[torch.Tensor] = None,
+               temperature: float = 1.0) -> torch.Tensor:
         """Images decoded from prior samples (or from the given ``z``), pixels in [0, 1].
 
         :param bool mean: the likelihood's mean image of each code (the default: for a
             Bernoulli, each pixel's probability of being white, which reads as a picture);
             False draws the pixels from p(x|z) (binary noise for a Bernoulli).
+        :param temperature: the prior's spread times this (:meth:`prior_codes`); below 1
+            draws more typical, often sharper images.
         """
-        if z is None and (not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0):
-            raise ConfigError(f"num_samples must be a whole number of images, 0 or more, not {num_samples!r}.")
-        z = self.prior().sample((num_samples,)) if z is None else self._check_codes(z)
+        z = self.prior_codes(num_samples, temperature) if z is None else self._check_codes(z)
         out = self.decoder(z.to(self.device))
         return self.likelihood.mean(out) if mean else self.likelihood.sample(out)

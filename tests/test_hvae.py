@@ -114,6 +114,8 @@ def test_command_line_trains_evaluates_samples_plots_exports_and_resumes(tmp_pat
     for kind in ("curves", "samples", "reconstructions", "latent", "interpolate", "evolution"):
         ok("plot", run, kind, "-o", tmp_path / f"{kind}.png", "--num-images", 50)
     assert runner.invoke(main, ["plot", str(run), "kl", "-o", str(tmp_path / "kl.png")]).exit_code == 2
+    ok("report", run, "-o", tmp_path / "report.html")
+    assert 'id="levels"' in (tmp_path / "report.html").read_text()
     ok("export", run, tmp_path / "export")
     ok("evaluate", tmp_path / "export", "-k", 2, "--num-images", 10)
     ok("train", "--resume", run, "--epochs", 2)
@@ -133,3 +135,34 @@ def test_two_processes_train_the_one_process_hvae(tmp_path):
                            num_epochs=1), tmp_path / "one", progress=False)
     a, b = load_run(one.run_dir)[1].state_dict(), load_run(tmp_path / "two")[1].state_dict()
     assert all(torch.allclose(a[name], b[name], atol=1e-5) for name in a)
+
+
+def test_temperature_scales_every_level_and_the_levels_figure_fixes_the_upper_one(tmp_path):
+    from pyrovae.plots import PLOTS
+
+    vae = _hvae()
+    torch.manual_seed(0)
+    cold, warm = vae.prior_codes(4000, temperature=0.25), vae.prior_codes(4000)
+    assert cold[:, :3].std().item() == pytest.approx(0.25, rel=0.1) and warm[:, :3].std().item() == pytest.approx(
+        1.0, rel=0.1)
+    lower_cold = cold[:, 3:] - vae.model.conditional(cold[:, :3]).mean  # z1's own noise, given z2
+    lower_warm = warm[:, 3:] - vae.model.conditional(warm[:, :3]).mean
+    assert lower_cold.std() < 0.4 * lower_warm.std()
+    grid = vae.level_grid(3, 4, seed=0)
+    assert grid.shape == (12, 1, 28, 28) and torch.equal(grid, vae.level_grid(3, 4, seed=0))
+    assert "levels" in PLOTS and "levels" not in HVAE.skipped_figures
+    with pytest.raises(ConfigError, match="temperature must be a positive number"):
+        vae.sample(2, temperature=0)
+
+
+def test_the_command_line_samples_at_a_temperature_and_draws_the_levels(tmp_path, trained_run):
+    run, runner = tmp_path / "run", CliRunner()
+    result = runner.invoke(main, ["train", "--model", "hvae", "--dataset", "mnist5k", "--z-dim", "2", "--hidden",
+                                  "16", "--epochs", "1", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["sample", str(run), "-n", "4", "-t", "0.5", "-o", str(tmp_path / "s.png"),
+                                  "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["temperature"] == 0.5, result.output
+    assert runner.invoke(main, ["plot", str(run), "levels", "-o", str(tmp_path / "l.png")]).exit_code == 0
+    one_level = runner.invoke(main, ["plot", str(trained_run), "levels", "-o", str(tmp_path / "x.png")])
+    assert one_level.exit_code == 2 and "one level of latents" in one_level.output

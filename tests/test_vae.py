@@ -244,3 +244,22 @@ def test_impossible_python_calls_raise_pyrovaes_own_errors(tiny_vae, mnist5k):
         ImageData.from_tensor(np.array([[[object()]]] * 4))
     with pytest.raises(CheckpointError, match="not by a NoneType"):
         load(None)
+
+
+def test_temperature_scales_the_prior_of_every_normal_family_and_refuses_a_categorical_one(tiny_vae):
+    from pyrovae.config import Config
+    from pyrovae.errors import ConfigError
+    from pyrovae.registry import build_vae
+
+    torch.manual_seed(0)
+    assert tiny_vae.prior_codes(5000, temperature=0.5).std().item() == pytest.approx(0.5, rel=0.05)
+    torch.manual_seed(0)
+    plain = tiny_vae.sample(3)
+    torch.manual_seed(0)
+    assert torch.equal(plain, tiny_vae.sample(3, temperature=1.0))  # T = 1 draws exactly as before
+    vamp = build_vae(Config(latent_dim=3, hidden_dims=(16,), prior="vamp", num_pseudo_inputs=5))
+    assert vamp.sample(2, temperature=0.3).shape == (2, 1, 28, 28)
+    categorical = build_vae(Config(model="categorical", guide="categorical", prior="categorical", latent_dim=3,
+                                   hidden_dims=(16,)))
+    with pytest.raises(ConfigError, match="has none"):
+        categorical.sample(2, temperature=0.5)
