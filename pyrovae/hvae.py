@@ -207,10 +207,7 @@ class HVAE(VAE):
 
     @classmethod
     def check_config(cls, config) -> None:
-        if config.num_labels is not None:
-            raise ConfigError("{num_labels} applies to a model with classes ({model} m2).")
-        if config.visible_quadrants != 1:
-            raise ConfigError("{visible_quadrants} applies to a conditional model ({model} cvae).")
+        super().check_config(config)
         if config.guide != "diag_normal" or config.elbo != "trace" or config.net not in ("mlp", "gated"):
             raise ConfigError("{model} hvae has its own guide, MLP networks ({net} mlp or gated) and Trace_ELBO; "
                               "leave {guide} and {elbo} at their defaults.")
