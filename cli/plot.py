@@ -74,11 +74,18 @@ def plot(run, kind, output, num_images, as_json, epoch, data_dir, cuda, device):
     save_figure(PLOTS[kind](view), output)
     result, message = {"output": str(output), "kind": kind, "epoch": view.epoch}, f"Wrote {output}"
     if kind == "kl":
-        from pyrovae.analysis import ACTIVITY_THRESHOLD, active_units
+        from pyrovae.analysis import ACTIVITY_THRESHOLD
+        from pyrovae.plots import kl_levels
 
-        _, active = active_units(view.latents.loc)
-        result.update(active_units=int(active.sum()), latent_dim=len(active))
-        message += f"\nActive units (A_u > {ACTIVITY_THRESHOLD}): {int(active.sum())} of {len(active)}"
+        levels = kl_levels(view)
+        active = sum(int(a.sum()) for _, _, a in levels)
+        result.update(active_units=active, latent_dim=sum(len(a) for _, _, a in levels),
+                      levels={name: {"active_units": int(a.sum()), "dimensions": len(a), "kl": float(kl.sum())}
+                              for name, kl, a in levels})
+        message += f"\nActive units (A_u > {ACTIVITY_THRESHOLD}): {active} of {result['latent_dim']}"
+        if len(levels) > 1:
+            message += "".join(f"\n  {name}: {int(a.sum())} of {len(a)} active, KL {float(kl.sum()):.2f} nats"
+                               for name, kl, a in levels)
     emit(as_json, result, message)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
-from torch.distributions import Normal, kl_divergence
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError
+from pyrovae import priors
 from pyrovae.priors import diagonal_normal
 from pyrovae.vae import VAE
 
@@ -89,12 +89,7 @@ def kl_per_dimension(latents: Latents, prior) -> torch.Tensor:
 
     The KL splits into one term per dimension only when q and p are diagonal Normals.
     """
-    p = diagonal_normal(prior)
-    if p is None or latents.scale is None:
-        raise ConfigError("KL per dimension needs a diagonal Normal guide and prior "
-                          "(the KL of this model does not split by dimension).")
-    q = Normal(latents.loc, latents.scale)
-    return kl_divergence(q, Normal(p.loc.cpu(), p.scale.cpu())).mean(dim=0)
+    return priors.kl_per_dimension(latents.loc, latents.scale, prior)
 
 
 def principal_axes(loc: torch.Tensor, k: int = 2):

@@ -183,7 +183,7 @@ class HVAE(VAE):
     name_prefix = "hvae"
     latent_sites = ("z2", "z1")
     # The KL figure splits one diagonal code by dimension, the manifold walks a 2-D one.
-    skipped_figures = frozenset({"styles", "kl", "manifold"})  # the levels figure applies
+    skipped_figures = frozenset({"styles", "manifold"})  # the levels figure applies
 
     @classmethod
     def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "HVAE":
@@ -254,6 +254,31 @@ class HVAE(VAE):
         joint = Hierarchy(tempered(self.model.prior(), temperature),
                           lambda z2: tempered(conditional(z2), temperature), self.model.heads.latent_dim)
         return joint.sample((num_samples,))
+
+    def code_levels(self) -> dict:
+        return {"z2": self.model.prior.latent_dim, "z1": self.model.heads.latent_dim}
+
+    @torch.no_grad()
+    def kl_per_dimension(self, images: torch.Tensor, latents=None, batch_size: int = 1000) -> torch.Tensor:
+        """Per dimension, the mean of KL(q(z2|x) || p(z2)) and of KL(q(z1|x,z2) || p(z1|z2)) at
+        a z2 drawn from q(z2|x): both diagonal Normals, so each splits by dimension (the sum is
+        the ELBO's KL term, estimated over z2). Needs a diagonal Normal p(z2)."""
+        from pyrovae.priors import diagonal_normal
+
+        top_prior = diagonal_normal(self.model.prior())
+        if top_prior is None:
+            raise ConfigError("KL per dimension needs a diagonal Normal p(z2) (the VampPrior's KL does not split "
+                              "by dimension).")
+        total = torch.zeros(self.code_dim, dtype=torch.float64, device=self.device)
+        for x in images.split(batch_size):
+            q = self.guide.distribution(x.to(self.device, self.dtype))
+            top = diagonal_normal(q.top)
+            z2 = q.top.sample()
+            lower, prior_lower = diagonal_normal(q.lower(z2)), diagonal_normal(self.model.conditional(z2))
+            kl = torch.cat([torch.distributions.kl_divergence(top, top_prior),
+                            torch.distributions.kl_divergence(lower, prior_lower)], dim=-1)
+            total += kl.double().sum(0)
+        return (total / len(images)).float().cpu()
 
     @torch.no_grad()
     def level_grid(self, rows: int, columns: int, seed: int) -> torch.Tensor:

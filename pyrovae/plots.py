@@ -15,8 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
-from pyrovae.analysis import (ACTIVITY_THRESHOLD, RunView, active_units, describe_activity, kl_per_dimension,
-                              principal_axes, slerp)
+from pyrovae.analysis import ACTIVITY_THRESHOLD, RunView, active_units, describe_activity, principal_axes, slerp
 from pyrovae.checkpoint import atomic_write
 from pyrovae.data import spread_subset
 from pyrovae.errors import ConfigError
@@ -266,25 +265,41 @@ def plot_interpolate(view: RunView, pairs: int = 4, steps: int = 10) -> Figure:
     return figure
 
 
+def kl_levels(view: RunView):
+    """Each level of the code (:meth:`VAE.code_levels <pyrovae.vae.VAE.code_levels>`) with its
+    KL per dimension and which of its units are active: ``[(name, kl, active), ...]``."""
+    kl = view.vae.kl_per_dimension(view.images, view.latents)
+    active = active_units(view.latents.loc)[1]
+    levels, start = [], 0
+    for name, size in view.vae.code_levels().items():
+        size = len(kl) - start if size is None else size
+        levels.append((name, kl[start:start + size], active[start:start + size]))
+        start += size
+    return levels
+
+
 def plot_kl(view: RunView) -> Figure:
-    """KL per latent dimension, with the active units (A_u > 0.01) marked."""
+    """KL per latent dimension, with the active units (A_u > 0.01) marked: one panel a level."""
     _continuous_code(view, "kl")
-    kl = kl_per_dimension(view.latents, view.vae.prior()).numpy()
-    active = active_units(view.latents.loc)[1].numpy()
-    dims = np.arange(len(kl))
-    figure = _figure(max(7, 0.35 * len(kl) + 3), 4.8)
-    ax = figure.subplots()
-    ax.bar(dims[active], kl[active], color="#1f3b73", label=f"active (A_u > {ACTIVITY_THRESHOLD})")
-    if not active.all():
-        ax.bar(dims[~active], kl[~active], color="#c8c8c8", hatch="//", edgecolor="#707070",
-               label="inactive (collapsed to the prior)")
-    ax.set_xlabel("latent dimension u", fontsize=FONT)
-    ax.set_ylabel("mean KL(q(z_u|x) || p(z_u)), nats", fontsize=FONT)
-    ax.set_xticks(dims if len(dims) <= 32 else dims[:: math.ceil(len(dims) / 32)])
-    title = describe_activity(torch.from_numpy(active), float(kl.sum())).replace("; ", ";\n", 1)
-    ax.set_title(f"KL per latent dimension: {title}", fontsize=FONT + 1)
-    ax.legend(fontsize=FONT - 2)
-    ax.grid(axis="y", alpha=0.3)
+    levels = kl_levels(view)
+    width = sum(max(4, 0.35 * len(kl) + 1.5) for _, kl, _ in levels)
+    figure = _figure(max(7, width + 1.5), 4.8 + 0.4 * (len(levels) > 1))
+    axes = figure.subplots(1, len(levels), sharey=True, squeeze=False)[0]
+    for ax, (name, kl, active) in zip(axes, levels):
+        kl, active = kl.numpy(), active.numpy()
+        dims = np.arange(len(kl))
+        ax.bar(dims[active], kl[active], color="#1f3b73", label=f"active (A_u > {ACTIVITY_THRESHOLD})")
+        if not active.all():
+            ax.bar(dims[~active], kl[~active], color="#c8c8c8", hatch="//", edgecolor="#707070",
+                   label="inactive (collapsed to the prior)")
+        ax.set_xlabel(f"dimension u of {name}", fontsize=FONT)
+        ax.set_xticks(dims if len(dims) <= 32 else dims[:: math.ceil(len(dims) / 32)])
+        title = describe_activity(torch.from_numpy(active), float(kl.sum())).replace("; ", ";\n", 1)
+        ax.set_title(f"KL per dimension of {name}: {title}" if len(levels) > 1 else
+                     f"KL per latent dimension: {title}", fontsize=FONT + 1 - (len(levels) > 1))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean KL(q(z_u|x) || p(z_u)), nats", fontsize=FONT)
+    axes[0].legend(fontsize=FONT - 2)
     return figure
 
 

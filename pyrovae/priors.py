@@ -9,7 +9,8 @@ from torch import nn
 from pyrovae.errors import ConfigError
 from pyrovae.pixels import to_unit
 
-__all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture", "diagonal_normal", "tempered"]
+__all__ = ["StandardNormalPrior", "VampPrior", "DiagonalNormalMixture", "diagonal_normal", "tempered",
+           "kl_per_dimension"]
 
 
 class StandardNormalPrior(nn.Module):
@@ -86,6 +87,21 @@ def tempered(p: dist.TorchDistribution, temperature: float) -> dist.TorchDistrib
         return type(p)(p.mixture_distribution, components)
     raise ConfigError(f"A temperature scales a Normal prior's spread; this model's p(z) is a "
                       f"{type(p).__name__}, which has none.")
+
+
+def kl_per_dimension(loc: torch.Tensor, scale, prior) -> torch.Tensor:
+    """Mean over images of KL(N(loc, scale) || p(z_u)) for each dimension u, in nats, for
+    posterior means ``loc`` and standard deviations ``scale`` (N, D) of a diagonal Normal q.
+
+    :raises ConfigError: unless q (``scale`` given) and ``prior`` are diagonal Normals, the
+        only case where the KL splits into one term per dimension.
+    """
+    p = diagonal_normal(prior)
+    if p is None or scale is None:
+        raise ConfigError("KL per dimension needs a diagonal Normal guide and prior "
+                          "(the KL of this model does not split by dimension).")
+    q = torch.distributions.Normal(loc, scale)
+    return torch.distributions.kl_divergence(q, torch.distributions.Normal(p.loc.cpu(), p.scale.cpu())).mean(dim=0)
 
 
 def diagonal_normal(d):

@@ -215,6 +215,21 @@ class VAE(PyroModule):
         codes every epoch (``seed``), as mean images."""
         return self.sample(num, mean=True, z=self.fixed_latents(num, seed))
 
+    def code_levels(self) -> dict:
+        """The levels of the code, in order, with their numbers of dimensions (``{"z": D}`` for
+        one level): the KL figure draws one panel each."""
+        return {"z": getattr(self.prior, "latent_dim", None)}
+
+    def kl_per_dimension(self, images: torch.Tensor, latents) -> torch.Tensor:
+        """Mean over ``images`` of each code dimension's KL term, in nats (the levels in the
+        order of :meth:`code_levels`), from their ``latents`` (:func:`pyrovae.analysis.encode`).
+
+        :raises ConfigError: where the KL does not split by dimension (a non-diagonal q or p).
+        """
+        from pyrovae.priors import kl_per_dimension
+
+        return kl_per_dimension(latents.loc, latents.scale, self.prior())
+
     def level_grid(self, rows: int, columns: int, seed: int) -> torch.Tensor:
         """For a family with several levels of latents: ``rows`` x ``columns`` mean images,
         each row one draw of the upper levels, each column a fresh draw of the lower ones

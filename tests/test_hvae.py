@@ -166,3 +166,34 @@ def test_the_command_line_samples_at_a_temperature_and_draws_the_levels(tmp_path
     assert runner.invoke(main, ["plot", str(run), "levels", "-o", str(tmp_path / "l.png")]).exit_code == 0
     one_level = runner.invoke(main, ["plot", str(trained_run), "levels", "-o", str(tmp_path / "x.png")])
     assert one_level.exit_code == 2 and "one level of latents" in one_level.output
+
+
+def test_kl_per_dimension_of_each_level_sums_to_the_elbos_kl_term(mnist5k, tmp_path):
+    """Per level and dimension, closed-form KLs given a sampled z2: their sum is the KL term
+    the ELBO estimates (one sample of both levels), up to Monte Carlo error; the figure draws
+    one panel a level and the JSON reports each level's active units."""
+    from pyrovae.evaluation import elbo_terms
+
+    vae = _hvae()
+    data = mnist5k.replace(train_images=mnist5k.train_images[:1000], test_images=mnist5k.test_images[:500])
+    fit(vae, data, num_epochs=2, batch_size=50, progress=False)
+    images = prepare_test_images(data.test_images, binary=True)
+    torch.manual_seed(1)
+    per_dimension = vae.eval().kl_per_dimension(images)
+    assert per_dimension.shape == (6,) and vae.code_levels() == {"z2": 3, "z1": 3}
+    assert per_dimension.sum().item() == pytest.approx(elbo_terms(vae, images).kl, rel=0.1)
+    vamp = _hvae(prior="vamp", num_pseudo_inputs=5)
+    with pytest.raises(ConfigError, match="needs a diagonal Normal p\\(z2\\)"):
+        vamp.kl_per_dimension(images[:10])
+
+
+def test_the_kl_figure_has_a_panel_a_level(tmp_path):
+    run, runner = tmp_path / "run", CliRunner()
+    assert runner.invoke(main, ["train", "--model", "hvae", "--dataset", "mnist5k", "--z-dim", "2", "--hidden",
+                                "16", "--epochs", "1", "--run-dir", str(run)]).exit_code == 0
+    result = runner.invoke(main, ["plot", str(run), "kl", "-o", str(tmp_path / "kl.png"), "--num-images", "100",
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["levels"]) == {"z2", "z1"} and report["latent_dim"] == 4
+    assert all(level["dimensions"] == 2 for level in report["levels"].values())
