@@ -182,8 +182,8 @@ class HVAE(VAE):
 
     name_prefix = "hvae"
     latent_sites = ("z2", "z1")
-    # The KL figure splits one diagonal code by dimension, the manifold walks a 2-D one.
-    skipped_figures = frozenset({"styles", "manifold"})  # the levels figure applies
+    # The manifold walks a 2-D code and the styles need classes; the levels figure applies.
+    skipped_figures = frozenset({"styles", "manifold"})
 
     @classmethod
     def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "HVAE":
