@@ -23,7 +23,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import constraints
 
-from pyrovae.errors import ConfigError, DataError
+from pyrovae.errors import ConfigError
 from pyrovae.guides import DiagonalNormalGuide, head_scale
 from pyrovae.likelihoods import Likelihood, score_pixels
 from pyrovae.m2 import TwoInputMLP
@@ -227,13 +227,9 @@ class HVAE(VAE):
     def prior_once(self) -> Hierarchy:
         return self.model.joint_prior()
 
-    def _check_codes(self, z) -> torch.Tensor:
-        if not torch.is_tensor(z) or not z.is_floating_point() or z.shape[-1:] != (self.code_dim,):
-            what = f"shape {tuple(z.shape)}" if torch.is_tensor(z) else f"a {type(z).__name__}"
-            raise DataError(f"Codes must be a float tensor (N, {self.code_dim}) of both levels [z2, z1], not {what}.")
-        if z.numel() and not bool(torch.isfinite(z).all()):
-            raise DataError("Codes hold NaN or infinite values; the decoder takes finite codes.")
-        return z.to(device=self.device, dtype=self.dtype)
+    def code_shape(self) -> tuple:
+        """Both levels, ``[z2, z1]``."""
+        return (self.code_dim,)
 
     def fixed_latents(self, n: int, seed: int) -> torch.Tensor:
         """``n`` codes drawn from p(z2) p(z1 | z2) with a private generator seeded with ``seed``."""

@@ -315,8 +315,8 @@ class Trainer:
         by a background :class:`~pyrovae.loader.BatchLoader`), or ``auto``: stream a
         memory-mapped set that would take more than a quarter of the free memory.
     :param precision: ``fp32``, or ``bf16``: the networks run under :func:`torch.autocast`
-        in bfloat16 during training steps; log-probabilities and the ELBO stay float32
-        (:func:`~pyrovae.networks.compute_dtype`).
+        in bfloat16 during an epoch's training steps (set once an epoch); log-probabilities
+        and the ELBO stay float32 (:func:`~pyrovae.networks.compute_dtype`).
     """
 
     def __init__(
@@ -375,7 +375,6 @@ class Trainer:
             source: Any = _Streamed(self.train_images, device)
         else:
             self.train_images = source = on_device(data.train_pixels, device, dtype)
-        self._order: Optional[torch.Tensor] = None  # the epoch's permutation on the CPU, for the loader
         self.test_images = on_device(prepare_test_pixels(data.test_pixels, self.binary), device, dtype)
         self.validation_images = (None if data.validation_pixels is None else
                                   on_device(prepare_test_pixels(data.validation_pixels, self.binary), device, dtype))
@@ -444,8 +443,9 @@ class Trainer:
         device = self.device
         if self.permutation is None:
             # Drawn on the CPU generator so the data order is part of the saved RNG state.
-            self._order = torch.randperm(len(self.train_images))
-            self.permutation = self._order if self.streamed else self._order.to(device)
+            # Streamed batches are gathered on the host, so their order stays there.
+            order = torch.randperm(len(self.train_images))
+            self.permutation = order if self.streamed else order.to(device)
             self.step_losses = torch.zeros(self.num_batches, device=device)
             self.step, self.seconds = 0, 0.0
         callbacks = list(self.callbacks)
@@ -463,11 +463,12 @@ class Trainer:
             callback.on_epoch_start(self)
         started = time.perf_counter()
         if self._loader is not None:
-            self._loader.start(self._order, self.step, self.num_batches)
+            self._loader.start(self.permutation, self.step, self.num_batches)
         try:
             # Arguments were checked once above; per-step validation only costs time. NaN
             # losses are reported by FiniteCheck with the step, so Pyro's warning is muted.
-            with pyro.validation_enabled(False), warnings.catch_warnings():
+            # The networks compute in self.precision for the epoch's steps only; scoring after it is fp32.
+            with pyro.validation_enabled(False), warnings.catch_warnings(), compute_dtype(self.vae, self.precision):
                 warnings.filterwarnings("ignore", message="Encountered NaN")
                 while self.step < self.num_batches:
                     if self._stop_requested(callbacks, refresh, device):
@@ -543,11 +544,10 @@ class Trainer:
         if self.distributed.active:  # this rank's rows; DDP averages the gradients
             args = tuple(a.tensor_split(world)[rank] for a in args)
             kwargs = {k: (v.tensor_split(world)[rank] if torch.is_tensor(v) else v) for k, v in kwargs.items()}
-            with ShardedSampling(rank, world), compute_dtype(self.vae, self.precision):
+            with ShardedSampling(rank, world):
                 objective = self._loss(model, guide, args, kwargs)
         else:
-            with compute_dtype(self.vae, self.precision):
-                objective = self._loss(model, guide, args, kwargs)
+            objective = self._loss(model, guide, args, kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         # Per image of the global batch once DDP has averaged over the ranks.
         (objective / (len(index) // world)).backward()
@@ -572,7 +572,6 @@ class Trainer:
         device = self.device
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
-        self._order = state["permutation"]
         self.permutation = (None if state["permutation"] is None else
                             state["permutation"] if self.streamed else state["permutation"].to(device))
         self.step_losses = None if state["step_losses"] is None else state["step_losses"].to(device)

@@ -378,15 +378,22 @@ class VAE(PyroModule):
         parameter = next(self.parameters())
         return x.to(device=parameter.device, dtype=parameter.dtype)
 
+    def code_shape(self) -> Optional[tuple]:
+        """The shape of one code the decoder takes (``(latent_dim,)``; a categorical code's
+        ``(latent_dim, num_categories)``), or None where the prior does not say."""
+        size = getattr(self.prior, "latent_dim", None)
+        if not isinstance(size, int):
+            return None
+        return (size, self.prior.num_categories) if hasattr(self.prior, "num_categories") else (size,)
+
     def _check_codes(self, z) -> torch.Tensor:
         """``z`` as codes the decoder takes, on its device; :class:`DataError` otherwise."""
-        size = getattr(self.prior, "latent_dim", None)
-        event = (size, self.prior.num_categories) if hasattr(self.prior, "num_categories") else (size,)
-        wanted = f"(N, {', '.join(map(str, event))})"
+        event = self.code_shape()
+        wanted = f"(N, {', '.join(map(str, event))})" if event else "(N, latent_dim)"
         if not torch.is_tensor(z) or not z.is_floating_point():
             what = f"a tensor of {z.dtype}" if torch.is_tensor(z) else f"a {type(z).__name__}"
             raise DataError(f"Codes must be a float tensor {wanted}, not {what}.")
-        if isinstance(size, int) and tuple(z.shape[-len(event):]) != event:
+        if event is not None and tuple(z.shape[-len(event):]) != event:
             raise DataError(f"Codes have shape {tuple(z.shape)}, but this model's decoder takes {wanted}.")
         if z.numel() and not bool(torch.isfinite(z).all()):
             raise DataError("Codes hold NaN or infinite values; the decoder takes finite codes.")

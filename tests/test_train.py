@@ -418,7 +418,12 @@ def test_bf16_runs_the_networks_in_bfloat16_and_the_elbo_in_float32(mnist5k, net
     assert seen == {"layer": torch.float32, "decoder": torch.float32}
     data = mnist5k.replace(train_images=mnist5k.train_images[:500], test_images=mnist5k.test_images[:100])
     trainer = Trainer(vae, data, batch_size=100, precision="bf16")
+    seen.clear()
     assert math.isfinite(trainer.run_epoch(progress=False).test_elbo)
+    assert seen == {"layer": torch.bfloat16, "decoder": torch.float32}  # the training steps ran in bf16
+    seen.clear()
+    trainer.held_out_terms()
+    assert seen == {"layer": torch.float32, "decoder": torch.float32}  # scoring after the epoch in fp32
 
 
 def test_unknown_storage_and_precision_are_one_sentence(mnist5k):
