@@ -164,7 +164,8 @@ def _epoch_lines(as_json: bool):
                 return
             validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
             click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
-                       f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s")
+                       f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s"
+                       + (f"  {m.skipped_steps} steps skipped" if m.skipped_steps else ""))
 
         def on_run_end(self, run):
             from pyrovae.analysis import collapse_advice

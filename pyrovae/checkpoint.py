@@ -157,6 +157,8 @@ def state_problem(state: dict, required=()) -> Optional[str]:
         ("permutation", lambda v: v is None or (torch.is_tensor(v) and v.dtype == torch.int64 and v.dim() == 1),
          "a permutation"),
         ("step_losses", lambda v: v is None or (torch.is_tensor(v) and v.is_floating_point()), "a tensor of losses"),
+        ("step_skips", lambda v: v is None or (torch.is_tensor(v) and v.is_floating_point() and v.dim() == 1),
+         "a tensor of skipped steps"),
         ("rng", lambda v: isinstance(v, dict), "random states"),
     ]
     for key, ok, want in checks:

@@ -50,7 +50,13 @@ class Config:
         help="vae; categorical: a code of categorical variables (with --guide categorical --prior categorical); "
              "m2: the semi-supervised VAE with the class as a latent (Kingma et al. 2014); cvae: the conditional "
              "VAE that completes an image from its visible part (Sohn et al. 2015); hvae: two levels of latents, "
-             "z2 then z1 (Tomczak & Welling 2018), each of --z-dim numbers.")
+             "z2 then z1 (Tomczak & Welling 2018), each of --z-dim numbers; ladder: a top-down hierarchy of --levels "
+             "spatial levels of --z-dim channels each, for colour images (NVAE/VDVAE-style residual cells).")
+    # levels of latents of --model ladder, spread over the resolutions of the path, coarsest first
+    levels: int = option(
+        3, "--levels", kind="int", min=1,
+        help="--model ladder: levels of latents, spread from the coarsest resolution (a quarter of the image's side "
+             "or less) to half the image's side.")
     # size of z (categorical variables with --guide categorical); 2 lets you plot it directly
     latent_dim: int = option(
         20, "--z-dim", kind="int", min=1,
@@ -165,6 +171,16 @@ class Config:
     batch_size: int = option(
         128, "--batch-size", kind="int", min=1,
         help="Images per optimizer step.")
+    # clip the gradient's total norm to this (VDVAE: 200); None: no clipping
+    grad_clip: Optional[float] = option(
+        None, "--grad-clip", kind="float", min=0.0, min_open=True, fixed=False, metavar="NORM",
+        help="Scale the gradient down to this total L2 norm when it is larger (VDVAE clips at 200) [default: no "
+             "clipping].")
+    # skip the update of a step whose gradient norm is this or more (VDVAE: 400), or not finite
+    skip_grad_norm: Optional[float] = option(
+        None, "--skip-grad-norm", kind="float", min=0.0, min_open=True, fixed=False, metavar="NORM",
+        help="Skip the update of a step whose gradient's total norm (before --grad-clip) is at least NORM or not "
+             "finite, as VDVAE does (400 there); the epoch line counts them [default: never skip].")
     # Adam; the classic MNIST VAE setting
     lr: float = option(
         1e-3, "--lr", kind="float", min=0.0, min_open=True,
@@ -305,6 +321,7 @@ class Config:
             (self.num_particles >= 1, f"{{num_particles}} must be at least 1, got {self.num_particles}."),
             (self.mixture_components >= 1,
              f"{{mixture_components}} must be at least 1, got {self.mixture_components}."),
+            (self.levels >= 1, f"{{levels}} must be at least 1, got {self.levels}."),
             (self.conv_channels >= 1, f"{{conv_channels}} must be at least 1, got {self.conv_channels}."),
             (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
              f"{{warmup_epochs}} must be zero or more epochs, got {self.warmup_epochs}."),
@@ -353,7 +370,7 @@ class Config:
     # only a model with these.
     MODEL_FIELDS = ("model", "num_categories", "latent_dim", "hidden_dims", "net", "activation", "conv_channels",
                     "likelihood", "mixture_components", "guide", "logvar_range", "class_names", "visible_quadrants",
-                    "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape")
+                    "rank", "num_flows", "prior", "num_pseudo_inputs", "image_shape", "levels")
 
     def model_signature(self) -> dict:
         return {name: getattr(self, name) for name in self.MODEL_FIELDS}

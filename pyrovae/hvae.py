@@ -5,7 +5,8 @@
 
 and the guide q(z2 | x) q(z1 | x, z2), each level one Pyro sample site (``"z2"``, then
 ``"z1"``). p(z2) is a standard Normal or the VampPrior over q(z2 | x); p(z1 | z2), q(z1 | x, z2)
-are diagonal Normals from networks. The ELBO is
+are diagonal Normals from networks; the image networks are those of ``--net`` (MLP, gated or
+conv, the last as their ``convHVAE_2level``). The ELBO is
 
     E_q[log p(x | z1, z2)] - E_q[log q(z2 | x) + log q(z1 | x, z2) - log p(z2) - log p(z1 | z2)],
 
@@ -27,7 +28,7 @@ from pyrovae.errors import ConfigError
 from pyrovae.guides import DiagonalNormalGuide, head_scale
 from pyrovae.likelihoods import Likelihood, score_pixels
 from pyrovae.m2 import TwoInputMLP
-from pyrovae.networks import MLPDecoder, MLPEncoder, _mlp, autocast_forward
+from pyrovae.networks import _mlp, autocast_forward
 from pyrovae.plates import data_plate, guide_plate
 from pyrovae.priors import StandardNormalPrior, VampPrior, tempered
 from pyrovae.vae import VAE, _claim_name, check_draw
@@ -187,30 +188,36 @@ class HVAE(VAE):
 
     @classmethod
     def from_config(cls, config, likelihood: Likelihood, activation=nn.ReLU) -> "HVAE":
-        """Both levels of ``latent_dim`` numbers; every network an MLP (gated with ``--net
-        gated``) of ``hidden_dims``, the decoder mirroring them."""
+        """Both levels of ``latent_dim`` numbers. The image encoders of q(z2 | x) and q(z1 | x, z2)
+        and the decoder of p(x | z1, z2) are the ``--net`` networks (:data:`pyrovae.registry.NETS`:
+        MLPs of ``hidden_dims``, gated or not, or convolutions, as Tomczak & Welling's
+        ``convHVAE_2level``), the decoder reading the code ``[z2, z1]``; q(z1 | x, z2) joins the
+        encoder's features with z2 and p(z1 | z2) is an MLP (gated with ``--net gated``)."""
+        from pyrovae.registry import NETS, lookup
+
+        nets = lookup(NETS, "network", config.net)
         gated, hidden, d = config.net == "gated", tuple(config.hidden_dims), config.latent_dim
         output_shape = likelihood.decoder_shape(config.image_shape)
-        top = DiagonalNormalGuide(MLPEncoder(config.image_shape, hidden, activation, gated), d,
-                                  logvar_range=config.logvar_range)
-        guide = HVAEGuide(top, MLPEncoder(config.image_shape, hidden, activation, gated),
-                          TwoInputMLP(hidden[-1], d, (hidden[-1],), activation=activation),
+        top_encoder, _ = nets(config, output_shape)
+        lower_encoder, decoder = nets(config.replace(latent_dim=2 * d), output_shape)
+        features = lower_encoder.out_features
+        top = DiagonalNormalGuide(top_encoder, d, logvar_range=config.logvar_range)
+        guide = HVAEGuide(top, lower_encoder, TwoInputMLP(features, d, (hidden[-1],), activation=activation),
                           NormalHeads(hidden[-1], d, logvar_range=config.logvar_range))
         if config.prior == "vamp":  # a mixture of q(z2 | x) at learned pseudo-inputs
             prior: nn.Module = VampPrior(guide.top, config.num_pseudo_inputs, config.image_shape)
         else:
             prior = StandardNormalPrior(d)
-        decoder = JointDecoder(MLPDecoder(2 * d, output_shape, tuple(reversed(hidden)), activation, gated))
-        model = HVAEModel(prior, _Features(d, hidden, activation, gated), NormalHeads(hidden[-1], d), decoder,
-                          likelihood)
+        model = HVAEModel(prior, _Features(d, hidden, activation, gated), NormalHeads(hidden[-1], d),
+                          JointDecoder(decoder), likelihood)
         return cls(model, guide)
 
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
-        if config.guide != "diag_normal" or config.elbo != "trace" or config.net not in ("mlp", "gated"):
-            raise ConfigError("{model} hvae has its own guide, MLP networks ({net} mlp or gated) and Trace_ELBO; "
-                              "leave {guide} and {elbo} at their defaults.")
+        if config.guide != "diag_normal" or config.elbo != "trace":
+            raise ConfigError("{model} hvae has its own guide and Trace_ELBO; leave {guide} and {elbo} at their "
+                              "defaults.")
         if config.prior not in ("standard_normal", "vamp"):
             raise ConfigError("{model} hvae takes {prior} standard_normal or vamp (over q(z2|x)).")
 

@@ -16,6 +16,7 @@ class EpochMetrics:
     terms); they are NaN for a guide that cannot encode new images (a non-amortized one), and
     ``validation_elbo`` is None without a validation set. ``lr`` is the learning rate the
     epoch trained with (None in the history of runs from before it was recorded).
+    ``skipped_steps``: the epoch's steps whose update was skipped (``--skip-grad-norm``).
     """
 
     epoch: int
@@ -26,6 +27,7 @@ class EpochMetrics:
     seconds: float
     validation_elbo: Optional[float] = None
     lr: Optional[float] = None
+    skipped_steps: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

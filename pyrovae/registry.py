@@ -159,7 +159,8 @@ def resolve(target: str):
 
 # Each model family is a VAE class that builds itself from a Config and says what it needs.
 MODELS = {"vae": "pyrovae.vae:VAE", "categorical": "pyrovae.discrete:CategoricalVAE", "m2": "pyrovae.m2:M2VAE",
-          "cvae": "pyrovae.cvae:CVAE", "hvae": "pyrovae.hvae:HVAE"}
+          "cvae": "pyrovae.cvae:CVAE", "hvae": "pyrovae.hvae:HVAE",
+          "ladder": "pyrovae.ladder:Ladder"}
 ELBOS = {"trace": _trace_elbo, "meanfield": _meanfield_elbo, "iwae": _iwae}
 ACTIVATION_NAMES = ("relu", "elu", "tanh", "gelu", "softplus")
 

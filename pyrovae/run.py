@@ -474,7 +474,8 @@ def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed
     return Trainer(vae, data, batch_size=config.batch_size, elbo=build_elbo(config),
                    optimizer=build_optimizer(config, vae.parameters()), warmup_epochs=config.warmup_epochs,
                    beta=config.beta, distributed=distributed, labels=labels, storage=config.data_storage,
-                   precision=config.precision)
+                   precision=config.precision, grad_clip=config.grad_clip,
+                   skip_grad_norm=config.skip_grad_norm)
 
 
 def _train(run_dir, config, trainer, state, progress, should_stop, distributed, callbacks) -> RunResult:

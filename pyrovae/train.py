@@ -317,6 +317,12 @@ class Trainer:
     :param precision: ``fp32``, or ``bf16``: the networks run under :func:`torch.autocast`
         in bfloat16 during an epoch's training steps (set once an epoch); log-probabilities
         and the ELBO stay float32 (:func:`~pyrovae.networks.compute_dtype`).
+    :param grad_clip: scale each step's gradient down to this total L2 norm when larger.
+    :param skip_grad_norm: skip the update of a step whose gradient's total norm (before
+        clipping) is this or more, or not finite, as VDVAE does: the optimizer's fused kernel
+        leaves parameters and moments as they were, decided on the device (no host sync);
+        ``EpochMetrics.skipped_steps`` counts them. Needs an optimizer with the fused kernel
+        (:func:`adam` builds one).
     """
 
     def __init__(
@@ -334,6 +340,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         storage: str = "auto",
         precision: str = "fp32",
+        grad_clip: Optional[float] = None,
+        skip_grad_norm: Optional[float] = None,
     ):
         if not isinstance(data, ImageData):  # a torchvision data set object
             data = ImageData.from_dataset(data)
@@ -382,6 +390,14 @@ class Trainer:
         self._batches = vae.batch_source(source, data.train_labels if labels is None else labels)
         self.elbo = elbo or vae.default_elbo()
         self.optimizer = optimizer or adam(vae.parameters(), lr)
+        for name, value in (("grad_clip", grad_clip), ("skip_grad_norm", skip_grad_norm)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"{{{name}}} must be a positive number, not {value!r}.")
+        if skip_grad_norm is not None and not all(g.get("fused") for g in self.optimizer.param_groups):
+            raise ConfigError("{skip_grad_norm} skips updates inside the optimizer's fused kernel; use pyrovae's Adam "
+                              "(pyrovae.train.adam), or leave it out.")
+        self.grad_clip, self.skip_grad_norm = grad_clip, skip_grad_norm
+        self.step_skips: Optional[torch.Tensor] = None  # 1 where a step's update was skipped, on the device
         # pyrovae's own guides are called directly (direct_call); any other guide as Pyro
         # would, with the batch's place in the data set, and its parameters found by tracing.
         self.amortized = vae.amortized and isinstance(vae.guide, torch.nn.Module)
@@ -447,7 +463,10 @@ class Trainer:
             order = torch.randperm(len(self.train_images))
             self.permutation = order if self.streamed else order.to(device)
             self.step_losses = torch.zeros(self.num_batches, device=device)
+            self.step_skips = torch.zeros(self.num_batches, device=device)
             self.step, self.seconds = 0, 0.0
+        elif self.step_skips is None:
+            self.step_skips = torch.zeros(self.num_batches, device=device)
         callbacks = list(self.callbacks)
         if watching() if progress is None else progress:
             callbacks.insert(0, ProgressBar(num_epochs))
@@ -501,13 +520,14 @@ class Trainer:
             for callback in callbacks:
                 callback.on_epoch_end(self)
         train_elbo = -self.distributed.all_reduce_sum(self.step_losses).sum().item() / self.images_per_epoch
+        skipped = int(self.step_skips.sum().item()) if self.skip_grad_norm is not None else 0
         test = self.held_out_terms()
         validation = None if self.validation_images is None else self.held_out_terms(self.validation_images).elbo
         self.epoch += 1
         metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds,
-                               validation, self.optimizer.param_groups[0]["lr"])
+                               validation, self.optimizer.param_groups[0]["lr"], skipped)
         self.history.append(metrics)
-        self.permutation = self.step_losses = None
+        self.permutation = self.step_losses = self.step_skips = None
         self.step = 0
         return metrics
 
@@ -551,8 +571,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # Per image of the global batch once DDP has averaged over the ranks.
         (objective / (len(index) // world)).backward()
+        if self.grad_clip is not None or self.skip_grad_norm is not None:
+            self._guard_update()
         self.optimizer.step()
         return objective.detach()
+
+    def _guard_update(self) -> None:
+        """Clip the gradient (``grad_clip``) and mark a step to skip (``skip_grad_norm``), on
+        the device: the fused optimizer reads ``found_inf`` and leaves everything as it was."""
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        if self.skip_grad_norm is not None:
+            skip = ((norm >= self.skip_grad_norm) | ~torch.isfinite(norm)).float()
+            self.optimizer.found_inf = skip  # type: ignore[attr-defined]  # fused Adam's skip flag
+            self.step_skips[self.step] = skip
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(parameters, self.grad_clip, norm)
 
     def state_dict(self) -> dict:
         return {
@@ -563,6 +597,7 @@ class Trainer:
             "seconds": self.seconds,
             "permutation": None if self.permutation is None else self.permutation.cpu(),
             "step_losses": None if self.step_losses is None else self.step_losses.cpu(),
+            "step_skips": None if self.step_skips is None else self.step_skips.cpu(),
             "history": [m.to_dict() for m in self.history],
             "rng": get_rng_state(),
         }
@@ -575,6 +610,9 @@ class Trainer:
         self.permutation = (None if state["permutation"] is None else
                             state["permutation"] if self.streamed else state["permutation"].to(device))
         self.step_losses = None if state["step_losses"] is None else state["step_losses"].to(device)
+        skips = state.get("step_skips")  # absent from checkpoints of before --skip-grad-norm
+        fits = skips is not None and self.step_losses is not None and skips.shape == self.step_losses.shape
+        self.step_skips = skips.to(device) if fits else None
         self.history = [EpochMetrics(**m) for m in state["history"]]
         set_rng_state(state["rng"])
 

@@ -26,7 +26,7 @@ def test_run_directory_holds_everything(trained_run):
     lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert set(lines[0]) == {"epoch", "train_elbo", "test_elbo", "test_reconstruction", "test_kl", "seconds",
-                             "validation_elbo", "lr"}
+                             "validation_elbo", "lr", "skipped_steps"}
     assert [m["lr"] for m in lines] == [Config.lr] * 2
     assert not (trained_run / "best.pt").exists()  # no validation set, no best epoch
     for kind, size in (("samples", 8 * 28 + 9 * 2), ("reconstructions", 8 * 28 + 9 * 2)):

@@ -308,12 +308,9 @@ def test_a_float64_model_trains_and_evaluates_on_float32_data(mnist5k):
     assert math.isfinite(history[0].test_elbo) and result.log_likelihood >= result.elbo - 1
 
 
-@pytest.mark.parametrize("storage", ["memory", "stream"])
-def test_the_training_step_reads_nothing_from_the_device(mnist5k, storage):
-    """The calls that hand a tensor's value to Python (each a full sync on a GPU), counted
-    with a TorchDispatchMode: none inside a step, and one epoch of 32 steps with its test
-    scoring makes at most 20 (8 progress refreshes, the epoch's ELBO, the scoring). Pyro's
-    Trace_ELBO alone read 3 per step (torch_item per sample site); refreshes read 1 per step."""
+def _count_syncs(trainer):
+    """One epoch under a TorchDispatchMode counting the calls that hand a tensor's value to
+    Python (each a full sync on a GPU): those of each step, and all of them."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Syncs(TorchDispatchMode):
@@ -325,9 +322,6 @@ def test_the_training_step_reads_nothing_from_the_device(mnist5k, storage):
                 Syncs.count += 1
             return func(*args, **(kwargs or {}))
 
-    torch.manual_seed(0)
-    trainer = Trainer(build_vae(Config()), mnist5k, storage=storage)
-    assert trainer.streamed == (storage == "stream")
     real, per_step = trainer._train_step, []
 
     def counted_step(*args):
@@ -339,8 +333,34 @@ def test_the_training_step_reads_nothing_from_the_device(mnist5k, storage):
     trainer._train_step = counted_step
     with Syncs():
         trainer.run_epoch(progress=False)
+    return per_step, Syncs.count
+
+
+@pytest.mark.parametrize("storage, guards", [
+    ("memory", {}), ("stream", {}),
+    ("memory", dict(grad_clip=50.0, skip_grad_norm=1e4)),  # clipping and skipping decided on the device
+])
+def test_the_training_step_reads_nothing_from_the_device(mnist5k, storage, guards):
+    """None inside a step (:func:`_count_syncs`), and one epoch of 32 steps with its test
+    scoring makes at most 20 (8 progress refreshes, the epoch's ELBO, the scoring, the
+    skipped steps' count). Pyro's Trace_ELBO alone read 3 per step (torch_item per sample
+    site); refreshes read 1 per step."""
+    torch.manual_seed(0)
+    trainer = Trainer(build_vae(Config()), mnist5k, storage=storage, **guards)
+    assert trainer.streamed == (storage == "stream")
+    per_step, total = _count_syncs(trainer)
     assert trainer.num_batches == 32 and per_step == [0] * 32
-    assert Syncs.count <= 20
+    assert total <= 20
+
+
+def test_a_top_down_hierarchy_steps_without_reading_the_device(mnist5k):
+    """Every level of ``--model ladder`` (bounded scales, clipping and skipping included)."""
+    data = mnist5k.replace(train_images=mnist5k.train_images[:320], test_images=mnist5k.test_images[:50])
+    torch.manual_seed(0)
+    trainer = Trainer(build_vae(Config(model="ladder", latent_dim=2, conv_channels=8, levels=3)), data,
+                      batch_size=64, grad_clip=50.0, skip_grad_norm=1e4)
+    per_step, total = _count_syncs(trainer)
+    assert per_step == [0] * 5 and total <= 20
 
 
 def _epoch_metrics(data, **trainer_options):
@@ -464,3 +484,51 @@ def test_the_loader_stops_at_once_whatever_it_was_doing(mnist5k):
     with pytest.raises(OSError, match="the disk went away"):
         loader.get(0)
     loader.stop()
+
+
+def test_a_skipped_step_leaves_parameters_and_optimizer_as_they_were(mnist5k):
+    """--skip-grad-norm: a step whose gradient norm reaches the threshold changes nothing (the
+    fused kernel's found_inf, as VDVAE skips), and the epoch counts it; resuming mid-epoch keeps
+    the count."""
+    data = mnist5k.replace(train_images=mnist5k.train_images[:1000], test_images=mnist5k.test_images[:200])
+    torch.manual_seed(0)
+    vae = build_vae(Config(hidden_dims=(32,), latent_dim=4))
+    trainer = Trainer(vae, data, batch_size=100, skip_grad_norm=1e-9)  # every gradient is larger: all skipped
+    before = {name: value.clone() for name, value in vae.state_dict().items()}
+    trainer.run_epoch(progress=False, should_stop=lambda: trainer.step == 4)
+    state = trainer.state_dict()
+    assert state["step_skips"].sum() == 4
+    resumed = Trainer(vae, data, batch_size=100, skip_grad_norm=1e-9)
+    resumed.load_state_dict(state)
+    metrics = resumed.run_epoch(progress=False)
+    assert metrics.skipped_steps == 10
+    assert all(torch.equal(before[name], value) for name, value in vae.state_dict().items())
+    assert all(int(s["step"]) == 0 for s in resumed.optimizer.state_dict()["state"].values())
+    torch.manual_seed(0)
+    free = Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=100, skip_grad_norm=1e9)
+    assert free.run_epoch(progress=False).skipped_steps == 0
+
+
+def test_clipping_bounds_the_gradient_norm(mnist5k):
+    data = mnist5k.replace(train_images=mnist5k.train_images[:500], test_images=mnist5k.test_images[:100])
+    torch.manual_seed(0)
+    trainer = Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=100, grad_clip=0.5)
+    norms = []
+    real = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        norms.append(float(torch.nn.utils.get_total_norm(
+            [p.grad for g in trainer.optimizer.param_groups for p in g["params"] if p.grad is not None])))
+        return real(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    trainer.run_epoch(progress=False)
+    assert len(norms) == 5 and max(norms) <= 0.5 + 1e-4
+
+
+def test_skipping_needs_the_fused_optimizer(mnist5k):
+    vae = build_vae(Config(hidden_dims=(32,), latent_dim=4))
+    with pytest.raises(ConfigError, match="fused kernel"):
+        Trainer(vae, mnist5k, optimizer=torch.optim.SGD(vae.parameters(), lr=0.1), skip_grad_norm=10)
+    with pytest.raises(ConfigError, match="grad_clip.* must be a positive number"):
+        Trainer(vae, mnist5k, grad_clip=-1)

@@ -1,0 +1,183 @@
+"""The top-down hierarchical VAE (``--model ladder``): each level a Pyro sample site with a
+spatial code, the flat code of evaluation the same densities as the model's and guide's
+sites, stock Pyro SVI, the trainer, and the command line."""
+
+import json
+
+import pyro
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pyrovae.cli import main
+from pyrovae.config import Config
+from pyrovae.data import ImageData, prepare_test_images
+from pyrovae.errors import ConfigError
+from pyrovae.evaluation import elbo_terms, evaluate
+from pyrovae.ladder import Ladder, level_sides, soft_clamp
+from pyrovae.registry import MODELS, build_vae, model_family
+from pyrovae.train import KLWeight, Trainer, fit
+
+SMALL = Config(model="ladder", latent_dim=2, conv_channels=8, levels=3)
+
+
+def _ladder(**changes):
+    torch.manual_seed(0)
+    return build_vae(SMALL.replace(**changes))
+
+
+def _colour(n=40, side=16):
+    torch.manual_seed(1)
+    return torch.randint(0, 256, (n, 3, side, side)).float() / 255
+
+
+def test_levels_spread_from_the_coarsest_resolution():
+    assert level_sides((1, 28, 28), 3) == ([(7, 7), (14, 14), (28, 28)], [(7, 7), (7, 7), (14, 14)])
+    assert level_sides((3, 64, 64), 2)[1] == [(4, 4), (16, 16)]
+    assert level_sides((3, 64, 64), 4)[1] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+    assert level_sides((3, 20, 30), 1) == ([(5, 7), (10, 15), (20, 30)], [(5, 7)])
+    assert soft_clamp(torch.tensor([-1e6, 0.0, 1e6])).abs().max() <= 5
+
+
+@pytest.mark.parametrize("shape, likelihood", [((1, 28, 28), "bernoulli"), ((3, 16, 16), "dlogistic")])
+def test_the_flat_code_has_the_densities_of_the_model_and_guide_sites(shape, likelihood, mnist5k):
+    """log q(code | x) and log p(code) of evaluation are what Pyro's traces give the sites zL ... z1,
+    and the sites are spatial codes, the top first."""
+    vae = _ladder(image_shape=shape, likelihood=likelihood)
+    x = prepare_test_images(mnist5k.test_images[:4], binary=True) if shape[0] == 1 else _colour(4)
+    guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    model = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=guide)).get_trace(x)
+    sites = ("z3", "z2", "z1")
+    assert vae.latent_sites == sites
+    assert [n for n, s in model.nodes.items() if s["type"] == "sample"] == ["data", *sites, "x"]
+    assert all(guide.nodes[s]["value"].dim() == 4 for s in sites)
+    code = torch.cat([guide.nodes[s]["value"].flatten(1) for s in sites], dim=-1)
+    log_q = sum(guide.nodes[s]["fn"].log_prob(guide.nodes[s]["value"]) for s in sites)
+    log_p = sum(model.nodes[s]["fn"].log_prob(model.nodes[s]["value"]) for s in sites)
+    assert torch.allclose(vae.guide.distribution(x).log_prob(code), log_q, atol=1e-3)
+    assert torch.allclose(vae.prior_once().log_prob(code), log_p, atol=1e-3)
+    decoded = vae.decoder(code)
+    assert torch.allclose(vae.likelihood(decoded).log_prob(x), model.nodes["x"]["fn"].log_prob(x), atol=1e-3)
+
+
+def test_the_posterior_starts_as_the_prior_and_the_guide_shares_the_models_path():
+    """NVAE's residual posterior: at initialisation q(z_l | x, z_>l) is close to p(z_l | z_>l),
+    and the top-down networks are one set of weights (registered once, as the model's)."""
+    vae = _ladder()
+    x = (torch.rand(6, 1, 28, 28) < 0.3).float()
+    assert vae.guide._top_down is vae.model.decoder
+    names = [name for name, _ in vae.named_parameters()]
+    assert len(names) == len(set(id(p) for p in vae.parameters()))
+    assert elbo_terms(vae, x).kl < 0.05 * vae.code_dim
+
+
+@pytest.mark.parametrize("elbo", [pyro.infer.Trace_ELBO, pyro.infer.TraceMeanField_ELBO, pyro.infer.TraceGraph_ELBO])
+def test_stock_pyro_svi_trains_every_level(mnist5k, elbo):
+    pyro.clear_param_store()
+    vae = _ladder()
+    x = prepare_test_images(mnist5k.train_images[:128], binary=True)
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 3e-3}), elbo())
+    losses = [svi.step(x) for _ in range(25)]
+    assert losses[-1] < losses[0] - 5000
+    assert {name for name in pyro.get_param_store().keys() if "start" in name}  # the path's own parameters trained
+
+
+def test_vectorized_particles_and_predictive(mnist5k):
+    vae = _ladder()
+    x = prepare_test_images(mnist5k.test_images[:8], binary=True)
+    loss = pyro.infer.Trace_ELBO(num_particles=3, vectorize_particles=True).loss(vae.model, vae.guide, x)
+    assert torch.isfinite(torch.tensor(loss))
+    draws = pyro.infer.Predictive(vae.model, guide=vae.guide, num_samples=2, return_sites=["z1", "x"])(x)
+    assert draws["z1"].shape == (2, 8, 2, 14, 14) and draws["x"].shape == (2, 8, 1, 28, 28)
+
+
+def test_fit_evaluate_and_the_bound_order_on_colour_images():
+    images = _colour(240)
+    data = ImageData.from_tensor(images[:200], images[200:])
+    vae = _ladder(image_shape=(3, 16, 16), likelihood="dlogistic")
+    history = fit(vae, data, num_epochs=3, batch_size=20, warmup_epochs=1, progress=False)
+    assert history[-1].train_elbo > history[0].train_elbo
+    result = evaluate(vae, data.test_images, num_samples=30)
+    assert result.log_likelihood > result.elbo and result.bits_per_dim is not None
+    # one sample of the sites' log-densities, averaged over draws, is the closed-form KL of elbo_terms
+    x = data.test_images[:20]
+    terms = elbo_terms(vae, x)
+    estimates = [-pyro.infer.Trace_ELBO().loss(vae.model, vae.guide, x) / len(x) for _ in range(20)]
+    assert sum(estimates) / len(estimates) == pytest.approx(terms.elbo, abs=0.05 * abs(terms.elbo))
+    assert vae.sample(3).shape == (3, 3, 16, 16) and vae.reconstruct(x[:2]).shape == (2, 3, 16, 16)
+
+
+def test_warm_up_weights_every_level(mnist5k):
+    trainer = Trainer(_ladder(), mnist5k, batch_size=100, warmup_epochs=2)
+    weight = next(c for c in trainer.callbacks if isinstance(c, KLWeight))
+    assert weight.scale.sites == ("z3", "z2", "z1")
+
+
+def test_temperature_levels_figure_and_kl_per_level():
+    vae = _ladder()
+    torch.manual_seed(0)
+    cold, warm = vae.prior_codes(500, temperature=0.1), vae.prior_codes(500)
+    assert cold.shape == (500, vae.code_dim) and cold.std() < 0.3 * warm.std()
+    grid = vae.level_grid(2, 3, seed=0)
+    assert grid.shape == (6, 1, 28, 28) and torch.equal(grid, vae.level_grid(2, 3, seed=0))
+    assert torch.equal(vae.fixed_latents(4, 1), vae.fixed_latents(4, 1))
+    x = (torch.rand(30, 1, 28, 28) < 0.3).float()
+    torch.manual_seed(2)
+    per_dimension = vae.eval().kl_per_dimension(x)
+    assert vae.code_levels() == {"z3": 98, "z2": 98, "z1": 392} and per_dimension.shape == (588,)
+    assert per_dimension.sum().item() == pytest.approx(elbo_terms(vae, x).kl, rel=0.2, abs=0.5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(prior="vamp"), "ladder has its own networks"),
+    (dict(net="gated"), "ladder has its own networks"),
+    (dict(image_shape=(1, 1, 1)), "at least 2 pixels"),
+])
+def test_impossible_ladder_configurations(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        build_vae(SMALL.replace(**changes))
+
+
+def test_the_family_is_one_registry_line():
+    assert MODELS["ladder"] == "pyrovae.ladder:Ladder" and model_family(SMALL) is Ladder
+
+
+def test_command_line_trains_evaluates_samples_plots_exports_and_resumes(tmp_path):
+    run, runner = tmp_path / "run", CliRunner()
+
+    def ok(*args):
+        result = runner.invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    result = ok("train", "--model", "ladder", "--levels", 2, "--dataset", "mnist5k", "--z-dim", 2, "--conv-channels",
+                8, "--epochs", 1, "--warmup", 1, "--grad-clip", 200, "--skip-grad-norm", 1e-9, "--run-dir", run)
+    assert "32 steps skipped" in result.output and "conv networks" in result.output
+    scores = json.loads(ok("evaluate", run, "-k", 5, "--num-images", 20, "--json").stdout)
+    assert scores["log_likelihood"] > scores["elbo"]
+    ok("sample", run, "-n", 4, "-t", 0.7, "-o", tmp_path / "s.png")
+    for kind in ("curves", "samples", "reconstructions", "levels", "latent", "interpolate"):
+        ok("plot", run, kind, "-o", tmp_path / f"{kind}.png", "--num-images", 50)
+    report = json.loads(ok("plot", run, "kl", "-o", tmp_path / "kl.png", "--num-images", 50, "--json").stdout)
+    assert set(report["levels"]) == {"z2", "z1"}
+    ok("export", run, tmp_path / "export")
+    ok("evaluate", tmp_path / "export", "-k", 2, "--num-images", 10)
+    ok("train", "--resume", run, "--epochs", 2)
+
+
+def test_two_processes_train_the_one_process_ladder(tmp_path):
+    """Every level is sampled for the global batch and sliced by rank, so torchrun gives the
+    1-process model."""
+    from test_distributed import _torchrun
+
+    from pyrovae.rundir import load_run
+    from pyrovae.run import train_run
+
+    args = ["--model", "ladder", "--levels", "2", "--z-dim", "2", "--conv-channels", "4", "--batch-size", "500",
+            "--epochs", "1"]
+    result = _torchrun("train", "--dataset", "mnist5k", *args, "--run-dir", tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = train_run(Config(model="ladder", dataset="mnist5k", levels=2, latent_dim=2, conv_channels=4,
+                           batch_size=500, num_epochs=1), tmp_path / "one", progress=False)
+    a, b = load_run(one.run_dir)[1].state_dict(), load_run(tmp_path / "two")[1].state_dict()
+    assert all(torch.allclose(a[name], b[name], atol=1e-4) for name in a)
