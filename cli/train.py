@@ -104,8 +104,11 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
             result = resume_run(resume, epochs, should_stop=should_stop, lr_drops=config.lr_drops if given else None,
                                 **callbacks)
         else:
+            # options left at their defaults (not given, nor in --config) follow the data's size
+            fitted = [name for name in ("batch_size", "num_epochs")
+                      if ctx.get_parameter_source(option_name(name)) == ParameterSource.DEFAULT]
             result = train_run(config, run_dir, overwrite=overwrite, fallback=fallback, should_stop=should_stop,
-                               **callbacks)
+                               schedule_from_data=fitted, **callbacks)
         requested.saved = True  # from here a second Ctrl-C has nothing to abort: the closing lines are printed
         run = shlex.quote(str(result.run_dir))
         resume_command = f"pyrovae train --resume {run}" + "".join(f" --log {name}" for name in ctx.params["log"])
@@ -170,7 +173,8 @@ def _epoch_lines(as_json: bool):
         def on_run_end(self, run):
             from pyrovae.analysis import collapse_advice
 
-            advice = collapse_advice(run.trainer.history, run.trainer.num_batches)
+            advice = collapse_advice(run.trainer.history, run.trainer.num_batches, run.config.image_shape,
+                                     hierarchical=len(run.trainer.vae.latent_sites) > 1)
             if advice:
                 click.echo(f"Note: {advice}", err=True)
 

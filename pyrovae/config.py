@@ -167,10 +167,12 @@ class Config:
              "the asked class).")
     num_epochs: int = option(
         10, "--epochs", kind="int", min=1, fixed=False, cli_default=None,
-        help="Number of epochs (the new total when resuming) [default: 10].")
+        help="Number of epochs (the new total when resuming) [default: 10, or more for a small data set: enough for "
+             "320 steps].")
     batch_size: int = option(
         128, "--batch-size", kind="int", min=1,
-        help="Images per optimizer step.")
+        help="Images per optimizer step [default: 128, or for fewer than 2,048 training images 1/16 of them (at "
+             "least 16)].")
     # clip the gradient's total norm to this (VDVAE: 200); None: no clipping
     grad_clip: Optional[float] = option(
         None, "--grad-clip", kind="float", min=0.0, min_open=True, fixed=False, metavar="NORM",
@@ -293,6 +295,10 @@ class Config:
             (self.num_epochs >= 1, f"{{num_epochs}} must be at least 1, got {self.num_epochs}."),
             (self.batch_size >= 1, f"{{batch_size}} must be at least 1, got {self.batch_size}."),
             (math.isfinite(self.lr) and self.lr > 0, f"{{lr}} must be a positive number, got {self.lr}."),
+            (self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0),
+             f"{{grad_clip}} must be a positive number, got {self.grad_clip}."),
+            (self.skip_grad_norm is None or (math.isfinite(self.skip_grad_norm) and self.skip_grad_norm > 0),
+             f"{{skip_grad_norm}} must be a positive number, got {self.skip_grad_norm}."),
             (self.optimizer in OPTIMIZERS,
              f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}."),
             (self.keep_checkpoints >= 1, f"{{keep_checkpoints}} must be at least 1, got {self.keep_checkpoints}."),

@@ -482,6 +482,10 @@ def test_a_collapsed_run_says_so_at_the_end_with_what_to_try(tmp_path):
     advice = collapse_advice(collapsed, steps_per_epoch=3)
     assert "only 2.0 nats per test image" in advice and "a smaller --batch-size (an epoch is only 3 steps)" in advice
     assert collapse_advice([EpochMetrics(1, -500.0, -480.0, -450.0, 30.0, 1.0)], 3) is None
+    # 19 nats for a colour image of 3x64x64 values is too little (the same blob for every image)
+    blobs = collapse_advice([EpochMetrics(1, -5e4, -5e4, -5e4, 19.0, 1.0)], 17, (3, 64, 64))
+    assert "under 61.44" in blobs and "--model ladder" in blobs
+    assert collapse_advice([EpochMetrics(1, -5e4, -5e4, -5e4, 19.0, 1.0)], 17, (1, 28, 28)) is None
     result = invoke("train", "--dataset", "mnist5k", "--hidden", 8, "--z-dim", 2, "--epochs", 1, "--beta", 50,
                     "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output

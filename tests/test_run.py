@@ -328,3 +328,45 @@ def test_an_adamnormgrad_run_trains_with_it_and_resumes_exactly(trained_run, tmp
     assert json.loads((tmp_path / "stopped" / "config.json").read_text())["optimizer"] == "adamnormgrad"
     adam_first = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])  # same run with Adam
     assert straight.history[0].train_elbo != adam_first["train_elbo"]
+
+
+@given(count=st.integers(1, 200_000))
+def test_a_schedule_left_to_the_data_takes_enough_steps_and_keeps_large_sets_as_they_were(count):
+    """Options left at their defaults fit the data's size: at least 320 steps, batches of at
+    most 128 images and at least 16 (or all of them); MNIST-sized sets keep 128 and 10 epochs."""
+    from pyrovae.run import MIN_DEFAULT_STEPS, schedule_for_data
+
+    config, note = schedule_for_data(Config(), count, ("batch_size", "num_epochs"))
+    steps = -(-count // config.batch_size) * config.num_epochs
+    assert steps >= MIN_DEFAULT_STEPS or (config.num_epochs, config.batch_size) == (10, 128)
+    assert min(16, count) <= config.batch_size <= 128 and config.num_epochs >= 10
+    if count >= 2048:
+        assert config.batch_size == 128
+    if count >= 4096:  # 32 steps an epoch or more: mnist5k's 4,000 images and MNIST keep their defaults
+        assert (config.num_epochs, note) == (10, None)
+    kept, _ = schedule_for_data(Config(batch_size=64, num_epochs=3), count, ())
+    assert (kept.batch_size, kept.num_epochs) == (64, 3)  # options the user gave are kept
+    shared, _ = schedule_for_data(Config(), count, ("batch_size",), processes=3)  # torchrun: equal shares
+    assert shared.batch_size % 3 == 0 or (count < 3 and shared.batch_size == 3)
+
+
+def test_a_few_hundred_images_get_small_batches_and_more_epochs_from_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from pyrovae.cli import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--data", str(folder), "--hidden", "16", "--z-dim", "2", "--epochs",
+                                       "1", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "180 training images are few for the defaults: batches of 16 (12 steps in all)" in result.output
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 16
+    given_batch = CliRunner().invoke(main, ["train", "--data", str(folder), "--hidden", "16", "--z-dim", "2",
+                                            "--epochs", "1", "--batch-size", "128", "--run-dir", str(tmp_path / "b")])
+    assert given_batch.exit_code == 0 and "are few" not in given_batch.output
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["batch_size"] == 128
