@@ -132,3 +132,32 @@ def quiet_logs(monkeypatch):
     """No progress lines in a log from tests (they would land in CliRunner's output when a loaded
     machine makes work slow); tests of those lines set their own interval."""
     monkeypatch.setattr("pyrovae.progress.LOG_EVERY", float("inf"))
+
+
+def cli_ok(*args):
+    """``pyrovae ARGS`` through click's runner, asserting exit status 0; the result."""
+    from click.testing import CliRunner
+
+    from pyrovae.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def check_family_commands(run: Path, tmp_path: Path, plots=("curves", "samples", "reconstructions", "levels")) -> None:
+    """What every command does with a trained run of a model family: ``evaluate`` (log p(x)
+    above the ELBO), ``sample`` at a temperature, the ``plots``, ``report``, ``export`` and an
+    evaluation of the export, and ``--resume`` to a second epoch."""
+    import json
+
+    scores = json.loads(cli_ok("evaluate", run, "-k", 5, "--num-images", 20, "--json").stdout)
+    assert scores["log_likelihood"] > scores["elbo"]
+    cli_ok("sample", run, "-n", 4, "-t", 0.7, "-o", tmp_path / "s.png")
+    for kind in plots:
+        cli_ok("plot", run, kind, "-o", tmp_path / f"{kind}.png", "--num-images", 50)
+    cli_ok("report", run, "-o", tmp_path / "report.html")
+    assert 'id="levels"' in (tmp_path / "report.html").read_text()
+    cli_ok("export", run, tmp_path / "export")
+    cli_ok("evaluate", tmp_path / "export", "-k", 2, "--num-images", 10)
+    cli_ok("train", "--resume", run, "--epochs", 2)

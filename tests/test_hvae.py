@@ -8,6 +8,7 @@ import pyro
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import check_family_commands, cli_ok
 
 from pyrovae.cli import main
 from pyrovae.config import Config
@@ -118,26 +119,13 @@ def test_the_family_is_one_registry_line():
 
 
 def test_command_line_trains_evaluates_samples_plots_exports_and_resumes(tmp_path):
-    run, runner = tmp_path / "run", CliRunner()
-
-    def ok(*args):
-        result = runner.invoke(main, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-        return result
-
-    ok("train", "--model", "hvae", "--dataset", "mnist5k", "--z-dim", 2, "--hidden", 32, "--epochs", 1,
-       "--prior", "vamp", "--pseudo-inputs", 10, "--warmup", 1, "--run-dir", run)
-    scores = json.loads(ok("evaluate", run, "-k", 5, "--num-images", 20, "--json").stdout)
-    assert scores["log_likelihood"] > scores["elbo"]
-    ok("sample", run, "-n", 4, "-o", tmp_path / "s.png")
-    for kind in ("curves", "samples", "reconstructions", "latent", "interpolate", "evolution"):
-        ok("plot", run, kind, "-o", tmp_path / f"{kind}.png", "--num-images", 50)
-    assert runner.invoke(main, ["plot", str(run), "kl", "-o", str(tmp_path / "kl.png")]).exit_code == 2
-    ok("report", run, "-o", tmp_path / "report.html")
-    assert 'id="levels"' in (tmp_path / "report.html").read_text()
-    ok("export", run, tmp_path / "export")
-    ok("evaluate", tmp_path / "export", "-k", 2, "--num-images", 10)
-    ok("train", "--resume", run, "--epochs", 2)
+    run = tmp_path / "run"
+    cli_ok("train", "--model", "hvae", "--dataset", "mnist5k", "--z-dim", 2, "--hidden", 32, "--epochs", 1,
+           "--prior", "vamp", "--pseudo-inputs", 10, "--warmup", 1, "--run-dir", run)
+    # the VampPrior's KL does not split by dimension: plot kl says so
+    assert CliRunner().invoke(main, ["plot", str(run), "kl", "-o", str(tmp_path / "kl.png")]).exit_code == 2
+    check_family_commands(run, tmp_path, ("curves", "samples", "reconstructions", "latent", "interpolate", "evolution",
+                                          "levels"))
 
 
 def test_two_processes_train_the_one_process_hvae(tmp_path):

@@ -7,9 +7,7 @@ import json
 import pyro
 import pytest
 import torch
-from click.testing import CliRunner
-
-from pyrovae.cli import main
+from conftest import check_family_commands, cli_ok
 from pyrovae.config import Config
 from pyrovae.data import ImageData, prepare_test_images
 from pyrovae.errors import ConfigError
@@ -143,26 +141,14 @@ def test_the_family_is_one_registry_line():
 
 
 def test_command_line_trains_evaluates_samples_plots_exports_and_resumes(tmp_path):
-    run, runner = tmp_path / "run", CliRunner()
-
-    def ok(*args):
-        result = runner.invoke(main, [str(a) for a in args])
-        assert result.exit_code == 0, result.output
-        return result
-
-    result = ok("train", "--model", "ladder", "--levels", 2, "--dataset", "mnist5k", "--z-dim", 2, "--conv-channels",
-                8, "--epochs", 1, "--warmup", 1, "--grad-clip", 200, "--skip-grad-norm", 1e-9, "--run-dir", run)
+    run = tmp_path / "run"
+    result = cli_ok("train", "--model", "ladder", "--levels", 2, "--dataset", "mnist5k", "--z-dim", 2,
+                    "--conv-channels", 8, "--epochs", 1, "--warmup", 1, "--grad-clip", 200, "--skip-grad-norm", 1e-9,
+                    "--run-dir", run)
     assert "32 steps skipped" in result.output and "conv networks" in result.output
-    scores = json.loads(ok("evaluate", run, "-k", 5, "--num-images", 20, "--json").stdout)
-    assert scores["log_likelihood"] > scores["elbo"]
-    ok("sample", run, "-n", 4, "-t", 0.7, "-o", tmp_path / "s.png")
-    for kind in ("curves", "samples", "reconstructions", "levels", "latent", "interpolate"):
-        ok("plot", run, kind, "-o", tmp_path / f"{kind}.png", "--num-images", 50)
-    report = json.loads(ok("plot", run, "kl", "-o", tmp_path / "kl.png", "--num-images", 50, "--json").stdout)
+    report = json.loads(cli_ok("plot", run, "kl", "-o", tmp_path / "kl.png", "--num-images", 50, "--json").stdout)
     assert set(report["levels"]) == {"z2", "z1"}
-    ok("export", run, tmp_path / "export")
-    ok("evaluate", tmp_path / "export", "-k", 2, "--num-images", 10)
-    ok("train", "--resume", run, "--epochs", 2)
+    check_family_commands(run, tmp_path, ("curves", "samples", "reconstructions", "levels", "latent", "interpolate"))
 
 
 def test_two_processes_train_the_one_process_ladder(tmp_path):
