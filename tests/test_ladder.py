@@ -136,6 +136,17 @@ def test_impossible_ladder_configurations(changes, message):
         build_vae(SMALL.replace(**changes))
 
 
+def test_the_command_line_refuses_gated_networks_for_the_ladder(tmp_path):
+    from click.testing import CliRunner
+
+    from pyrovae.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model", "ladder", "--net", "gated", "--dataset", "mnist5k",
+                                       "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "ladder has its own networks" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_family_is_one_registry_line():
     assert MODELS["ladder"] == "pyrovae.ladder:Ladder" and model_family(SMALL) is Ladder
 
@@ -167,3 +178,32 @@ def test_two_processes_train_the_one_process_ladder(tmp_path):
                            batch_size=500, num_epochs=1), tmp_path / "one", progress=False)
     a, b = load_run(one.run_dir)[1].state_dict(), load_run(tmp_path / "two")[1].state_dict()
     assert all(torch.allclose(a[name], b[name], atol=1e-4) for name in a)
+
+
+def test_a_copy_is_a_ladder_of_its_own_with_one_shared_path(mnist5k):
+    """copy.deepcopy and torch.save/load keep the guide and the prior on the copy's own path
+    (one set of weights), and SVI on the copy leaves the original as it was; Pyro's autoguides
+    and Predictive take ``vae.model``."""
+    import copy
+    import io
+
+    vae = _ladder()
+    twin = copy.deepcopy(vae)
+    assert twin.guide._top_down is twin.model.decoder is twin.model.prior._top_down
+    assert twin.model.decoder is not vae.model.decoder and twin.name != vae.name
+    buffer = io.BytesIO()
+    torch.save(vae, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded.guide._top_down is loaded.model.decoder
+    x = prepare_test_images(mnist5k.test_images[:4], binary=True)
+    before = vae.model.decoder.start.detach().clone()
+    svi = pyro.infer.SVI(twin.model, twin.guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
+    svi.step(x)
+    svi.step(x)
+    assert torch.equal(before, vae.model.decoder.start) and not torch.equal(before, twin.model.decoder.start)
+    auto = pyro.infer.SVI(vae.model, pyro.infer.autoguide.AutoNormal(vae.model), pyro.optim.Adam({"lr": 1e-2}),
+                          pyro.infer.Trace_ELBO())
+    assert torch.isfinite(torch.tensor(auto.step(x)))
+    drawn = pyro.infer.Predictive(vae.model, num_samples=2, return_sites=["z3", "x"])(num_images=3)
+    assert drawn["z3"].shape == (2, 3, 2, 7, 7) and drawn["x"].shape == (2, 3, 1, 28, 28)
