@@ -128,7 +128,8 @@ def _unconditional(view: RunView, kind: str) -> None:
 
 def plot_samples(view: RunView, count: int = 64, seed: int = 0) -> Figure:
     """Decoded prior samples (for M2, the classes in turn)."""
-    z = view.vae.prior().sample((count,)) if seed is None else view.vae.fixed_latents(count, seed)
+    # prior_codes: every level of a hierarchy (p(z2) alone would be half of an HVAE's code)
+    z = view.vae.prior_codes(count) if seed is None else view.vae.fixed_latents(count, seed)
     images = view.vae.sample(count, mean=True, z=z)
     figure = _figure(7, 7.4)
     _show(figure.subplots(), _grid(images, math.ceil(math.sqrt(count))),

@@ -194,6 +194,17 @@ def test_kl_per_dimension_of_each_level_sums_to_the_elbos_kl_term(mnist5k, tmp_p
         vamp.kl_per_dimension(images[:10])
 
 
+def test_unseeded_prior_samples_draw_every_level(tmp_path):
+    """plot_samples(seed=None) draws codes of both levels (it drew p(z2) alone, half a code)."""
+    from pyrovae.analysis import RunView
+    from pyrovae.plots import plot_samples
+
+    run = tmp_path / "run"
+    cli_ok("train", "--model", "hvae", "--dataset", "mnist5k", "--z-dim", 2, "--hidden", 16, "--epochs", 1,
+           "--run-dir", run)
+    assert plot_samples(RunView(run, num_images=50), count=4, seed=None) is not None
+
+
 def test_the_kl_figure_has_a_panel_a_level(tmp_path):
     run, runner = tmp_path / "run", CliRunner()
     assert runner.invoke(main, ["train", "--model", "hvae", "--dataset", "mnist5k", "--z-dim", "2", "--hidden",
