@@ -14,7 +14,7 @@ folder, or any run directory, back as a VAE ready to use.
 import hashlib
 import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from pyrovae import __version__
 from pyrovae.checkpoint import atomic_write
@@ -73,23 +73,27 @@ def export(run_dir, folder, checkpoint: Union[str, int] = "best", overwrite: boo
                 "step": str(state["step"]), "history": json.dumps(state["history"]),
                 "config_sha256": hashlib.sha256(config_bytes).hexdigest()}
     weights = save_tensors(tensors, metadata)
-    card = model_card(folder.name, config, state["epoch"], best_epoch(history), history).encode()
+    card = model_card(folder.name, config, state["epoch"], best_epoch(history), history, vae.code_levels()).encode()
     atomic_write(folder / MODEL_FILE, lambda f: f.write(weights))
     atomic_write(folder / CONFIG_FILE, lambda f: f.write(config_bytes))
     atomic_write(folder / CARD_FILE, lambda f: f.write(card))
     return folder
 
 
-def model_card(name: str, config: Config, epoch: int, best, history) -> str:
-    """A Hugging Face model card (front matter, then Markdown) for an exported model."""
+def model_card(name: str, config: Config, epoch: int, best, history, levels: Optional[dict] = None) -> str:
+    """A Hugging Face model card (front matter, then Markdown) for an exported model; ``levels``
+    (the family's ``code_levels()``) names each level of a hierarchy with its size."""
     shape = "x".join(map(str, config.image_shape[1:])) + (" colour" if config.image_shape[0] == 3 else " grey")
     hidden = ", ".join(map(str, config.hidden_dims))
     chosen = " (its best validation ELBO)" if best == epoch else ""
+    code = f"z of {config.latent_dim} dimensions"
+    if levels is not None and len(levels) > 1:
+        code = "levels of latents " + ", ".join(f"{site} ({size} numbers)" for site, size in levels.items())
     lines = [
         "---", "library_name: pyrovae", "tags:", "- pyro", "- variational-autoencoder", "- generative", "---", "",
         f"# {name}", "",
         f"A variational autoencoder trained with pyrovae on {config.dataset} ({shape} images): "
-        f"{config.prior.replace('_', ' ')} prior, z of {config.latent_dim} dimensions, {config.net} networks "
+        f"{config.prior.replace('_', ' ')} prior, {code}, {config.net} networks "
         f"({hidden}), {config.guide.replace('_', ' ')} guide, {config.likelihood} likelihood, seed {config.seed}.", "",
         f"These are the weights after epoch {epoch}{chosen}.",
     ]

@@ -160,6 +160,8 @@ def test_command_line_trains_evaluates_samples_plots_exports_and_resumes(tmp_pat
     report = json.loads(cli_ok("plot", run, "kl", "-o", tmp_path / "kl.png", "--num-images", 50, "--json").stdout)
     assert set(report["levels"]) == {"z2", "z1"}
     check_family_commands(run, tmp_path, ("curves", "samples", "reconstructions", "levels", "latent", "interpolate"))
+    card = (tmp_path / "export" / "README.md").read_text()  # each level named with its size, not "z of 2"
+    assert "levels of latents z2 (98 numbers), z1 (392 numbers)" in card and "z of 2 dimensions" not in card
 
 
 def test_two_processes_train_the_one_process_ladder(tmp_path):
