@@ -453,9 +453,14 @@ class Ladder(VAE):
 
     def fixed_latents(self, n: int, seed: int) -> torch.Tensor:
         """``n`` codes drawn from the prior, level by level, with a private generator seeded with ``seed``."""
+        return self._prior_pass(n, self._seeded_draw(seed))
+
+    def _seeded_draw(self, seed: int):
+        """``draw(p)``: a code from the Normal ``p`` with noise from a private generator seeded with
+        ``seed`` (on the CPU, so the same on every device), leaving the global random stream alone."""
         generator = torch.Generator().manual_seed(seed)
-        return self._prior_pass(n, lambda d: d.base_dist.loc + d.base_dist.scale * torch.randn(
-            d.batch_shape + d.event_shape, generator=generator).to(self.device, self.dtype))
+        return lambda d: d.base_dist.loc + d.base_dist.scale * torch.randn(
+            d.batch_shape + d.event_shape, generator=generator).to(self.device, self.dtype)
 
     @torch.no_grad()
     def _prior_pass(self, n: int, draw, keep: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
@@ -540,7 +545,5 @@ class Ladder(VAE):
         drawn afresh given it: what the top level holds, and what the lower ones add."""
         top = self.fixed_latents(rows, seed).split(self.top_down.sizes, -1)[0]
         top = top.repeat_interleave(columns, 0).unflatten(-1, self.top_down.shapes()[0])
-        generator = torch.Generator().manual_seed(seed + 1)
-        codes = self._prior_pass(rows * columns, lambda d: d.base_dist.loc + d.base_dist.scale * torch.randn(
-            d.batch_shape + d.event_shape, generator=generator).to(self.device, self.dtype), keep=[top])
+        codes = self._prior_pass(rows * columns, self._seeded_draw(seed + 1), keep=[top])
         return self.likelihood.mean(self.top_down(codes))

@@ -580,13 +580,14 @@ class Trainer:
         """Clip the gradient (``grad_clip``) and mark a step to skip (``skip_grad_norm``), on
         the device: the fused optimizer reads ``found_inf`` and leaves everything as it was."""
         parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        if self.grad_clip is not None:  # torch's clipping returns the norm from before it clipped
+            norm = torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         if self.skip_grad_norm is not None:
             skip = ((norm >= self.skip_grad_norm) | ~torch.isfinite(norm)).float()
             self.optimizer.found_inf = skip  # type: ignore[attr-defined]  # fused Adam's skip flag
             self.step_skips[self.step] = skip
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grads_with_norm_(parameters, self.grad_clip, norm)
 
     def state_dict(self) -> dict:
         return {
