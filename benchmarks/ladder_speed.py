@@ -1,8 +1,9 @@
 """The ladder's training step in pyrovae against one written by hand with the same modules.
 
 Pyro runs the guide and the model as two programs: the guide's top-down pass draws every
-level's code, then the model's pass scores the same codes, so the path's prior heads and
-cells run twice. The hand-written step runs one pass: it draws each level from the corrected
+level's code, then the model's pass scores the same codes, taking over the priors the guide's
+pass computed (``TopDown.hand_over``; without it the path's prior heads and cells would run
+twice a step). The hand-written step runs one pass: it draws each level from the corrected
 posterior, accumulates log q - log p as it goes, and decodes. Same model, same batches
 (binarized Fashion-MNIST-sized MNIST images), fused Adam on both sides, epochs alternated
 (A B B A ...). pyrovae's epoch time is the trainer's steps only (its test scoring left out).

@@ -25,7 +25,7 @@ levels with one top-down pass per sample (:meth:`Ladder.log_marginal`).
 """
 
 import math
-from typing import Callable, Dict, List, Optional, Tuple, cast
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, cast
 
 import pyro
 import pyro.distributions as dist
@@ -182,6 +182,23 @@ def _normal(loc: torch.Tensor, log_scale: torch.Tensor) -> dist.TorchDistributio
     return dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(3)
 
 
+class _Passed(NamedTuple):
+    """One level of a top-down pass: its prior p(z | h) and the prior's log-scale, the path's
+    state where the prior was read (``middle``), the code, the code's version counter when the
+    pass used it, and the state after the code was absorbed."""
+
+    prior: dist.TorchDistribution
+    log_scale: torch.Tensor
+    middle: torch.Tensor
+    code: torch.Tensor
+    version: int
+    after: torch.Tensor
+
+    def drew(self, z: torch.Tensor) -> bool:
+        """Whether ``z`` is this pass's code, the same tensor, unchanged since."""
+        return z is self.code and z._version == self.version
+
+
 # choose(level index, p(z_l | h), h) -> z_l: where a pass gets each level's code.
 Choose = Callable[[int, dist.TorchDistribution, torch.Tensor], torch.Tensor]
 
@@ -194,6 +211,8 @@ class TopDown(nn.Module):
     ``top_down(code)`` decodes flat codes ``(..., code_dim)`` (:class:`LadderCode`);
     :meth:`descend` is the pass itself, which the model, the guide and evaluation share.
     """
+
+    _handed: Optional[Tuple[tuple, List[_Passed]]] = None  # the guide's last pass (hand_over)
 
     def __init__(self, image_shape, output_shape, width: int, channels: int, levels: int, activation=nn.GELU):
         super().__init__()
@@ -219,32 +238,75 @@ class TopDown(nn.Module):
         return [cast(Level, level) for level in self.levels]
 
     def descend(self, choose: Optional[Choose], features: Optional[Dict] = None, output: bool = True,
-                on_posterior: Optional[Callable] = None) -> Optional[torch.Tensor]:
+                on_posterior: Optional[Callable] = None, record: Optional[List["_Passed"]] = None,
+                handoff: Optional[List["_Passed"]] = None) -> Optional[torch.Tensor]:
         """One top-down pass: at each level, p(z | h) (and, given x's ``features``, q(z | x, h),
         handed to ``on_posterior(i, q, p)``, whose return value is the level's code); else
-        ``choose(i, p, h)`` gives it. Returns the likelihood's parameters (``output``) or None."""
+        ``choose(i, p, h)`` gives it. Returns the likelihood's parameters (``output``) or None.
+
+        ``record`` (a list) receives each level's prior, states and code. ``handoff``, such a
+        record of an earlier pass (:meth:`take_over`), stands in for the path as long as this
+        pass's codes are the very tensors that pass drew: a level's prior depends only on the
+        weights and the codes above it, so what was computed for them is reused, not recomputed.
+        """
         h: torch.Tensor = self.start
         levels, index = self._levels(), 0
         for step, side in enumerate(self.path):
-            if step:
+            if step and handoff is None:
                 h = _per_image(self.cells[step - 1], _resize(h, side))
             while index < len(levels) and levels[index].side == side:
                 level = levels[index]
-                loc, log_scale, h = level.prior_of(h)
-                p = _normal(loc, log_scale)
+                if handoff is not None:
+                    p, log_scale, middle = handoff[index].prior, handoff[index].log_scale, handoff[index].middle
+                else:
+                    loc, log_scale, middle = level.prior_of(h)
+                    p = _normal(loc, log_scale)
                 if features is not None and on_posterior is not None:
-                    q_loc, q_log_scale = level.posterior_of(h, features[side], loc, log_scale)
+                    q_loc, q_log_scale = level.posterior_of(middle, features[side], p.base_dist.loc, log_scale)
                     z = on_posterior(index, _normal(q_loc, q_log_scale), p)
                 else:
                     assert choose is not None, "descend needs choose, or features and on_posterior"
-                    z = choose(index, p, h)
-                h = level.absorb(h, z)
+                    z = choose(index, p, middle)
+                if handoff is not None and handoff[index].drew(z):
+                    h = handoff[index].after
+                else:
+                    handoff = None  # from here on, this pass's own codes: the path is computed
+                    h = level.absorb(middle, z)
+                if record is not None:
+                    record.append(_Passed(p, log_scale, middle, z, z._version, h))
                 index += 1
+            if index == len(levels):
+                handoff = None
         if not output:
             return None
         lead = h.shape[:-3]
         out = _per_image(self.out, h)
         return out.reshape(*lead, *self.output_shape)
+
+    def _context(self) -> tuple:
+        """What a pass depends on besides its codes: every weight (its storage, and its version
+        counter, which each in-place update such as an optimizer's step advances), grad mode,
+        autocast and ``--precision``. Read on the host: no device synchronisation."""
+        return (torch.is_grad_enabled(), torch.is_autocast_enabled(self.start.device.type),
+                getattr(self.out, "compute_dtype", None), tuple((w.data_ptr(), w._version) for w in self.parameters()))
+
+    def hand_over(self, record: List[_Passed]) -> None:
+        """Keep a guide's pass for the model's pass that scores its codes (:meth:`take_over`)."""
+        self._handed = (self._context(), record)
+
+    def take_over(self) -> Optional[List[_Passed]]:
+        """The pass kept by :meth:`hand_over`, given out once, and only if nothing it depends on
+        has changed since; else None (the model then computes its own path)."""
+        handed, self._handed = self._handed, None
+        if handed is None or handed[0] != self._context():
+            return None
+        return handed[1]
+
+    def __getstate__(self):
+        """A copy or a pickle leaves the kept pass behind (its tensors belong to one step's graph)."""
+        state = super().__getstate__()
+        state.pop("_handed", None)
+        return state
 
     def split(self, code: torch.Tensor) -> List[torch.Tensor]:
         """A flat code ``(..., code_dim)`` as each level's ``(..., C, H, W)``, top first."""
@@ -337,7 +399,9 @@ class LadderModel(PyroModule):
             def choose(i, p, h):
                 return pyro.sample(self.sites[i], p.expand(torch.Size([n])) if p.batch_shape == () else p)
 
-            out = self.decoder.descend(choose)
+            # Under the guide's codes (SVI, Predictive), the guide's pass already computed each
+            # level's prior: take it over rather than run the path again (TopDown.take_over).
+            out = self.decoder.descend(choose, handoff=self.decoder.take_over())
             likelihood = self.likelihood(out)
             if mask is not None:
                 likelihood = score_pixels(likelihood, mask)
@@ -383,9 +447,10 @@ class LadderGuide(PyroModule):
     def forward(self, x: torch.Tensor, num_images: Optional[int] = None, *, size: Optional[int] = None,
                 subsample: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None) -> None:
         with guide_plate(x, num_images, size=size, subsample=subsample):
-            features = self.encoder(x)
-            self._top_down.descend(None, features, output=False,
+            record: List[_Passed] = []
+            self._top_down.descend(None, self.encoder(x), output=False, record=record,
                                    on_posterior=lambda i, q, p: pyro.sample(self.sites[i], q))
+            self._top_down.hand_over(record)
 
 
 class Ladder(VAE):

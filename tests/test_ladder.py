@@ -210,3 +210,93 @@ def test_a_copy_is_a_ladder_of_its_own_with_one_shared_path(mnist5k):
     assert torch.isfinite(torch.tensor(auto.step(x)))
     drawn = pyro.infer.Predictive(vae.model, num_samples=2, return_sites=["z3", "x"])(num_images=3)
     assert drawn["z3"].shape == (2, 3, 2, 7, 7) and drawn["x"].shape == (2, 3, 1, 28, 28)
+
+
+def _model_log_p(vae, guide_trace, x):
+    """The model's log p(z_L) ... p(z_1) at the guide trace's codes, by Pyro (replay)."""
+    model = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    return sum(model.nodes[s]["fn"].log_prob(model.nodes[s]["value"]) for s in vae.latent_sites)
+
+
+def _recomputed_log_p(vae, guide_trace):
+    code = torch.cat([guide_trace.nodes[s]["value"].flatten(1) for s in vae.latent_sites], dim=-1)
+    return vae.prior_once().log_prob(code)
+
+
+def test_the_model_takes_over_the_guides_pass_with_the_same_gradients(mnist5k, monkeypatch):
+    """Under SVI the model scores the guide's codes with the priors the guide's pass computed
+    (each level's prior head runs once a step, not twice), and loss and every gradient are
+    those of a model that recomputes its path."""
+    from pyrovae.ladder import Level, TopDown
+
+    vae = _ladder(latent_dim=3)
+    x = prepare_test_images(mnist5k.test_images[:8], binary=True)
+
+    def step():
+        pyro.set_rng_seed(1)
+        vae.zero_grad(set_to_none=True)
+        loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in vae.parameters()]
+
+    calls = []
+    prior_of = Level.prior_of
+    monkeypatch.setattr(Level, "prior_of", lambda self, h: calls.append(1) or prior_of(self, h))
+    shared, shared_grads = step()
+    assert len(calls) == 3  # the guide's three levels; the model read none again
+    monkeypatch.setattr(TopDown, "take_over", lambda self: None)
+    recomputed, recomputed_grads = step()
+    assert len(calls) == 9
+    assert torch.allclose(shared, recomputed, rtol=1e-6)
+    for a, b in zip(shared_grads, recomputed_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())
+
+
+def test_the_model_computes_its_own_path_where_the_guides_pass_no_longer_holds(mnist5k):
+    """Weights changed after the guide ran (an optimizer step), a code changed in place or
+    replaced (poutine.condition), the guide run without gradients: the model's priors are its
+    own, never a stale pass's (a silent wrong answer otherwise)."""
+    vae = _ladder()
+    x = prepare_test_images(mnist5k.test_images[:4], binary=True)
+
+    guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    with torch.no_grad():
+        for p in vae.model.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # in place, as an optimizer steps
+    assert torch.allclose(_model_log_p(vae, guide, x), _recomputed_log_p(vae, guide), atol=1e-3)
+
+    guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    with torch.no_grad():
+        guide.nodes["z2"]["value"].mul_(3.0)  # the middle level's code, changed in place
+    assert torch.allclose(_model_log_p(vae, guide, x), _recomputed_log_p(vae, guide), atol=1e-3)
+
+    vae.guide(x)
+    other = {s: torch.randn(4, *shape) for s, shape in zip(vae.latent_sites, vae.top_down.shapes())}
+    conditioned = pyro.poutine.trace(pyro.poutine.condition(vae.model, data=other)).get_trace(x)
+    code = torch.cat([other[s].flatten(1) for s in vae.latent_sites], dim=-1)
+    log_p = sum(conditioned.nodes[s]["fn"].log_prob(other[s]) for s in vae.latent_sites)
+    assert torch.allclose(log_p, vae.prior_once().log_prob(code), atol=1e-3)
+
+    with torch.no_grad():
+        guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    log_p = _model_log_p(vae, guide, x)
+    assert log_p.requires_grad  # computed afresh, with the graph to the weights
+    (start_grad,) = torch.autograd.grad(log_p.sum(), [vae.model.decoder.start])
+    assert start_grad.abs().sum() > 0
+
+
+def test_a_copy_or_pickle_after_the_guide_leaves_its_pass_behind(mnist5k):
+    """The guide's kept pass holds one step's graph: deepcopy and torch.save of the VAE right
+    after the guide ran (say, keeping the best model mid-training) work, and the copy computes
+    its own path."""
+    import copy
+    import io
+
+    vae = _ladder()
+    x = prepare_test_images(mnist5k.test_images[:4], binary=True)
+    guide = pyro.poutine.trace(vae.guide).get_trace(x)
+    twin = copy.deepcopy(vae)
+    torch.save(vae, io.BytesIO())
+    assert twin.top_down._handed is None
+    assert torch.allclose(_model_log_p(twin, guide, x), _recomputed_log_p(vae, guide), atol=1e-3)
+
