@@ -300,3 +300,20 @@ def test_a_copy_or_pickle_after_the_guide_leaves_its_pass_behind(mnist5k):
     assert twin.top_down._handed is None
     assert torch.allclose(_model_log_p(twin, guide, x), _recomputed_log_p(vae, guide), atol=1e-3)
 
+
+def test_the_emoji_benchmark_weighs_the_ladder_against_one_level_models_of_its_size():
+    """benchmarks/hierarchy.py's one-level candidates are the conv VAEs closest to the
+    ladder's parameter count, distinct, named apart from the large model."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from hierarchy import _candidate, configs, parameters
+
+    chosen = configs((3, 32, 32), 2, 4, 16, large=True, candidates=3)
+    sizes = {name: parameters(build_vae(config)) for name, config in chosen.items()}
+    ones = [name for name in chosen if _candidate(name)]
+    assert len(ones) == 3 and not _candidate("conv-large") and not _candidate("ladder")
+    gaps = sorted(abs(size - sizes["ladder"]) for name, size in sizes.items() if _candidate(name))
+    assert [abs(sizes[n] - sizes["ladder"]) for n in ones] == gaps  # closest first
+    assert sizes["conv-large"] > 10 * sizes["ladder"]
