@@ -12,12 +12,12 @@ import click
 
 from pyrovae import __version__
 from pyrovae.cli.options import EXIT_STATUSES, exit_statuses, plain_warnings
-from pyrovae.errors import ConfigError, PyroVAEError, StorageError, describe_os_error
+from pyrovae.errors import ConfigError, NamesOptions, PyroVAEError, StorageError, describe_os_error
 
 class _UserError(click.ClickException):
     def __init__(self, error: PyroVAEError):
-        # A config error names options by their Config field; here they read as flags.
-        super().__init__(error.command_line_message() if isinstance(error, ConfigError) else str(error))
+        # A config or numerical error names options by their Config field; here they read as flags.
+        super().__init__(error.command_line_message() if isinstance(error, NamesOptions) else str(error))
         self.exit_code = error.exit_code  # type: ignore[misc]  # click reads it from the instance
 
 

@@ -17,7 +17,8 @@ EXIT_STATUSES = {
     0: "done",
     1: "an unexpected error (a bug: please report the traceback)",
     2: "a problem you can fix: a bad option, path, data file or checkpoint (one sentence on stderr)",
-    3: "NaN or infinite numbers: training diverged (the last good checkpoint is kept), or a model scores NaN",
+    3: "training diverged (NaN or infinite numbers) or every step was skipped (the last good checkpoint is "
+       "kept), or a model scores NaN",
     4: "a file could not be written (no space, read-only, permission); what was written before is intact",
     5: "the run directory is being written by another process",
     129: "train was stopped by SIGHUP (its terminal or ssh session closed) after saving a checkpoint",

@@ -12,7 +12,7 @@ from click.core import ParameterSource
 
 from pyrovae.cli.options import (EXIT_STATUSES, Choice, config_file_option, config_options, device_options,
                                  exit_statuses, json_option, progress_enabled)
-from pyrovae.config import Config, flags, option_name
+from pyrovae.config import Config, changeable_on_resume, flags, option_name
 from pyrovae.registry import LOGGERS
 
 # Options that cannot change when a run is resumed: those of the config fields marked fixed
@@ -100,9 +100,11 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if fixed:
                 raise click.UsageError(f"{', '.join(fixed)} cannot be changed when resuming a run.")
-            given = ctx.get_parameter_source("lr_drops") == ParameterSource.COMMANDLINE
-            result = resume_run(resume, epochs, should_stop=should_stop, lr_drops=config.lr_drops if given else None,
-                                **callbacks)
+            # the options that may change (epochs, --lr-drops, --grad-clip, --precision, ...), where given
+            changes = {name: getattr(config, name) for name in changeable_on_resume()
+                       if ctx.get_parameter_source(option_name(name)) == ParameterSource.COMMANDLINE}
+            changes.pop("num_epochs", None)  # --epochs: `epochs` below
+            result = resume_run(resume, epochs, should_stop=should_stop, changes=changes, **callbacks)
         else:
             # options left at their defaults (not given, nor in --config) follow the data's size
             fitted = [name for name in ("batch_size", "num_epochs")
@@ -166,9 +168,11 @@ def _epoch_lines(as_json: bool):
                 click.echo(json.dumps(m.to_dict()))
                 return
             validation = f"  validation ELBO {m.validation_elbo:9.2f}" if m.validation_elbo is not None else ""
+            guards = "" if m.grad_norm is None else f"  gradient norm {m.grad_norm:.3g} (median)"
+            if m.skipped_steps:
+                guards += f", {m.skipped_steps} of {run.trainer.num_batches} steps skipped"
             click.echo(f"epoch {m.epoch:3d}  train ELBO {m.train_elbo:9.2f}{validation}  test ELBO {m.test_elbo:9.2f} "
-                       f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s"
-                       + (f"  {m.skipped_steps} steps skipped" if m.skipped_steps else ""))
+                       f"(reconstruction {m.test_reconstruction:.2f}, KL {m.test_kl:.2f})  {m.seconds:.1f}s{guards}")
 
         def on_run_end(self, run):
             from pyrovae.analysis import collapse_advice

@@ -159,6 +159,8 @@ def state_problem(state: dict, required=()) -> Optional[str]:
         ("step_losses", lambda v: v is None or (torch.is_tensor(v) and v.is_floating_point()), "a tensor of losses"),
         ("step_skips", lambda v: v is None or (torch.is_tensor(v) and v.is_floating_point() and v.dim() == 1),
          "a tensor of skipped steps"),
+        ("step_norms", lambda v: v is None or (torch.is_tensor(v) and v.is_floating_point() and v.dim() == 1),
+         "a tensor of gradient norms"),
         ("rng", lambda v: isinstance(v, dict), "random states"),
     ]
     for key, ok, want in checks:

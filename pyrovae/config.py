@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from pyrovae.errors import ConfigError
+from pyrovae.errors import ConfigError, NamesOptions
 
 __all__ = ["Config", "DATASETS", "OPTIMIZERS", "INITS", "STORAGES", "PRECISIONS", "option", "flags", "option_name"]
 
@@ -438,4 +438,10 @@ def option_name(field_name: str) -> str:
     return flags()[field_name].lstrip("-").replace("-", "_")
 
 
-ConfigError.fields = {f.name: f.metadata.get("flag") for f in dataclasses.fields(Config)}
+def changeable_on_resume() -> Tuple[str, ...]:
+    """The :class:`Config` fields whose option may take a new value when a run resumes (those
+    not marked ``fixed``: epochs, gradient clipping and skipping, precision, storage, ...)."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("fixed") is False)
+
+
+NamesOptions.fields = {f.name: f.metadata.get("flag") for f in dataclasses.fields(Config)}

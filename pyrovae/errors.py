@@ -10,7 +10,7 @@ import re
 from typing import Dict, Optional
 
 __all__ = ["PyroVAEError", "DataError", "CheckpointError", "ConfigError", "NumericalError", "StorageError",
-           "RunInUseError", "describe_os_error"]
+           "RunInUseError", "NamesOptions", "describe_os_error"]
 
 
 _FIELD = re.compile(r"\{(\w+)\}")
@@ -30,17 +30,16 @@ class CheckpointError(PyroVAEError):
     """A checkpoint or run directory is missing, corrupt, unsafe or from another model."""
 
 
-class ConfigError(PyroVAEError):
-    """An option or combination of options cannot work (with this data, on this machine).
-
-    A message names an option as ``{field}``, the :class:`~pyrovae.config.Config` field: it
-    reads ``latent_dim`` for a Python user, and the command line shows the flag, ``--z-dim``
-    (:meth:`command_line_message`).
-    """
+class NamesOptions:
+    """A message that names an option as ``{field}``, the :class:`~pyrovae.config.Config`
+    field: it reads ``latent_dim`` for a Python user, and the command line shows the flag,
+    ``--z-dim`` (:meth:`command_line_message`)."""
 
     # Every Config field and its flag (None for one that is not an option): pyrovae.config
     # fills it in, so that this module imports nothing of pyrovae.
     fields: Dict[str, Optional[str]] = {}
+
+    args: tuple
 
     def __str__(self) -> str:
         return self._render(lambda name: name)
@@ -54,8 +53,13 @@ class ConfigError(PyroVAEError):
         return _FIELD.sub(lambda m: name_of(m.group(1)) if m.group(1) in self.fields else m.group(0), message)
 
 
-class NumericalError(PyroVAEError):
-    """Training produced a NaN or infinite loss."""
+class ConfigError(NamesOptions, PyroVAEError):
+    """An option or combination of options cannot work (with this data, on this machine);
+    its message names options as ``{field}`` (:class:`NamesOptions`)."""
+
+
+class NumericalError(NamesOptions, PyroVAEError):
+    """Training produced a NaN or infinite loss, or stopped changing the weights."""
 
     exit_code = 3
 

@@ -17,6 +17,8 @@ class EpochMetrics:
     ``validation_elbo`` is None without a validation set. ``lr`` is the learning rate the
     epoch trained with (None in the history of runs from before it was recorded).
     ``skipped_steps``: the epoch's steps whose update was skipped (``--skip-grad-norm``).
+    ``grad_norm``: the median of the epoch's gradient norms before clipping, measured with
+    ``--grad-clip`` or ``--skip-grad-norm`` (None without).
     """
 
     epoch: int
@@ -28,6 +30,7 @@ class EpochMetrics:
     validation_elbo: Optional[float] = None
     lr: Optional[float] = None
     skipped_steps: int = 0
+    grad_norm: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)

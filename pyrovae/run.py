@@ -12,13 +12,13 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from pyrovae.checkpoint import RUN_KEYS, atomic_write, load_checkpoint, save_checkpoint
-from pyrovae.config import Config
+from pyrovae.config import Config, changeable_on_resume
 from pyrovae.data import MNIST_FAMILY, ImageData, fingerprint, load_data, named_likelihood, spread_subset
 from pyrovae.distributed import Distributed
 from pyrovae.errors import CheckpointError, ConfigError, DataError, PyroVAEError, StorageError, describe_os_error
@@ -288,6 +288,7 @@ def resume_run(
     distributed: Optional[Distributed] = None,
     callbacks: Sequence[Callback] = (),
     lr_drops: Optional[int] = None,
+    changes: Optional[Dict[str, Any]] = None,
 ) -> RunResult:
     """Continue a run from its checkpoint exactly where it stopped (with any number of
     processes: a step means the same global batch whatever the number of ranks).
@@ -299,9 +300,18 @@ def resume_run(
     :param num_epochs: a new total number of epochs; default the run's own.
     :param lr_drops: a new number of learning-rate cuts (``Config.lr_drops``); more than the run
         had continues one that stopped early, as if it had been started with them.
+    :param changes: new values of other options that may change on resume
+        (:func:`~pyrovae.config.changeable_on_resume`: ``grad_clip``, ``skip_grad_norm``,
+        ``precision``, ``data_storage``); the run's ``config.json`` records them. Any other
+        field raises :class:`~pyrovae.errors.ConfigError`.
     :param callbacks: as for :func:`train_run`; a TensorBoard log continues where it stopped.
     :raises RunInUseError: when another process is writing ``run_dir``.
     """
+    changes = dict(changes or {}, **{k: v for k, v in (("num_epochs", num_epochs), ("lr_drops", lr_drops))
+                                     if v is not None})
+    fixed = sorted(set(changes) - set(changeable_on_resume()))
+    if fixed:
+        raise ConfigError(f"{', '.join('{' + name + '}' for name in fixed)} cannot change when a run resumes.")
     distributed = distributed or Distributed()
     device = torch.device(device) if distributed.active else resolve_device(str(device))
     progress = watching() if progress is None else progress
@@ -314,16 +324,14 @@ def resume_run(
     lock = _main_first(distributed, device, lambda: RunLock(run_dir).acquire(), others=False)
     try:
         if not (run_dir / CHECKPOINT).is_file():
-            restart = _main_first(distributed, device, lambda: _recover_checkpoint(run_dir, num_epochs))
+            restart = _main_first(distributed, device, lambda: _recover_checkpoint(run_dir, changes))
             if restart is not None:  # nothing saved yet: start again, with the lock already held
                 data = _main_first(distributed, device, lambda: load_data(restart, fallback=False, progress=progress))
                 claim = lambda: _remove_run_files(run_dir, [n for n in RUN_FILES if (run_dir / n).exists()])  # noqa: E731
                 return _start(restart, data, run_dir, claim, device, progress, should_stop, distributed, callbacks)
         config, vae, state = load_run(run_dir, device, "last")
-        if num_epochs is not None:
-            config = config.replace(num_epochs=num_epochs).validate()
-        if lr_drops is not None:
-            config = config.replace(lr_drops=lr_drops).validate()
+        if changes:
+            config = config.replace(**changes).validate()
         history = [EpochMetrics(**m) for m in state["history"]]
         if not state["step"] and stopped_early(history, config):
             raise ConfigError(f"Run {run_dir} stopped early at epoch {state['epoch']}: its validation ELBO has not "
@@ -364,9 +372,10 @@ def check_same_data(state: dict, data: ImageData, run_dir) -> None:
                     "would train on other data. Put the images back, or start a new run.")
 
 
-def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Config]:
+def _recover_checkpoint(run_dir: Path, changes: Dict[str, Any]) -> Optional[Config]:
     """For a run without ``checkpoint.pt``: put the newest kept checkpoint in its place and
-    return None, or, when the run never saved one, return the config to start it again with.
+    return None, or, when the run never saved one, return the config to start it again with
+    (its ``config.json`` with ``changes``).
 
     :raises CheckpointError: when there is neither a kept checkpoint nor a valid config.json.
     """
@@ -396,7 +405,7 @@ def _recover_checkpoint(run_dir: Path, num_epochs: Optional[int]) -> Optional[Co
                               f"with pyrovae train --run-dir {run_dir} --overwrite and its options.") from None
     warnings.warn(RunRecoveryWarning(f"Run {run_dir} stopped before its first checkpoint; starting it again from "
                                      f"its {CONFIG}."), stacklevel=2)
-    return config.replace(num_epochs=num_epochs).validate() if num_epochs is not None else config
+    return config.replace(**changes).validate() if changes else config
 
 
 def default_likelihood(data: ImageData, named: bool = True) -> str:

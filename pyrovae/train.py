@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyro
 import torch
@@ -53,6 +53,9 @@ __all__ = ["EpochMetrics", "Trainer", "Callback", "TrainingRun", "observed",
 # two make none, so a short epoch (32 steps of mnist5k) syncs 8 times, not at every step.
 REFRESHES_PER_EPOCH = 50
 MIN_STEPS_PER_REFRESH = 4
+# With --skip-grad-norm, this many skipped steps in a row end training: the weights have
+# stopped changing (VDVAE's users met it, openai/vdvae#25: norms settle above the threshold).
+STALLED_STEPS = 100
 
 
 @dataclass
@@ -322,7 +325,10 @@ class Trainer:
         clipping) is this or more, or not finite, as VDVAE does: the optimizer's fused kernel
         leaves parameters and moments as they were, decided on the device (no host sync);
         ``EpochMetrics.skipped_steps`` counts them. Needs an optimizer with the fused kernel
-        (:func:`adam` builds one).
+        (:func:`adam` builds one). When :data:`STALLED_STEPS` steps in a row are skipped, the
+        weights have stopped changing, and :meth:`run_epoch` raises :class:`~pyrovae.errors.NumericalError`
+        with the epoch's median gradient norm. With either option, ``EpochMetrics.grad_norm``
+        is the median of the epoch's gradient norms (before clipping): what a threshold is set by.
     """
 
     def __init__(
@@ -398,6 +404,8 @@ class Trainer:
                               "(pyrovae.train.adam), or leave it out.")
         self.grad_clip, self.skip_grad_norm = grad_clip, skip_grad_norm
         self.step_skips: Optional[torch.Tensor] = None  # 1 where a step's update was skipped, on the device
+        self.step_norms: Optional[torch.Tensor] = None  # each step's gradient norm (NaN: not measured)
+        self.skip_streak = 0  # steps skipped in a row up to the end of the last epoch
         # pyrovae's own guides are called directly (direct_call); any other guide as Pyro
         # would, with the batch's place in the data set, and its parameters found by tracing.
         self.amortized = vae.amortized and isinstance(vae.guide, torch.nn.Module)
@@ -464,9 +472,12 @@ class Trainer:
             self.permutation = order if self.streamed else order.to(device)
             self.step_losses = torch.zeros(self.num_batches, device=device)
             self.step_skips = torch.zeros(self.num_batches, device=device)
+            self.step_norms = torch.full((self.num_batches,), math.nan, device=device)
             self.step, self.seconds = 0, 0.0
-        elif self.step_skips is None:
+        if self.step_skips is None:  # resumed from a checkpoint of before they were kept
             self.step_skips = torch.zeros(self.num_batches, device=device)
+        if self.step_norms is None:
+            self.step_norms = torch.full((self.num_batches,), math.nan, device=device)
         callbacks = list(self.callbacks)
         if watching() if progress is None else progress:
             callbacks.insert(0, ProgressBar(num_epochs))
@@ -520,16 +531,38 @@ class Trainer:
             for callback in callbacks:
                 callback.on_epoch_end(self)
         train_elbo = -self.distributed.all_reduce_sum(self.step_losses).sum().item() / self.images_per_epoch
-        skipped = int(self.step_skips.sum().item()) if self.skip_grad_norm is not None else 0
+        skipped, grad_norm = self._guard_summary()
         test = self.held_out_terms()
         validation = None if self.validation_images is None else self.held_out_terms(self.validation_images).elbo
         self.epoch += 1
         metrics = EpochMetrics(self.epoch, train_elbo, test.elbo, test.reconstruction, test.kl, self.seconds,
-                               validation, self.optimizer.param_groups[0]["lr"], skipped)
+                               validation, self.optimizer.param_groups[0]["lr"], skipped, grad_norm)
         self.history.append(metrics)
-        self.permutation = self.step_losses = self.step_skips = None
+        self.permutation = self.step_losses = self.step_skips = self.step_norms = None
         self.step = 0
         return metrics
+
+    def _guard_summary(self) -> Tuple[int, Optional[float]]:
+        """At the end of an epoch, in one host sync: its skipped steps and the median of its
+        gradient norms (with ``grad_clip`` or ``skip_grad_norm``; else 0 and None). Raises
+        :class:`~pyrovae.errors.NumericalError` once :data:`STALLED_STEPS` steps in a row were skipped."""
+        if self.grad_clip is None and self.skip_grad_norm is None:
+            return 0, None
+        assert self.step_skips is not None and self.step_norms is not None
+        trailing = self.step_skips.flip(0).cumprod(0).sum()  # skipped steps at the end of the epoch
+        skipped, trailing, grad_norm = torch.stack([self.step_skips.sum(), trailing,
+                                                    self.step_norms.nanmedian()]).tolist()
+        skipped, trailing = int(skipped), int(trailing)
+        self.skip_streak = self.skip_streak + trailing if trailing == self.num_batches else trailing
+        if self.skip_streak >= STALLED_STEPS:
+            stalled = f"The last {self.skip_streak} steps were all skipped (epoch {self.epoch + 1}), so the weights no "
+            if not math.isfinite(grad_norm):
+                raise NumericalError(stalled + "longer change: their gradients are NaN or infinite; try a lower "
+                                     f"learning rate (now {self.optimizer.param_groups[0]['lr']:g}).")
+            raise NumericalError(stalled + f"longer change: the gradient norms (this epoch's median "
+                                 f"{grad_norm:.4g}) stay at or above {{skip_grad_norm}} {self.skip_grad_norm:g}; "
+                                 f"raise it above them (to {_round_up(2 * grad_norm):g}, say) and resume.")
+        return skipped, grad_norm
 
     def held_out_terms(self, images: Optional[torch.Tensor] = None) -> ELBOTerms:
         """The ELBO and its terms on held-out images: the test set, or ``images`` (the validation
@@ -584,6 +617,7 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        self.step_norms[self.step] = norm
         if self.skip_grad_norm is not None:
             skip = ((norm >= self.skip_grad_norm) | ~torch.isfinite(norm)).float()
             self.optimizer.found_inf = skip  # type: ignore[attr-defined]  # fused Adam's skip flag
@@ -599,6 +633,7 @@ class Trainer:
             "permutation": None if self.permutation is None else self.permutation.cpu(),
             "step_losses": None if self.step_losses is None else self.step_losses.cpu(),
             "step_skips": None if self.step_skips is None else self.step_skips.cpu(),
+            "step_norms": None if self.step_norms is None else self.step_norms.cpu(),
             "history": [m.to_dict() for m in self.history],
             "rng": get_rng_state(),
         }
@@ -614,8 +649,17 @@ class Trainer:
         skips = state.get("step_skips")  # absent from checkpoints of before --skip-grad-norm
         fits = skips is not None and self.step_losses is not None and skips.shape == self.step_losses.shape
         self.step_skips = skips.to(device) if fits else None
+        norms = state.get("step_norms")  # absent from checkpoints of before it was kept
+        fits = norms is not None and self.step_losses is not None and norms.shape == self.step_losses.shape
+        self.step_norms = norms.to(device) if fits else None
         self.history = [EpochMetrics(**m) for m in state["history"]]
         set_rng_state(state["rng"])
+
+
+def _round_up(x: float) -> float:
+    """``x`` rounded up to one significant digit (912 -> 1000, 450 -> 500)."""
+    unit = 10 ** math.floor(math.log10(x))
+    return math.ceil(x / unit) * unit
 
 
 class _StepLoss(torch.nn.Module):

@@ -459,6 +459,8 @@ def test_large_data_options_train_from_a_memory_mapped_npy(tmp_path):
     result = invoke("train", "--resume", tmp_path / "run", "--epochs", 2, "--data-storage", "memory",
                     "--precision", "fp32")
     assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())  # taken, not silently dropped
+    assert config["data_storage"] == "memory" and config["precision"] == "fp32"
     assert_one_sentence(invoke("train", "--data", tmp_path / "x.npy", "--threads", 0), "--threads", code=2)
 
 

@@ -133,6 +133,23 @@ def test_a_full_disk_mid_training_stops_in_one_sentence_with_the_last_checkpoint
     assert invoke("train", "--resume", run, "--epochs", 2).exit_code == 0  # room again: it carries on
 
 
+def test_a_run_whose_every_step_is_skipped_stops_in_one_sentence_and_resumes_with_a_higher_threshold(tmp_path):
+    """--skip-grad-norm below every gradient norm (openai/vdvae#25: the norms settled above
+    it and the model never changed again): after 100 skipped steps in a row training stops,
+    exit 3, naming the norms and a threshold above them; the saved epochs are kept, and a
+    resume with a higher threshold trains on."""
+    run = tmp_path / "run"
+    result = invoke("train", *SMALL_ARGS, "--epochs", 5, "--skip-grad-norm", 1e-9, "--run-dir", run)
+    assert_one_sentence(result, "The last 120 steps were all skipped (epoch 3), so the weights no longer change",
+                        code=3)
+    assert "--skip-grad-norm 1e-09; raise it above them (to " in result.output
+    assert "40 of 40 steps skipped" in result.output and "gradient norm" in result.output
+    assert load_run(run)[2]["epoch"] == 2
+    resumed = invoke("train", "--resume", run, "--skip-grad-norm", 1e9, "--epochs", 3)
+    assert resumed.exit_code == 0, resumed.output
+    assert "steps skipped" not in resumed.output and load_run(run)[2]["epoch"] == 3
+
+
 @pytest.mark.parametrize("code, cause", [(errno.EROFS, "the file system is read-only"),
                                          (errno.EACCES, "permission denied"),
                                          (errno.ENOSPC, "no space left on the device")])

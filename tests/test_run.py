@@ -26,7 +26,7 @@ def test_run_directory_holds_everything(trained_run):
     lines = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
     assert set(lines[0]) == {"epoch", "train_elbo", "test_elbo", "test_reconstruction", "test_kl", "seconds",
-                             "validation_elbo", "lr", "skipped_steps"}
+                             "validation_elbo", "lr", "skipped_steps", "grad_norm"}
     assert [m["lr"] for m in lines] == [Config.lr] * 2
     assert not (trained_run / "best.pt").exists()  # no validation set, no best epoch
     for kind, size in (("samples", 8 * 28 + 9 * 2), ("reconstructions", 8 * 28 + 9 * 2)):
@@ -92,6 +92,19 @@ def test_resume_can_extend_a_finished_run(trained_run, tmp_path):
     result = resume_run(tmp_path / "run", num_epochs=3, progress=False)
     assert [m.epoch for m in result.history] == [1, 2, 3]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_takes_the_options_that_may_change_and_refuses_the_others(trained_run, tmp_path):
+    """Gradient clipping, skipping, precision and storage given on resume are used and recorded
+    (they were once dropped without a word); the model's own options cannot change."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    with pytest.raises(ConfigError, match="latent_dim, lr cannot change when a run resumes"):
+        resume_run(tmp_path / "run", num_epochs=3, changes={"lr": 0.1, "latent_dim": 3}, progress=False)
+    result = resume_run(tmp_path / "run", num_epochs=3, changes={"grad_clip": 1e6, "skip_grad_norm": 1e7},
+                        progress=False)
+    assert result.config.grad_clip == 1e6 and result.history[-1].grad_norm is not None
+    assert [m.grad_norm is None for m in result.history] == [True, True, False]  # measured from the resume on
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["skip_grad_norm"] == 1e7
 
 
 def test_checkpoint_from_another_model_is_named(trained_run, tmp_path):

@@ -509,7 +509,7 @@ def test_a_skipped_step_leaves_parameters_and_optimizer_as_they_were(mnist5k):
     assert free.run_epoch(progress=False).skipped_steps == 0
 
 
-def test_clipping_bounds_the_gradient_norm(mnist5k):
+def test_clipping_bounds_the_gradient_norm(mnist5k, monkeypatch):
     data = mnist5k.replace(train_images=mnist5k.train_images[:500], test_images=mnist5k.test_images[:100])
     torch.manual_seed(0)
     trainer = Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=100, grad_clip=0.5)
@@ -522,8 +522,42 @@ def test_clipping_bounds_the_gradient_norm(mnist5k):
         return real(*args, **kwargs)
 
     trainer.optimizer.step = step
-    trainer.run_epoch(progress=False)
+    before = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: before.append(clip(*a, **k)) or before[-1])
+    metrics = trainer.run_epoch(progress=False)
     assert len(norms) == 5 and max(norms) <= 0.5 + 1e-4
+    # the epoch's median gradient norm from before clipping: what a threshold is chosen by
+    assert metrics.grad_norm == pytest.approx(float(torch.stack(before).median())) and metrics.grad_norm > 0.5
+
+
+def test_steps_skipped_in_a_row_across_epochs_end_training_with_the_norms_named(mnist5k, monkeypatch):
+    """The skipped steps at the end of each epoch add up while whole epochs are skipped and
+    start again after an update; at STALLED_STEPS in a row the epoch ends in NumericalError
+    naming the epoch's median norm (or NaN gradients) and a threshold above it."""
+    import pyrovae.train as train
+
+    monkeypatch.setattr(train, "STALLED_STEPS", 10)
+    data = mnist5k.replace(train_images=mnist5k.train_images[:500], test_images=mnist5k.test_images[:100])
+    trainer = Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=100, skip_grad_norm=400.0)
+
+    def summary(skips, norms=(450.0, 460.0, 470.0, 480.0, 490.0)):
+        trainer.step_skips, trainer.step_norms = torch.tensor(skips), torch.tensor(norms)
+        return trainer._guard_summary()
+
+    assert summary([1.0, 0.0, 1.0, 1.0, 1.0]) == (4, 470.0) and trainer.skip_streak == 3
+    assert summary([1.0] * 5) == (5, 470.0) and trainer.skip_streak == 8
+    assert summary([1.0, 1.0, 1.0, 1.0, 0.0])[0] == 4 and trainer.skip_streak == 0
+    summary([1.0] * 5)
+    with pytest.raises(NumericalError, match=r"last 10 steps were all skipped .*median 470.* skip_grad_norm 400; "
+                                             r"raise it above them \(to 1000, say\)"):
+        summary([1.0] * 5)
+    with pytest.raises(NumericalError, match="gradients are NaN or infinite; try a lower learning rate"):
+        summary([1.0] * 5, [math.nan] * 5)
+    trainer.skip_grad_norm = 1e6
+    trainer.run_epoch(progress=False)  # an epoch for real: each step's norm measured, none skipped here
+    assert trainer.history[-1].skipped_steps == 0 and 0 < trainer.history[-1].grad_norm < 1e6
+    assert trainer.skip_streak == 0
 
 
 def test_skipping_needs_the_fused_optimizer(mnist5k):
