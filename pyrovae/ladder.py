@@ -195,8 +195,9 @@ class _Passed(NamedTuple):
     after: torch.Tensor
 
     def drew(self, z: torch.Tensor) -> bool:
-        """Whether ``z`` is this pass's code, the same tensor, unchanged since."""
-        return z is self.code and z._version == self.version
+        """Whether ``z`` is this pass's code, the same tensor, unchanged since (an inference
+        tensor, of torch.inference_mode, keeps no version: never taken as unchanged)."""
+        return z is self.code and not z.is_inference() and z._version == self.version
 
 
 # choose(level index, p(z_l | h), h) -> z_l: where a pass gets each level's code.
@@ -273,7 +274,7 @@ class TopDown(nn.Module):
                     handoff = None  # from here on, this pass's own codes: the path is computed
                     h = level.absorb(middle, z)
                 if record is not None:
-                    record.append(_Passed(p, log_scale, middle, z, z._version, h))
+                    record.append(_Passed(p, log_scale, middle, z, -1 if z.is_inference() else z._version, h))
                 index += 1
             if index == len(levels):
                 handoff = None
