@@ -89,8 +89,8 @@ def main(argv=None):
             trainer = Trainer(vae, data, batch_size=args.batch_size, lr=1e-3, warmup_epochs=args.warmup)
             for _ in range(args.epochs):
                 m = trainer.run_epoch(args.epochs, progress=False)
-                print(f"{name} seed {seed} epoch {m.epoch}: test ELBO {m.test_elbo:.1f} (KL {m.test_kl:.1f}) "
-                      f"{m.seconds:.1f}s", flush=True)
+                print(f"{name} seed {seed} epoch {m.epoch}: test ELBO {m.test_elbo:.1f} (KL {m.test_kl:.1f}"
+                      f"{_level_kls(vae, data.test_images)}) {m.seconds:.1f}s", flush=True)
             score = evaluate(vae.eval(), data.test_images.to(device), num_samples=args.num_samples, dataset="emoji")
             seconds = statistics.median(m.seconds for m in trainer.history)
             results[name].append({"seed": seed, "bits_per_dim": score.bits_per_dim, "elbo": score.elbo,
@@ -120,6 +120,16 @@ def main(argv=None):
     if args.figure:  # the ladder, the best candidate, and the large model if trained
         _figure({n: vae for n, vae in trained.items() if not _candidate(n) or n == best}, data.test_images, args.figure)
     return summary
+
+
+def _level_kls(vae, test_images) -> str:
+    """For a hierarchy: each level's KL on 200 test images, top first (where the code lives),
+    with random numbers of its own: training goes on as without it."""
+    if len(vae.latent_sites) == 1:
+        return ""
+    with torch.random.fork_rng(devices=[vae.device] if vae.device.type == "cuda" else []):
+        kl = vae.kl_per_dimension(test_images[:200].to(vae.device)).split(list(vae.code_levels().values()))
+    return "; " + ", ".join(f"{site} {float(part.sum()):.1f}" for site, part in zip(vae.latent_sites, kl))
 
 
 def _candidate(name: str) -> bool:
