@@ -9,7 +9,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from pyrovae.errors import ConfigError, NamesOptions
 
-__all__ = ["Config", "DATASETS", "OPTIMIZERS", "INITS", "STORAGES", "PRECISIONS", "option", "flags", "option_name"]
+__all__ = ["Config", "DATASETS", "OPTIMIZERS", "INITS", "STORAGES", "PRECISIONS", "option", "flags", "option_name",
+           "changeable_on_resume"]
 
 # The named data sets (pyrovae.data loads them); here so the command line can list them without torch.
 DATASETS = ("mnist", "fashion-mnist", "mnist5k", "emoji")
