@@ -33,16 +33,20 @@ def parameters(vae) -> int:
     return sum(p.numel() for p in vae.parameters())
 
 
+def one_level_grid(image_shape):
+    """The one-level conv VAEs the candidates are drawn from: first-layer channels x hidden width."""
+    return [Config(net="conv", likelihood="dlogistic", conv_channels=channels, hidden_dims=(hidden,),
+                   image_shape=image_shape, dataset="emoji")
+            for channels in (2, 3, 4, 6, 8, 12, 16, 24, 32) for hidden in (16, 32, 64, 128, 256)]
+
+
 def configs(image_shape, levels: int, latent_channels: int, width: int, large: bool, candidates: int = 1):
     """The ladder, the ``candidates`` one-level conv VAEs of the closest sizes (``conv`` if one,
     else ``conv-CxH``), and (``large``) benchmarks/emoji.py's."""
     ladder = Config(model="ladder", net="conv", likelihood="dlogistic", conv_channels=width, levels=levels,
                     latent_dim=latent_channels, image_shape=image_shape, dataset="emoji")
     target = parameters(build_vae(ladder))
-    ones = [Config(net="conv", likelihood="dlogistic", conv_channels=channels, hidden_dims=(hidden,),
-                   image_shape=image_shape, dataset="emoji")
-            for channels in (2, 3, 4, 6, 8, 12, 16, 24, 32) for hidden in (16, 32, 64, 128, 256)]
-    closest = sorted(ones, key=lambda c: abs(parameters(build_vae(c)) - target))[:candidates]
+    closest = sorted(one_level_grid(image_shape), key=lambda c: abs(parameters(build_vae(c)) - target))[:candidates]
     chosen = {"ladder": ladder}
     for config in closest:
         chosen["conv" if candidates == 1 else f"conv-{config.conv_channels}x{config.hidden_dims[0]}"] = config

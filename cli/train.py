@@ -77,8 +77,7 @@ def train(ctx, config, fallback, run_dir, overwrite, resume, log, as_json, cuda,
             distributed, device = Distributed.from_env(device)
         values = {name: options[option_name(name)] for name in flags()}
         values["num_epochs"] = values["num_epochs"] or Config.num_epochs  # --epochs: the new total when resuming
-        _train(ctx, distributed, device, options["epochs"], resume, run_dir, overwrite, fallback, loggers, as_json,
-               Config(**values))
+        _train(ctx, distributed, device, resume, run_dir, overwrite, fallback, loggers, as_json, Config(**values))
     except PyroVAEError as error:
         if not distributed.is_main:
             error.args = (f"[rank {distributed.rank}] {error.args[0] if error.args else error}",)  # its template
@@ -87,7 +86,7 @@ def train(ctx, config, fallback, run_dir, overwrite, resume, log, as_json, cuda,
         distributed.close()
 
 
-def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallback, loggers, as_json, config):
+def _train(ctx, distributed, device, resume, run_dir, overwrite, fallback, loggers, as_json, config):
     from pyrovae.run import plateaus, resume_run, train_run
 
     main = distributed.is_main
@@ -100,11 +99,10 @@ def _train(ctx, distributed, device, epochs, resume, run_dir, overwrite, fallbac
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if fixed:
                 raise click.UsageError(f"{', '.join(fixed)} cannot be changed when resuming a run.")
-            # the options that may change (epochs, --lr-drops, --grad-clip, --precision, ...), where given
+            # the options that may change (--epochs, --lr-drops, --grad-clip, --precision, ...), where given
             changes = {name: getattr(config, name) for name in changeable_on_resume()
                        if ctx.get_parameter_source(option_name(name)) == ParameterSource.COMMANDLINE}
-            changes.pop("num_epochs", None)  # --epochs: `epochs` below
-            result = resume_run(resume, epochs, should_stop=should_stop, changes=changes, **callbacks)
+            result = resume_run(resume, should_stop=should_stop, changes=changes, **callbacks)
         else:
             # options left at their defaults (not given, nor in --config) follow the data's size
             fitted = [name for name in ("batch_size", "num_epochs")
