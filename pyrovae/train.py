@@ -549,11 +549,13 @@ class Trainer:
         if self.grad_clip is None and self.skip_grad_norm is None:
             return 0, None
         assert self.step_skips is not None and self.step_norms is not None
-        trailing = self.step_skips.flip(0).cumprod(0).sum()  # skipped steps at the end of the epoch
-        skipped, trailing, grad_norm = torch.stack([self.step_skips.sum(), trailing,
-                                                    self.step_norms.nanmedian()]).tolist()
+        # The steps taken: under torchrun the last batch is empty when fewer images than ranks are left.
+        taken = math.ceil(self.images_per_epoch / self.batch_size)
+        skips = self.step_skips[:taken]
+        trailing = skips.flip(0).cumprod(0).sum()  # skipped steps at the end of the epoch
+        skipped, trailing, grad_norm = torch.stack([skips.sum(), trailing, self.step_norms.nanmedian()]).tolist()
         skipped, trailing = int(skipped), int(trailing)
-        self.skip_streak = self.skip_streak + trailing if trailing == self.num_batches else trailing
+        self.skip_streak = self.skip_streak + trailing if trailing == taken else trailing
         if self.skip_streak >= STALLED_STEPS:
             stalled = f"The last {self.skip_streak} steps were all skipped (epoch {self.epoch + 1}), so the weights no "
             if not math.isfinite(grad_norm):
@@ -634,6 +636,7 @@ class Trainer:
             "step_losses": None if self.step_losses is None else self.step_losses.cpu(),
             "step_skips": None if self.step_skips is None else self.step_skips.cpu(),
             "step_norms": None if self.step_norms is None else self.step_norms.cpu(),
+            "skip_streak": self.skip_streak,
             "history": [m.to_dict() for m in self.history],
             "rng": get_rng_state(),
         }
@@ -652,6 +655,7 @@ class Trainer:
         norms = state.get("step_norms")  # absent from checkpoints of before it was kept
         fits = norms is not None and self.step_losses is not None and norms.shape == self.step_losses.shape
         self.step_norms = norms.to(device) if fits else None
+        self.skip_streak = int(state.get("skip_streak", 0))  # absent from checkpoints of before it was kept
         self.history = [EpochMetrics(**m) for m in state["history"]]
         set_rng_state(state["rng"])
 

@@ -10,6 +10,7 @@ from pyrovae.config import Config
 from pyrovae.errors import ConfigError, NumericalError
 from pyrovae.registry import LIKELIHOODS, build_elbo, build_vae
 from pyrovae.data import prepare_test_images
+from pyrovae.distributed import Distributed
 from pyrovae.train import AdamNormGrad, Callback, Trainer, adam, fit
 
 
@@ -558,6 +559,46 @@ def test_steps_skipped_in_a_row_across_epochs_end_training_with_the_norms_named(
     trainer.run_epoch(progress=False)  # an epoch for real: each step's norm measured, none skipped here
     assert trainer.history[-1].skipped_steps == 0 and 0 < trainer.history[-1].grad_norm < 1e6
     assert trainer.skip_streak == 0
+
+
+def test_an_empty_last_batch_under_torchrun_does_not_break_a_run_of_skipped_steps(mnist5k):
+    """With 2 ranks and 501 images in batches of 100 the sixth batch is empty (one image for two
+    ranks): no step is taken, so it neither ends the run of skipped steps nor counts as one."""
+    data = mnist5k.replace(train_images=mnist5k.train_images[:501], test_images=mnist5k.test_images[:100])
+    trainer = Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=100, skip_grad_norm=400.0,
+                      distributed=Distributed(rank=0, world_size=2))
+    assert trainer.num_batches == 6 and trainer.images_per_epoch == 500
+    trainer.step_skips, trainer.step_norms = torch.tensor([1.0] * 5 + [0.0]), torch.tensor([450.0] * 5 + [math.nan])
+    assert trainer._guard_summary() == (5, 450.0) and trainer.skip_streak == 5
+    trainer.step_skips = torch.tensor([1.0] * 5 + [0.0])
+    trainer._guard_summary()
+    assert trainer.skip_streak == 10
+
+
+def test_the_count_of_steps_skipped_in_a_row_survives_a_resume(mnist5k, monkeypatch):
+    """A run stopped and resumed in the middle of a stall still stops STALLED_STEPS steps after
+    the stall began, not that many after the resume (the count was not checkpointed)."""
+    import pyrovae.train as train
+
+    monkeypatch.setattr(train, "STALLED_STEPS", 10)
+    data = mnist5k.replace(train_images=mnist5k.train_images[:500], test_images=mnist5k.test_images[:100])
+
+    def trainer():
+        return Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=100, skip_grad_norm=1e-9)
+
+    first = trainer()
+    first.run_epoch(progress=False)  # every step skipped: 5 in a row
+    assert first.skip_streak == 5
+    state = first.state_dict()
+    resumed = trainer()
+    resumed.vae.load_state_dict(state["model"])
+    resumed.load_state_dict(state)
+    assert resumed.skip_streak == 5
+    with pytest.raises(NumericalError, match=r"last 10 steps were all skipped \(epoch 2\)"):
+        resumed.run_epoch(progress=False)
+    legacy = trainer()
+    legacy.load_state_dict({k: v for k, v in state.items() if k != "skip_streak"})
+    assert legacy.skip_streak == 0  # a checkpoint of before the count was kept: counted afresh
 
 
 def test_skipping_needs_the_fused_optimizer(mnist5k):
