@@ -21,11 +21,13 @@ import statistics
 from pathlib import Path
 
 import torch
+from torchvision.utils import make_grid
 
 from pyrovae.config import Config
 from pyrovae.data import load_dataset, spread_subset
 from pyrovae.evaluation import evaluate
 from pyrovae.registry import build_vae
+from pyrovae.run import save_grid  # imported now: a library edited during a long run cannot break the figure
 from pyrovae.train import Trainer
 
 
@@ -144,10 +146,6 @@ def _candidate(name: str) -> bool:
 def _figure(models: dict, test_images, path):
     """A column per model: 16 samples at temperature 1, 16 at 0.7, and 8 test images above their
     reconstructions."""
-    from torchvision.utils import make_grid
-
-    from pyrovae.run import save_grid
-
     originals = test_images[spread_subset(8, len(test_images))]
     panels = []
     for vae in models.values():
