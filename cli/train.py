@@ -154,6 +154,9 @@ def _epoch_lines(as_json: bool):
             for note in data.notes:
                 echo(f"  {note[0].upper()}{note[1:]}")
             echo(f"  Likelihood {config.likelihood}, {config.net} networks, z of {config.latent_dim} dimensions")
+            if config.ema is not None:
+                echo(f"  The held-out ELBOs, best.pt and the pictures are of the weights' moving average (--ema "
+                     f"{config.ema:g})")
             if first_epoch > 1:
                 echo(f"Resuming at epoch {first_epoch} of {config.num_epochs}.")
 

@@ -145,10 +145,12 @@ def state_problem(state: dict, required=()) -> Optional[str]:
     """What is wrong with the plain data of a checkpoint, or None: the types :class:`Trainer`
     and :func:`~pyrovae.rundir.load_run` rely on, checked before either reads them, and the
     ``required`` keys present."""
+    weights = (lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t)  # noqa: E731
+                                                      for k, t in v.items()))
     checks = [
         ("config", lambda v: isinstance(v, dict), "a dict of options"),
-        ("model", lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t)
-                                                         for k, t in v.items()), "a dict of tensors"),
+        ("model", weights, "a dict of tensors"),
+        ("trained_weights", weights, "a dict of tensors"),  # with --ema; "model" is then their average
         ("optimizer", lambda v: isinstance(v, dict) and isinstance(v.get("state", {}), dict)
          and isinstance(v.get("param_groups", []), list), "an optimizer's state"),
         ("epoch", _count, "a whole number"),

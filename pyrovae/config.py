@@ -184,6 +184,13 @@ class Config:
         None, "--skip-grad-norm", kind="float", min=0.0, min_open=True, fixed=False, metavar="NORM",
         help="Skip the update of a step whose gradient's total norm (before --grad-clip) is at least NORM or not "
              "finite, as VDVAE does (400 there); the epoch line counts them [default: never skip].")
+    # keep an exponential moving average of the weights (VDVAE: 0.9999), scored and saved as the model
+    ema: Optional[float] = option(
+        None, "--ema", kind="float", min=0.0, max=1.0, min_open=True, max_open=True, fixed=False, metavar="RATE",
+        help="Keep an exponential moving average of the weights, each step w_avg = RATE * w_avg + (1 - RATE) * w "
+             "(VDVAE: 0.9999; 0.999 for runs of a few thousand steps): the average is what the epoch lines score, "
+             "what picks the best epoch, and what evaluate, sample, plot and export use; given on --resume, the "
+             "average starts from the weights then [default: the weights themselves].")
     # Adam; the classic MNIST VAE setting
     lr: float = option(
         1e-3, "--lr", kind="float", min=0.0, min_open=True,
@@ -300,6 +307,7 @@ class Config:
              f"{{grad_clip}} must be a positive number, got {self.grad_clip}."),
             (self.skip_grad_norm is None or (math.isfinite(self.skip_grad_norm) and self.skip_grad_norm > 0),
              f"{{skip_grad_norm}} must be a positive number, got {self.skip_grad_norm}."),
+            (self.ema is None or 0 < self.ema < 1, f"{{ema}} must be between 0 and 1, got {self.ema}."),
             (self.optimizer in OPTIMIZERS,
              f"Unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}."),
             (self.keep_checkpoints >= 1, f"{{keep_checkpoints}} must be at least 1, got {self.keep_checkpoints}."),

@@ -524,7 +524,7 @@ def _trainer(config: Config, vae: VAE, data: ImageData, distributed: Distributed
                    optimizer=build_optimizer(config, vae.parameters()), warmup_epochs=config.warmup_epochs,
                    beta=config.beta, distributed=distributed, labels=labels, storage=config.data_storage,
                    precision=config.precision, grad_clip=config.grad_clip,
-                   skip_grad_norm=config.skip_grad_norm)
+                   skip_grad_norm=config.skip_grad_norm, ema=config.ema)
 
 
 def _train(run_dir, config, trainer, state, progress, should_stop, distributed, callbacks) -> RunResult:
@@ -570,7 +570,7 @@ def _epochs(run: TrainingRun, should_stop, progress, writes, callbacks) -> RunRe
             checkpoint()
             return RunResult(run_dir, config, trainer.history, finished=False)
         if writes:
-            pictures = _save_pictures(run_dir, trainer.vae, trainer, config, metrics.epoch)
+            pictures = _save_pictures(run_dir, trainer.scored, trainer, config, metrics.epoch)
             checkpoint()
             _keep_epoch_checkpoints(run_dir, metrics.epoch, config.keep_checkpoints)
             if best_epoch(trainer.history) == metrics.epoch:

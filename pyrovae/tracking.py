@@ -116,9 +116,10 @@ class TensorBoardLogger(Callback):
         images, labels = trainer.test_images, trainer.data.test_labels
         side = max(images.shape[-2:])
         index = spread_subset(min(len(images), MAX_EMBEDDED, (SPRITE_SIDE // side) ** 2), len(images))
-        images, labels = to_unit(images[index], trainer.vae.dtype), labels[index]
-        with eval_mode(trainer.vae):
-            latents = encode(trainer.vae, images, labels)
+        vae = trainer.scored
+        images, labels = to_unit(images[index], vae.dtype), labels[index]
+        with eval_mode(vae):
+            latents = encode(vae, images, labels)
         names = trainer.data.classes
         metadata = [names[label] if names and 0 <= label < len(names) else str(label)
                     for label in latents.labels.tolist()]

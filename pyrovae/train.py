@@ -12,6 +12,7 @@ gets them as its second argument, and with ``torchrun`` the step is wrapped in
 :class:`~torch.nn.parallel.DistributedDataParallel`.
 """
 
+import copy
 import inspect
 import math
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pyro
 import torch
 from pyro import poutine
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from pyrovae._pyro import direct_call
@@ -329,6 +331,10 @@ class Trainer:
         weights have stopped changing, and :meth:`run_epoch` raises :class:`~pyrovae.errors.NumericalError`
         with the epoch's median gradient norm. With either option, ``EpochMetrics.grad_norm``
         is the median of the epoch's gradient norms (before clipping): what a threshold is set by.
+    :param ema: keep an exponential moving average of the weights, ``w_avg = ema * w_avg +
+        (1 - ema) * w`` after each step (VDVAE's EMA model), in :attr:`averaged`, a copy of the
+        VAE: the held-out ELBOs score it and :meth:`state_dict` saves it as the model (the
+        trained weights as ``"trained_weights"``). On the device, no host sync; buffers are copied.
     """
 
     def __init__(
@@ -348,6 +354,7 @@ class Trainer:
         precision: str = "fp32",
         grad_clip: Optional[float] = None,
         skip_grad_norm: Optional[float] = None,
+        ema: Optional[float] = None,
     ):
         if not isinstance(data, ImageData):  # a torchvision data set object
             data = ImageData.from_dataset(data)
@@ -403,6 +410,15 @@ class Trainer:
             raise ConfigError("{skip_grad_norm} skips updates inside the optimizer's fused kernel; use pyrovae's Adam "
                               "(pyrovae.train.adam), or leave it out.")
         self.grad_clip, self.skip_grad_norm = grad_clip, skip_grad_norm
+        if ema is not None and not (isinstance(ema, (int, float)) and 0 < ema < 1):
+            raise ConfigError(f"{{ema}} must be between 0 and 1, not {ema!r}.")
+        self.ema = ema
+        # The weights' moving average: what the held-out ELBOs score and checkpoints keep as the model.
+        self.averaged: Optional[VAE] = None
+        if ema is not None:
+            self.averaged = copy.deepcopy(vae)
+            self._average = get_ema_multi_avg_fn(ema)
+            self._pairs = (list(self.averaged.parameters()), list(vae.parameters()))
         self.step_skips: Optional[torch.Tensor] = None  # 1 where a step's update was skipped, on the device
         self.step_norms: Optional[torch.Tensor] = None  # each step's gradient norm (NaN: not measured)
         self.skip_streak = 0  # steps skipped in a row up to the end of the last epoch
@@ -568,11 +584,22 @@ class Trainer:
 
     def held_out_terms(self, images: Optional[torch.Tensor] = None) -> ELBOTerms:
         """The ELBO and its terms on held-out images: the test set, or ``images`` (the validation
-        set, say); NaN when the guide cannot
-        encode new images."""
+        set, say), of :attr:`scored`; NaN when the guide cannot encode new images."""
         if not self.vae.amortized:
             return ELBOTerms(math.nan, math.nan, math.nan, 0)
-        return elbo_terms(self.vae, self.test_images if images is None else images)
+        return elbo_terms(self.scored, self.test_images if images is None else images)
+
+    @property
+    def scored(self) -> VAE:
+        """The model the held-out ELBOs score, the pictures show and checkpoints keep: with
+        ``ema``, the weights' moving average (its buffers, such as a temperature, the VAE's
+        own); else the VAE itself."""
+        if self.averaged is None:
+            return self.vae
+        with torch.no_grad():
+            for kept, own in zip(self.averaged.buffers(), self.vae.buffers()):
+                kept.copy_(own)
+        return self.averaged
 
     def _stop_requested(self, callbacks, refresh: int, device) -> bool:
         """Poll the callbacks: before every step in one process; with several, only every
@@ -609,6 +636,8 @@ class Trainer:
         if self.grad_clip is not None or self.skip_grad_norm is not None:
             self._guard_update()
         self.optimizer.step()
+        if self.averaged is not None:
+            self._average(*self._pairs, None)
         return objective.detach()
 
     def _guard_update(self) -> None:
@@ -627,7 +656,8 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "model": self.vae.state_dict(),
+            "model": self.scored.state_dict(),
+            **({} if self.averaged is None else {"trained_weights": self.vae.state_dict()}),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -642,8 +672,16 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state from :meth:`state_dict`; the model must already hold ``state["model"]``."""
+        """Restore a state from :meth:`state_dict`. With a moving average of the weights
+        (``ema``), ``state["model"]`` is the average and ``state["trained_weights"]`` the trained
+        weights; ``ema`` may differ from the checkpoint's: an average begun now starts from the
+        trained weights, and one given up leaves the trained weights to train on."""
         device = self.device
+        # With a moving average "model" is the average; without, the trained weights, where a new average starts.
+        trained = state.get("trained_weights", state["model"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(state["model"])
+        self.vae.load_state_dict(trained)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.permutation = (None if state["permutation"] is None else

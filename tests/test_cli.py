@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import write_idx
 from hypothesis import given
@@ -55,6 +56,26 @@ def test_train_evaluate_sample_end_to_end(tmp_path):
         assert image.shape == (3 * 28 + 4 * 2,) * 2 and image.std() > 20
         levels[bool(flag)] = len(np.unique(image))
     assert levels == {True: 2, False: levels[False]} and levels[False] > 50  # mean images by default
+
+
+def test_a_moving_average_of_the_weights_is_named_kept_and_exported(tmp_path):
+    """--ema: the header says what the epoch lines score; export writes the average, which
+    evaluate reads; --resume may begin it; a rate outside (0, 1) is refused in one sentence."""
+    run = tmp_path / "run"
+    result = invoke("train", *SMALL_ARGS, "--epochs", 1, "--ema", 0.9, "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    assert "weights' moving average (--ema 0.9)" in result.output
+    assert invoke("export", run, tmp_path / "model").exit_code == 0
+    from pyrovae.rundir import load_run
+
+    _, averaged, state = load_run(run)
+    _, exported, _ = load_run(tmp_path / "model")
+    assert all(torch.equal(exported.state_dict()[k], v) for k, v in averaged.state_dict().items())
+    assert not all(torch.equal(state["trained_weights"][k], v) for k, v in state["model"].items())
+    result = invoke("train", "--resume", run, "--epochs", 2, "--ema", 0.5)
+    assert result.exit_code == 0 and "(--ema 0.5)" in result.output, result.output
+    assert_one_sentence(invoke("train", *SMALL_ARGS, "--ema", 1, "--run-dir", tmp_path / "bad"),
+                        "Invalid value for '--ema': 1.0 is not in the range 0.0<x<1.0.")
 
 
 def test_evaluate_on_another_data_folder(tmp_path, idx_folder, trained_run):

@@ -85,6 +85,31 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(trained_run, tmp_path)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_a_run_with_a_moving_average_scores_saves_and_resumes_it(trained_run, tmp_path):
+    """--ema: the epoch lines score the average of the weights, load_run (evaluate, sample,
+    plot, export) gives the average, and a stopped run resumes to the numbers of one that was not."""
+    options = {**SMALL_OPTIONS, "ema": 0.99}
+    straight = train_run(Config(**options), tmp_path / "straight", progress=False)
+    polls = iter(range(10**6))
+    stopped = train_run(Config(**options), tmp_path / "run", progress=False, should_stop=lambda: next(polls) == 55)
+    assert not stopped.finished
+    resumed = resume_run(tmp_path / "run", progress=False)
+    assert [m.to_dict() | {"seconds": 0} for m in resumed.history] == \
+           [m.to_dict() | {"seconds": 0} for m in straight.history]
+    config, vae, state = load_run(tmp_path / "run")
+    assert config.ema == 0.99 and set(state["trained_weights"]) == set(state["model"])
+    assert all(torch.equal(vae.state_dict()[k], v) for k, v in state["model"].items())
+    data = load_dataset(config.dataset)
+    assert elbo_terms(vae, prepare_test_images(data.test_images, binary=True)).elbo == resumed.history[-1].test_elbo
+    plain = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])  # the same run without --ema
+    assert plain["train_elbo"] == pytest.approx(resumed.history[-1].train_elbo, abs=1e-3)  # the same training
+    assert plain["test_elbo"] != resumed.history[-1].test_elbo  # but the average scored
+    shutil.copytree(trained_run, tmp_path / "late")  # an average begun on resume, from the weights then
+    late = resume_run(tmp_path / "late", num_epochs=3, changes={"ema": 0.9}, progress=False)
+    assert late.config.ema == 0.9 and json.loads((tmp_path / "late" / "config.json").read_text())["ema"] == 0.9
+    assert "trained_weights" in load_run(tmp_path / "late")[2]
+
+
 def test_resume_can_extend_a_finished_run(trained_run, tmp_path):
     shutil.copytree(trained_run, tmp_path / "run")
     with pytest.raises(ConfigError, match="already trained for 2 epochs"):

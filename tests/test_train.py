@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from pyrovae.config import Config
 from pyrovae.errors import ConfigError, NumericalError
+from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import LIKELIHOODS, build_elbo, build_vae
 from pyrovae.data import prepare_test_images
 from pyrovae.distributed import Distributed
@@ -340,6 +341,7 @@ def _count_syncs(trainer):
 @pytest.mark.parametrize("storage, guards", [
     ("memory", {}), ("stream", {}),
     ("memory", dict(grad_clip=50.0, skip_grad_norm=1e4)),  # clipping and skipping decided on the device
+    ("memory", dict(ema=0.999)),  # the moving average of the weights, updated on the device
 ])
 def test_the_training_step_reads_nothing_from_the_device(mnist5k, storage, guards):
     """None inside a step (:func:`_count_syncs`), and one epoch of 32 steps with its test
@@ -599,6 +601,65 @@ def test_the_count_of_steps_skipped_in_a_row_survives_a_resume(mnist5k, monkeypa
     legacy = trainer()
     legacy.load_state_dict({k: v for k, v in state.items() if k != "skip_streak"})
     assert legacy.skip_streak == 0  # a checkpoint of before the count was kept: counted afresh
+
+
+def test_the_moving_average_of_the_weights_is_what_is_scored_and_saved(mnist5k):
+    """With ``ema`` r, after each step w_avg = r w_avg + (1 - r) w, starting from the initial
+    weights; the held-out ELBOs score the average, the checkpoint's model is the average and
+    its "trained_weights" the trained ones. A checkpoint loads into a trainer with or without ema."""
+    data = mnist5k.replace(train_images=mnist5k.train_images[:200], test_images=mnist5k.test_images[:100])
+    torch.manual_seed(0)
+    vae = build_vae(Config(hidden_dims=(32,), latent_dim=4))
+    initial = {k: v.clone() for k, v in vae.state_dict().items()}
+    trainer = Trainer(vae, data, batch_size=200, ema=0.9)  # one step an epoch
+    metrics = trainer.run_epoch(progress=False)
+    trained, averaged = vae.state_dict(), trainer.averaged.state_dict()
+    for name, w in vae.named_parameters():
+        assert not torch.equal(w, initial[name])
+        assert torch.allclose(averaged[name], 0.9 * initial[name] + 0.1 * w, atol=1e-7)
+    for name, b in vae.named_buffers():
+        assert torch.equal(averaged[name], b)
+    assert metrics.test_elbo == elbo_terms(trainer.averaged, trainer.test_images).elbo
+    assert metrics.test_elbo != elbo_terms(vae, trainer.test_images).elbo
+    state = trainer.state_dict()
+    assert all(torch.equal(state["model"][k], averaged[k]) and torch.equal(state["trained_weights"][k], trained[k])
+               for k in trained)
+    plain = Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=200)
+    plain.load_state_dict(state)  # the average given up: the trained weights train on
+    assert all(torch.equal(plain.vae.state_dict()[k], w) for k, w in trained.items())
+    begun = Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=200, ema=0.5)
+    begun.load_state_dict(plain.state_dict())  # an average begun on resume starts from the trained weights
+    assert all(torch.equal(begun.vae.state_dict()[k], w) and torch.equal(begun.averaged.state_dict()[k], w)
+               for k, w in trained.items())
+    with pytest.raises(ConfigError, match="ema.* must be between 0 and 1"):
+        Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, ema=1.0)
+
+
+def test_stop_and_resume_with_a_moving_average_is_bit_identical(mnist5k):
+    """A checkpoint keeps both the average and the trained weights: resumed mid-epoch, the
+    run goes on to the same metrics and the same two sets of weights."""
+    data = mnist5k.replace(train_images=mnist5k.train_images[:600], test_images=mnist5k.test_images[:100])
+
+    def trainer():
+        torch.manual_seed(0)
+        return Trainer(build_vae(Config(hidden_dims=(32,), latent_dim=4)), data, batch_size=100, ema=0.99)
+
+    straight = trainer()
+    for _ in range(2):
+        straight.run_epoch(progress=False)
+    first = trainer()
+    first.run_epoch(progress=False)
+    polls = iter(range(10**6))
+    assert first.run_epoch(progress=False, should_stop=lambda: next(polls) == 3) is None
+    state = first.state_dict()
+    resumed = trainer()
+    resumed.vae.load_state_dict(state["model"])  # as load_run does: the checkpoint's model
+    resumed.load_state_dict(state)
+    resumed.run_epoch(progress=False)
+    assert [m.to_dict() | {"seconds": 0} for m in resumed.history] == \
+           [m.to_dict() | {"seconds": 0} for m in straight.history]
+    for a, b in ((resumed.vae, straight.vae), (resumed.averaged, straight.averaged)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_skipping_needs_the_fused_optimizer(mnist5k):
