@@ -86,10 +86,14 @@ def test_two_processes_train_the_one_process_model(tmp_path):
     for m1, m2 in zip(state_one["history"], state_two["history"]):
         assert m1["train_elbo"] == pytest.approx(m2["train_elbo"], abs=1e-3)
         assert m1["test_elbo"] == pytest.approx(m2["test_elbo"], abs=1e-3)
-    # A distributed run resumes like any other: here with two processes for one more epoch.
-    result = _torchrun("train", "--resume", two, "--epochs", 3)
+    # A distributed run resumes like any other: here with two processes for one more epoch, and
+    # a moving average of the weights begun (each rank keeps the same one; rank 0 saves it).
+    result = _torchrun("train", "--resume", two, "--epochs", 3, "--ema", 0.9)
     assert result.returncode == 0 and "Resuming at epoch 3 of 3" in result.stdout, result.stderr[-3000:]
-    assert load_run(two)[2]["epoch"] == 3
+    _, averaged, state = load_run(two)
+    assert state["epoch"] == 3 and state["history"][-1]["test_elbo"] > state["history"][1]["test_elbo"]
+    assert all(torch.equal(averaged.state_dict()[k], v) for k, v in state["model"].items())
+    assert not all(torch.equal(state["trained_weights"][k], v) for k, v in state["model"].items())
 
 
 def test_batch_not_divisible_by_the_processes_is_refused_before_writing(tmp_path):
