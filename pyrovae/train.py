@@ -413,12 +413,6 @@ class Trainer:
         if ema is not None and not (isinstance(ema, (int, float)) and 0 < ema < 1):
             raise ConfigError(f"{{ema}} must be between 0 and 1, not {ema!r}.")
         self.ema = ema
-        # The weights' moving average: what the held-out ELBOs score and checkpoints keep as the model.
-        self.averaged: Optional[VAE] = None
-        if ema is not None:
-            self.averaged = copy.deepcopy(vae)
-            self._average = get_ema_multi_avg_fn(ema)
-            self._pairs = (list(self.averaged.parameters()), list(vae.parameters()))
         self.step_skips: Optional[torch.Tensor] = None  # 1 where a step's update was skipped, on the device
         self.step_norms: Optional[torch.Tensor] = None  # each step's gradient norm (NaN: not measured)
         self.skip_streak = 0  # steps skipped in a row up to the end of the last epoch
@@ -446,6 +440,13 @@ class Trainer:
                 raise ConfigError(f"{{batch_size}} {self.batch_size} must be a multiple of the "
                                   f"{self.distributed.world_size} processes, so that every rank gets the same "
                                   "share of each batch.")
+        # The weights' moving average: what the held-out ELBOs score and checkpoints keep as the
+        # model. Copied after DDP has given every rank rank 0's weights, so every rank's is the same.
+        self.averaged: Optional[VAE] = None
+        if ema is not None:
+            self.averaged = copy.deepcopy(vae)
+            self._average = get_ema_multi_avg_fn(ema)
+            self._pairs = (list(self.averaged.parameters()), list(vae.parameters()))
 
     @property
     def weighted(self) -> bool:
