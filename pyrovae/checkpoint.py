@@ -145,8 +145,9 @@ def state_problem(state: dict, required=()) -> Optional[str]:
     """What is wrong with the plain data of a checkpoint, or None: the types :class:`Trainer`
     and :func:`~pyrovae.rundir.load_run` rely on, checked before either reads them, and the
     ``required`` keys present."""
-    weights = (lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t)  # noqa: E731
-                                                      for k, t in v.items()))
+    def weights(v) -> bool:
+        return isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t) for k, t in v.items())
+
     checks = [
         ("config", lambda v: isinstance(v, dict), "a dict of options"),
         ("model", weights, "a dict of tensors"),
@@ -155,6 +156,7 @@ def state_problem(state: dict, required=()) -> Optional[str]:
          and isinstance(v.get("param_groups", []), list), "an optimizer's state"),
         ("epoch", _count, "a whole number"),
         ("step", _count, "a whole number"),
+        ("skip_streak", _count, "a whole number"),
         ("seconds", _number, "a number"),
         ("permutation", lambda v: v is None or (torch.is_tensor(v) and v.dtype == torch.int64 and v.dim() == 1),
          "a permutation"),

@@ -412,7 +412,6 @@ class Trainer:
         self.grad_clip, self.skip_grad_norm = grad_clip, skip_grad_norm
         if ema is not None and not (isinstance(ema, (int, float)) and 0 < ema < 1):
             raise ConfigError(f"{{ema}} must be between 0 and 1, not {ema!r}.")
-        self.ema = ema
         self.step_skips: Optional[torch.Tensor] = None  # 1 where a step's update was skipped, on the device
         self.step_norms: Optional[torch.Tensor] = None  # each step's gradient norm (NaN: not measured)
         self.skip_streak = 0  # steps skipped in a row up to the end of the last epoch
@@ -442,6 +441,8 @@ class Trainer:
                                   "share of each batch.")
         # The weights' moving average: what the held-out ELBOs score and checkpoints keep as the
         # model. Copied after DDP has given every rank rank 0's weights, so every rank's is the same.
+        # torch's AveragedModel is not used: its update_parameters reads a counter back to the
+        # host every step (bool(n_averaged == 0)); its EMA function alone syncs nothing.
         self.averaged: Optional[VAE] = None
         if ema is not None:
             self.averaged = copy.deepcopy(vae)

@@ -76,3 +76,12 @@ def test_foreign_file_is_not_a_checkpoint(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_the_skip_streak_and_the_trained_weights_of_a_checkpoint_are_checked():
+    """Both are read on resume: a damaged value is named, not a traceback (the streak once was)."""
+    from pyrovae.checkpoint import state_problem
+
+    assert state_problem({"skip_streak": "3"}) == "its skip_streak is not a whole number"
+    assert state_problem({"trained_weights": {"w": 1.0}}) == "its trained_weights is not a dict of tensors"
+    assert state_problem({"skip_streak": 3, "trained_weights": {"w": torch.zeros(2)}}) is None

@@ -48,8 +48,9 @@ def exported(trained_run, tmp_path_factory):
 
 
 @FUZZ
-@given(key=st.sampled_from(["config", "model", "optimizer", "epoch", "step", "seconds", "permutation", "history",
-                            "rng", "data", *[f"config.{k}" for k in CONFIG_KEYS]]),
+@given(key=st.sampled_from(["config", "model", "trained_weights", "optimizer", "epoch", "step", "seconds",
+                            "permutation", "skip_streak", "history", "rng", "data",
+                            *[f"config.{k}" for k in CONFIG_KEYS]]),
        value=plain | tensors)
 def test_checkpoints_of_any_plain_data(trained_run, key, value):
     with tempfile.TemporaryDirectory() as tmp:
