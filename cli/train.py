@@ -87,7 +87,7 @@ def train(ctx, config, fallback, run_dir, overwrite, resume, log, as_json, cuda,
 
 
 def _train(ctx, distributed, device, resume, run_dir, overwrite, fallback, loggers, as_json, config):
-    from pyrovae.run import plateaus, resume_run, train_run
+    from pyrovae.run import last_improvement, plateaus, resume_run, train_run
 
     main = distributed.is_main
     callbacks = dict(progress=progress_enabled() and main, device=device, distributed=distributed,
@@ -120,8 +120,10 @@ def _train(ctx, distributed, device, resume, run_dir, overwrite, fallback, logge
         elif main:
             if result.stopped_early:
                 cuts = len(plateaus(result.history, result.config)[0])
-                click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved "
-                           f"since epoch {result.best_epoch} (--patience {result.config.patience}"
+                by = f" by more than {result.config.min_delta:g} nats" if result.config.min_delta else ""
+                click.echo(f"Stopped early at epoch {result.history[-1].epoch}: the validation ELBO has not improved"
+                           f"{by} since epoch {last_improvement(result.history, result.config)} (--patience "
+                           f"{result.config.patience}" + (f", --min-delta {result.config.min_delta:g}" if by else "")
                            + (f", after {cuts} learning-rate drop{'s' * (cuts > 1)}" if cuts else "") + ").")
             if result.finished:
                 click.echo(f"Done. Pictures in {result.run_dir}/samples and {result.run_dir}/reconstructions; "

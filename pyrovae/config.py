@@ -265,6 +265,13 @@ class Config:
         None, "--patience", kind="int", min=1, metavar="EPOCHS",
         help="Early stopping: end the run when the validation ELBO has not improved for this many epochs (not "
              "counting the --warmup epochs) [default: train all --epochs].")
+    # with patience: how much a validation ELBO must beat the best so far by to count as better
+    min_delta: float = option(
+        0.0, "--min-delta", kind="float", min=0.0, metavar="NATS", fixed=False,
+        help="With --patience: a validation ELBO counts as better only when it beats the best so far by more than "
+             "NATS per image (the ELBOs of --ema creep up by hundredths for hundreds of epochs, which would never "
+             "read as a plateau). best.pt is still the best epoch. Can change when resuming: the plateaus are "
+             "then read from the run's history with the new value.")
     # with patience: times the learning rate is cut at a plateau before the run stops
     lr_drops: int = option(
         0, "--lr-drops", kind="int", min=0, metavar="N", fixed=False,
@@ -315,6 +322,10 @@ class Config:
             (self.patience is None or self.patience >= 1, f"{{patience}} must be at least 1, got {self.patience}."),
             (self.patience is None or self.validation_size > 0,
              "{patience} stops on the validation ELBO; hold out images for it with {validation_size} N."),
+            (math.isfinite(self.min_delta) and self.min_delta >= 0,
+             f"{{min_delta}} must be zero or a positive number, got {self.min_delta}."),
+            (self.min_delta == 0 or self.patience is not None,
+             "{min_delta} says how much better a validation ELBO must be to reset {patience}; give {patience} too."),
             (self.lr_drops >= 0, f"{{lr_drops}} must be zero or more, got {self.lr_drops}."),
             (self.lr_drops == 0 or self.patience is not None,
              "{lr_drops} cuts the learning rate when {patience} epochs pass without a better validation ELBO; "

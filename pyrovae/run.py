@@ -38,7 +38,7 @@ from pyrovae.train import Callback, Trainer, TrainingRun, observed, watching
 from pyrovae.vae import VAE
 
 __all__ = ["RunResult", "RunRecoveryWarning", "train_run", "resume_run", "load_run", "kept_epochs", "best_epoch",
-           "stopped_early", "plateaus", "learning_rate", "full_history",
+           "stopped_early", "plateaus", "last_improvement", "learning_rate", "full_history",
            "check_against_data", "with_data_dir", "resolve_device", "default_run_dir", "save_grid"]
 
 # Everything a run writes; --overwrite removes exactly these and nothing else.
@@ -74,25 +74,42 @@ def plateaus(history: List[EpochMetrics], config: Config) -> Tuple[List[int], bo
     """The epochs after which the learning rate was cut, and whether the run has stopped early.
 
     A plateau is ``config.patience`` epochs without a better validation ELBO, counted from the
-    best epoch, the end of the warm-up (Tomczak & Welling's early stopping: epochs of the
+    last better epoch, the end of the warm-up (Tomczak & Welling's early stopping: epochs of the
     warm-up do not count, since the objective is still changing) or the last cut, whichever is
-    latest. The first ``config.lr_drops`` plateaus cut the learning rate; the next stops the
-    run. All of it follows from the history, so a resumed run cuts where it would have.
+    latest. An epoch is better when it beats the best before it by more than ``config.min_delta``
+    (the best then moves to it; one that beats it by less moves nothing, so a slow creep counts
+    once it adds up to more). The first ``config.lr_drops`` plateaus cut the learning rate; the
+    next stops the run. All of it follows from the history, so a resumed run cuts where it would
+    have.
     """
+    cuts, stopped, _ = _plateau_scan(history, config)
+    return cuts, stopped
+
+
+def last_improvement(history: List[EpochMetrics], config: Config) -> Optional[int]:
+    """The last epoch that was better in the sense of :func:`plateaus` (by ``config.min_delta``);
+    :func:`best_epoch` when that is 0. None without a validation ELBO."""
+    return _plateau_scan(history, config)[2]
+
+
+def _plateau_scan(history: List[EpochMetrics], config: Config) -> Tuple[List[int], bool, Optional[int]]:
     cuts: List[int] = []
-    if config.patience is None:
-        return cuts, False
     warmup = math.ceil(config.warmup_epochs)
     best, best_at = -math.inf, None
     for m in history:
-        if m.validation_elbo is not None and m.validation_elbo > best:  # NaN is never better
+        if m.validation_elbo is not None and m.validation_elbo > best + config.min_delta:  # NaN is never better
             best, best_at = m.validation_elbo, m.epoch
-        if best_at is not None and m.epoch - max(best_at, warmup, *cuts) >= config.patience:
+        if config.patience is not None and best_at is not None \
+                and m.epoch - max(best_at, warmup, *cuts) >= config.patience:
             if len(cuts) < config.lr_drops:
                 cuts.append(m.epoch)
             elif m is history[-1]:
-                return cuts, True
-    return cuts, False
+                return cuts, True, best_at
+    return cuts, False, best_at
+
+
+def _by_more(config: Config) -> str:
+    return f" by more than {config.min_delta:g} nats ({{min_delta}})" if config.min_delta else ""
 
 
 def learning_rate(history: List[EpochMetrics], config: Config) -> float:
@@ -335,7 +352,8 @@ def resume_run(
         history = [EpochMetrics(**m) for m in state["history"]]
         if not state["step"] and stopped_early(history, config):
             raise ConfigError(f"Run {run_dir} stopped early at epoch {state['epoch']}: its validation ELBO has not "
-                              f"improved since epoch {best_epoch(history)} ({{patience}} {config.patience}); "
+                              f"improved{_by_more(config)} since epoch {last_improvement(history, config)} "
+                              f"({{patience}} {config.patience}); "
                               f"its best model is {run_dir / BEST}. To go on at a lower learning rate, resume it "
                               f"with {{lr_drops}} {config.lr_drops + 1}.")
         if state["epoch"] >= config.num_epochs and not state["step"]:

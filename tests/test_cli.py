@@ -395,10 +395,27 @@ def test_validation_early_stopping_and_the_best_checkpoint_from_the_command_line
     assert_one_sentence(invoke("evaluate", run, "--checkpoint", "worst"), "'worst' is not best, last or an epoch")
 
 
+def test_early_stopping_by_min_delta_says_so(tmp_path, monkeypatch):
+    from pyrovae.train import Trainer
+
+    scores = iter([-100, -99.99, -99.98])
+    real = Trainer.held_out_terms
+    monkeypatch.setattr(Trainer, "held_out_terms", lambda self, images=None: real(self, images) if images is None
+                        else dataclasses.replace(real(self, images), elbo=next(scores)))
+    result = invoke("train", *SMALL_ARGS, "--epochs", 5, "--validation-size", 500, "--patience", 2,
+                    "--min-delta", 0.05, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "Stopped early at epoch 3: the validation ELBO has not improved by more than 0.05 nats since epoch 1 " \
+           "(--patience 2, --min-delta 0.05)." in result.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--patience", 3], "--patience stops on the validation ELBO; hold out images for it with --validation-size N."),
     (["--validation-size", 500, "--lr-drops", 1], "--lr-drops cuts the learning rate when --patience epochs pass "
                                                   "without a better validation ELBO; give --patience too."),
+    (["--validation-size", 500, "--min-delta", 0.1], "--min-delta says how much better a validation ELBO must be "
+                                                     "to reset --patience; give --patience too."),
+    (["--validation-size", 500, "--patience", 2, "--min-delta", -1], "--min-delta"),
     (["--validation-size", 4000], "--validation-size 4000 leaves none of the 4000 training images of mnist5k"),
 ])
 def test_impossible_validation_options_write_nothing(tmp_path, args, message):

@@ -15,8 +15,8 @@ from pyrovae.data import load_dataset
 from pyrovae.errors import CheckpointError, ConfigError, StorageError
 from pyrovae.evaluation import elbo_terms
 from pyrovae.registry import build_vae
-from pyrovae.run import (best_epoch, learning_rate, load_run, plateaus, resolve_device, resume_run, stopped_early,
-                         train_run)
+from pyrovae.run import (best_epoch, last_improvement, learning_rate, load_run, plateaus, resolve_device, resume_run,
+                         stopped_early, train_run)
 from pyrovae.train import Callback, EpochMetrics, Trainer, prepare_test_images
 
 
@@ -293,19 +293,20 @@ def test_stopping_rule(scores, patience, warmup):
 
 
 @given(st.lists(st.one_of(st.floats(-1e3, 0), st.just(float("nan"))), min_size=1, max_size=40),
-       st.integers(1, 6), st.integers(0, 6), st.integers(0, 4))
-def test_learning_rate_cuts(scores, patience, warmup, drops):
+       st.integers(1, 6), st.integers(0, 6), st.integers(0, 4), st.sampled_from([0.0, 0.5, 50.0]))
+def test_learning_rate_cuts(scores, patience, warmup, drops, min_delta):
     config = Config(validation_size=10, patience=patience, warmup_epochs=warmup, lr_drops=drops, lr=1e-3,
-                    lr_drop_factor=0.5)
+                    lr_drop_factor=0.5, min_delta=min_delta)
+    assert last_improvement(history(scores), config.replace(min_delta=0.0)) == best_epoch(history(scores))
     # The epochs a run would train: up to the first that stops it.
     scores = scores[: next((n for n in range(1, len(scores)) if stopped_early(history(scores[:n]), config)),
                            len(scores))]
     cuts, stopped = plateaus(history(scores), config)
     assert len(cuts) <= drops and cuts == sorted(set(cuts)) and (not stopped or len(cuts) == drops)
     for i, cut in enumerate(cuts):
-        # Each cut comes exactly `patience` epochs after the best so far, the warm-up or the cut before.
+        # Each cut comes exactly `patience` epochs after the last better epoch, the warm-up or the cut before.
         seen = history(scores[:cut])
-        assert cut - max(best_epoch(seen), warmup, *cuts[:i]) == patience
+        assert cut - max(last_improvement(seen, config), warmup, *cuts[:i]) == patience
         assert plateaus(seen, config) == (cuts[: i + 1], False)  # decided from the epochs before it alone
     assert learning_rate(history(scores), config) == 1e-3 * 0.5 ** len(cuts)
     # Cuts only postpone the stop: with one more allowed, the run stops later or not at all.
@@ -326,6 +327,23 @@ def test_learning_rate_drops_at_each_plateau_then_the_run_stops(tmp_path, monkey
     assert {group["lr"] for group in state["optimizer"]["param_groups"]} == {5e-4}
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["lr"] for row in rows] == [1e-3] * 4 + [5e-4] * 4
+
+
+def test_min_delta_reads_a_slow_creep_as_a_plateau_and_may_be_given_on_resume(tmp_path, monkeypatch):
+    # A validation ELBO that creeps up by 0.01 nats an epoch, as a moving average of the weights does.
+    scripted_validation(monkeypatch, [-100 + 0.01 * e for e in range(8)])
+    config = Config(**{**SMALL_OPTIONS, "num_epochs": 6, "validation_size": 500, "patience": 2, "lr": 1e-3,
+                       "lr_drops": 1, "lr_drop_factor": 0.5})
+    creeping = train_run(config, tmp_path / "run", progress=False)
+    assert [m.lr for m in creeping.history] == [1e-3] * 6 and not creeping.stopped_early  # every epoch a new best
+    # Counted by 0.035 nats, epochs 2 and 3 were no better than epoch 1 (a cut after epoch 3) and epoch 5 was
+    # (0.04 above epoch 1): the rate halves at once, and epoch 7 stops the run, two epochs after epoch 5.
+    resumed = resume_run(tmp_path / "run", progress=False, changes={"min_delta": 0.035, "num_epochs": 8})
+    assert [m.lr for m in resumed.history] == [1e-3] * 6 + [5e-4]
+    assert resumed.stopped_early and (resumed.best_epoch, last_improvement(resumed.history, resumed.config)) == (7, 5)
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=False)["epoch"] == 7  # still the best epoch
+    with pytest.raises(ConfigError, match=r"has not improved by more than 0\.035 nats \(min_delta\) since epoch 5"):
+        resume_run(tmp_path / "run", progress=False)
 
 
 def test_more_lr_drops_on_resume_continue_a_stopped_run_as_if_started_with_them(tmp_path, monkeypatch):
