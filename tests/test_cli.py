@@ -415,7 +415,8 @@ def test_early_stopping_by_min_delta_says_so(tmp_path, monkeypatch):
                                                   "without a better validation ELBO; give --patience too."),
     (["--validation-size", 500, "--min-delta", 0.1], "--min-delta says how much better a validation ELBO must be "
                                                      "to reset --patience; give --patience too."),
-    (["--validation-size", 500, "--patience", 2, "--min-delta", -1], "--min-delta"),
+    (["--validation-size", 500, "--patience", 2, "--min-delta", -1],
+     "Invalid value for '--min-delta': -1.0 is not in the range x>=0.0."),
     (["--validation-size", 4000], "--validation-size 4000 leaves none of the 4000 training images of mnist5k"),
 ])
 def test_impossible_validation_options_write_nothing(tmp_path, args, message):
